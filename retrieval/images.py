@@ -1,0 +1,130 @@
+"""Safe photo opening: the one function the indexer and queries use to turn a file into RGB pixels."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from retrieval.errors import ImageError, ImageTooLargeError
+
+# 64 megapixels covers every camera and phone sold today; a bomb announces far more.
+MAX_PIXELS = 64_000_000
+
+# We check the pixel count ourselves before decoding; PIL's own guard would warn or raise
+# with a message that does not name the file.
+Image.MAX_IMAGE_PIXELS = None
+
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+
+def open_image(path: str | os.PathLike, min_side: int = 0, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open a photo as an 8-bit RGB image, upright per its EXIF orientation.
+
+    `min_side` lets JPEG decoding use draft mode (DCT scaling) so the shorter side is still
+    at least `min_side` after decoding; 0 decodes at full size. Raises ImageError (naming the
+    file) for anything that is not a readable photo, ImageTooLargeError for decompression bombs.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns about odd EXIF/ICC; the photo is still fine
+            with Image.open(path) as im:
+                _check_pixels(path, im, max_pixels)
+                if min_side and im.format == "JPEG":
+                    _draft(im, min_side)
+                im.seek(0)  # first frame of an animation
+                im.load()
+                return _to_rgb(ImageOps.exif_transpose(im))
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image file PIL can read") from None
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory, not a photo") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        # PIL reports truncation and corrupt streams as OSError/SyntaxError/ValueError
+        raise ImageError(path, f"damaged or truncated image ({e})") from None
+
+
+def _check_pixels(path: Path, im: Image.Image, max_pixels: int) -> None:
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise ImageError(path, f"invalid size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            path, f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,}"
+        )
+
+
+def _draft(im: Image.Image, min_side: int) -> None:
+    # draft() picks the smallest DCT scale (1/2, 1/4, 1/8) whose result is still >= the
+    # requested size; asking for twice the network input keeps resampling quality.
+    w, h = im.size
+    scale = max(1.0, min(w, h) / (2 * min_side))
+    im.draft("RGB", (int(w / scale), int(h / scale)))
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparency is composited over white."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _high_depth_to_rgb(im)
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _high_depth_to_rgb(im: Image.Image) -> Image.Image:
+    # PIL's convert("RGB") clips 16-bit values at 255 (a white image); scale instead.
+    a = np.asarray(im, dtype=np.float64)
+    top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+    if im.mode == "F":
+        top = max(float(a.max()), 1.0) if a.max() > 1.0 else 1.0
+    grey = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def is_photo_name(path: str | os.PathLike) -> bool:
+    """True when the file name has one of the photo suffixes we index."""
+    return Path(path).suffix.lower() in PHOTO_SUFFIXES
+
+
+def load_many(paths, load, workers: int = 1, prefetch: int = 32):
+    """Yield (path, result) in input order, where result is `load(path)` or the ImageError it
+    raised. Decoding runs in `workers` threads ahead of the consumer (PIL releases the GIL
+    while decoding), so it overlaps with encoding in the caller's thread."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    def safe(path):
+        try:
+            return load(path)
+        except ImageError as e:
+            return e
+
+    paths = iter(paths)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        for path in paths:
+            pending.append((path, pool.submit(safe, path)))
+            if len(pending) >= prefetch:
+                break
+        while pending:
+            path, future = pending.popleft()
+            nxt = next(paths, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(safe, nxt)))
+            yield path, future.result()
