@@ -1,0 +1,123 @@
+"""Checkpoints: the shared-space heads and every fusion head in one safetensors file (float16),
+with the config, training record and a content hash in its metadata and in a JSON file beside
+it. The default checkpoint ships inside the package and is loaded by every command."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from retrieval.errors import CheckpointError
+from retrieval.model import FusionHead, ModelConfig, SharedSpace
+
+FORMAT = "fusion-checkpoint/1"
+
+
+def default_checkpoint_path() -> Path:
+    return Path(str(resources.files("retrieval").joinpath("checkpoints/default.safetensors")))
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    space: SharedSpace
+    heads: dict  # fusion variant -> FusionHead
+    alphas: dict  # fusion variant -> rerank weight tuned on validation
+    record: dict  # training data, seeds, validation scores
+    content_hash: str  # sha256 prefix of the tensors: names libraries made with it
+    path: Path
+
+    @property
+    def rerank_head(self) -> FusionHead:
+        return self.heads[self.config.rerank]
+
+
+def _tensors(space: SharedSpace, heads: dict) -> dict:
+    out = {f"space.{k}": v for k, v in space.state_dict().items()}
+    for variant, head in heads.items():
+        out.update({f"head.{variant}.{k}": v for k, v in head.state_dict().items()})
+    return {k: v.detach().to(torch.float16).contiguous() for k, v in out.items()}
+
+
+def content_hash(tensors: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(path: str | os.PathLike, config: ModelConfig, space: SharedSpace, heads: dict,
+                    alphas: dict, record: dict) -> str:
+    """Write FILE (safetensors) and FILE with .json; returns the content hash."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = _tensors(space, heads)
+    digest = content_hash(tensors)
+    meta = {"format": FORMAT, "config": config.to_dict(), "alphas": alphas, "record": record,
+            "content_hash": digest}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"fusion": json.dumps(meta)})
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return digest
+
+
+def load_checkpoint(path: str | os.PathLike | None = None, image_encoder: str | None = None,
+                    text_encoder: str | None = None) -> Checkpoint:
+    """Load a checkpoint (the shipped default when `path` is None). Refuses, naming the fix,
+    one made for other encoders than those given, and one whose tensors fail their hash."""
+    from safetensors import safe_open
+
+    path = Path(path) if path else default_checkpoint_path()
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; train one with "
+                              "`fusion train --data DIR --out FILE`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("fusion", "null"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a Fusion Retrieval checkpoint (no {FORMAT} metadata)")
+    if content_hash(tensors) != meta["content_hash"]:
+        raise CheckpointError(f"{path}: damaged checkpoint (content hash mismatch); re-train it")
+    known = {f.name for f in fields(ModelConfig)}
+    config = ModelConfig(**{k: v for k, v in meta["config"].items() if k in known})
+    _check_encoders(path, config, image_encoder, text_encoder)
+    return _build(path, config, meta, tensors)
+
+
+def _check_encoders(path: Path, config: ModelConfig, image_encoder, text_encoder) -> None:
+    for role, want, have in (("image", image_encoder, config.image_encoder),
+                             ("text", text_encoder, config.text_encoder)):
+        if want is not None and want != have:
+            raise CheckpointError(
+                f"{path}: made for the {role} encoder {have}, not {want}; use a checkpoint "
+                f"trained for {want} (fusion train --{role}-encoder {want} ...) or switch back to {have}")
+
+
+def _build(path: Path, config: ModelConfig, meta: dict, tensors: dict) -> Checkpoint:
+    tensors = {k: v.float() for k, v in tensors.items()}
+    space = SharedSpace(config, tensors["space.class_embeddings"])
+    space.load_state_dict(_prefixed(tensors, "space."))
+    heads = {}
+    for variant in meta["alphas"]:
+        head = FusionHead(variant, config)
+        head.load_state_dict(_prefixed(tensors, f"head.{variant}."))
+        heads[variant] = head.eval()
+    return Checkpoint(config, space.eval(), heads, {k: float(v) for k, v in meta["alphas"].items()},
+                      meta.get("record", {}), meta["content_hash"], path)
+
+
+def _prefixed(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -1,0 +1,105 @@
+"""Frozen-encoder features of a whole dataset, cached on disk so training and benchmarks
+encode each photo and caption once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.datasets import Dataset
+from retrieval.errors import DatasetError
+
+MAX_TOKENS = 48  # token states kept per caption for cross-attention (COCO captions are ~14)
+
+
+@dataclass
+class DatasetFeatures:
+    pooled: np.ndarray  # (N, image_dim) float32 raw pooled image features
+    logits: np.ndarray  # (N, 1000) float32 ImageNet logits
+    grid: np.ndarray  # (N, cells, image_dim) float16 grid cells
+    text: np.ndarray  # (M, text_dim) float32 raw mean-pooled caption vectors
+    tokens: np.ndarray  # (M, MAX_TOKENS, text_dim) float16 token states
+    mask: np.ndarray  # (M, MAX_TOKENS) bool
+    caption_image: np.ndarray  # (M,) int64 index of each caption's photo, -1 for text-only
+
+    def subset(self, images: np.ndarray) -> "DatasetFeatures":
+        """The photos at `images` (indices) and only their captions, re-indexed."""
+        remap = np.full(len(self.pooled), -1, np.int64)
+        remap[images] = np.arange(len(images))
+        keep = np.flatnonzero(np.isin(self.caption_image, images))
+        return DatasetFeatures(self.pooled[images], self.logits[images], self.grid[images],
+                               self.text[keep], self.tokens[keep], self.mask[keep],
+                               remap[self.caption_image[keep]])
+
+    @staticmethod
+    def concat(parts: list["DatasetFeatures"]) -> "DatasetFeatures":
+        offsets = np.cumsum([0] + [len(p.pooled) for p in parts[:-1]])
+        cap = [np.where(p.caption_image >= 0, p.caption_image + o, -1) for p, o in zip(parts, offsets)]
+        return DatasetFeatures(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                                 ("pooled", "logits", "grid", "text", "tokens", "mask")),
+                               np.concatenate(cap))
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("FUSION_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fusion" / "features"
+
+
+def _cache_key(ds: Dataset, image_name: str, text_name: str) -> str:
+    st = ds.source.stat()
+    ident = [str(ds.source.resolve()), st.st_size, st.st_mtime_ns, image_name, text_name,
+             MAX_TOKENS, len(ds.images), len(ds.captions)]
+    return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
+
+
+def dataset_features(ds: Dataset, image_encoder, text_encoder, cache_dir: Path | None = None,
+                     progress: bool = True) -> DatasetFeatures:
+    """Encode every photo and caption of `ds` (or read them from the cache)."""
+    cache_dir = cache_dir or default_cache_dir()
+    path = cache_dir / f"{ds.root.name}-{_cache_key(ds, image_encoder.config.name, text_encoder.config.name)}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return DatasetFeatures(**{k: z[k] for k in z.files})
+    feats = _encode(ds, image_encoder, text_encoder, progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **feats.__dict__)
+    os.replace(tmp, path)  # never leave a half-written cache behind
+    return feats
+
+
+def _encode(ds: Dataset, image_encoder, text_encoder, progress: bool) -> DatasetFeatures:
+    from tqdm import tqdm
+
+    paths = [ds.image_path(i) for i in range(len(ds.images))]
+    with tqdm(total=len(paths), desc=f"photos {ds.root.name}", unit="photo", disable=not progress) as bar:
+        f, kept, errors = image_encoder.encode_files(paths, normalize=False, grid=True, progress=bar.update)
+    if errors:
+        raise DatasetError(f"{ds.source}: {len(errors)} photos could not be read, first: {errors[0]}")
+    texts = [c.text for c in ds.captions]
+    text_pooled, tokens, mask = [], [], []
+    step = 512
+    for start in tqdm(range(0, len(texts), step), desc=f"captions {ds.root.name}", unit="batch",
+                      disable=not progress):
+        t = text_encoder.encode(texts[start:start + step], normalize=False, tokens=True)
+        text_pooled.append(t.pooled)
+        tokens.append(_fit_tokens(t.tokens).astype(np.float16))
+        mask.append(_fit_tokens(t.mask))
+    caption_image = np.array([-1 if c.image is None else c.image for c in ds.captions], np.int64)
+    return DatasetFeatures(f.pooled, f.logits, f.grid.astype(np.float16), np.concatenate(text_pooled),
+                           np.concatenate(tokens), np.concatenate(mask), caption_image)
+
+
+def _fit_tokens(a: np.ndarray) -> np.ndarray:
+    out = np.zeros((a.shape[0], MAX_TOKENS) + a.shape[2:], a.dtype)
+    n = min(MAX_TOKENS, a.shape[1])
+    out[:, :n] = a[:, :n]
+    return out

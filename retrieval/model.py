@@ -1,0 +1,129 @@
+"""The trained parts: `image_fc` and `text_fc` into one shared space (ITC), and the fusion
+classifiers (ITM) that judge whether a photo and a text match.
+
+The shared space is MiniLM's own 384-d space. A photo starts at its ImageNet-label bridge
+(the softmax-weighted MiniLM embedding of its top ImageNet class names) and `image_fc` adds
+a zero-initialised correction from the pooled image features; a text starts at its MiniLM
+vector and `text_fc` adds a zero-initialised residual. Training therefore starts from a
+working zero-shot model instead of from noise, which matters with ~1k training photos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FUSION_VARIANTS = ("additive", "multiplicative", "concat-mlp", "cross-attention")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_encoder: str = "efficientnet-lite0"  # image tower the heads were trained on
+    image_dim: int = 1280  # pooled / grid-cell feature size of that tower
+    text_encoder: str = "all-MiniLM-L6-v2"  # text tower
+    text_dim: int = 384  # its hidden size; also the shared space's size
+    bridge_top: int = 20  # ImageNet classes mixed into a photo's bridge vector
+    bridge_temperature: float = 2.0  # softmax temperature on the ImageNet logits
+    fusion_dim: int = 256  # hidden width of the fusion heads
+    rerank: str = "cross-attention"  # the fusion variant search uses to rerank
+    rerank_weight: float = 0.0  # alpha in score = itc + alpha * itm, tuned on validation
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SharedSpace(nn.Module):
+    """ITC: image_fc and text_fc into MiniLM's space, L2-normalised, with a learnable
+    temperature for the symmetric contrastive loss."""
+
+    def __init__(self, config: ModelConfig, class_embeddings: torch.Tensor):
+        super().__init__()
+        self.config = config
+        self.register_buffer("class_embeddings", class_embeddings.float())  # (1000, text_dim)
+        self.image_fc = nn.Sequential(nn.LayerNorm(config.image_dim),
+                                      nn.Linear(config.image_dim, config.text_dim))
+        self.text_fc = nn.Linear(config.text_dim, config.text_dim)
+        for layer in (self.image_fc[1], self.text_fc):
+            nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
+        self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(20.0)))))
+
+    def bridge(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax over the top-k ImageNet logits, mixing the class-name embeddings."""
+        top, idx = logits.topk(self.config.bridge_top, dim=-1)
+        weights = F.softmax(top / self.config.bridge_temperature, dim=-1)
+        return F.normalize((weights.unsqueeze(-1) * self.class_embeddings[idx]).sum(1), dim=-1)
+
+    def embed_image(self, pooled: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.bridge(logits) + self.image_fc(pooled), dim=-1)
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        text = F.normalize(text, dim=-1)
+        return F.normalize(text + self.text_fc(text), dim=-1)
+
+    def loss(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE over a batch of matching (image, text) embedding pairs."""
+        logits = self.logit_scale.exp().clamp(max=100) * img @ txt.T
+        target = torch.arange(len(img), device=img.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+class FusionHead(nn.Module):
+    """ITM: a match logit for (photo, text) pairs. Every variant is a residual on the ITC score,
+    `a * itc + b + h(photo, text)` with `h` zero-initialised, so it starts exactly where ITC is
+    and can only move a ranking where training found evidence. `h` is the fusion:
+
+    - additive: the seed's `classifier(image_fc(i) + text_fc(t))`, late fusion. Linear, so
+      h = f(i) + g(t): separable, it cannot reorder photos for a fixed text. Kept as a baseline.
+    - multiplicative: MLP(P(i) * Q(t)), late fusion with interaction.
+    - concat-mlp: MLP([P(i), Q(t), P(i) * Q(t)]), mid fusion.
+    - cross-attention: the text's tokens attend over the photo's 7x7 grid cells, mid fusion
+      at the cell level; MLP over (attended cells * tokens), mean over tokens.
+    """
+
+    def __init__(self, variant: str, config: ModelConfig):
+        super().__init__()
+        if variant not in FUSION_VARIANTS:
+            raise ValueError(f"unknown fusion variant {variant!r}")
+        self.variant = variant
+        d, hid = config.fusion_dim, config.fusion_dim
+        self.image_proj = nn.Sequential(nn.LayerNorm(config.image_dim), nn.Linear(config.image_dim, d))
+        self.text_proj = nn.Sequential(nn.LayerNorm(config.text_dim), nn.Linear(config.text_dim, d))
+        self.itc_scale = nn.Parameter(torch.tensor(10.0))
+        self.itc_bias = nn.Parameter(torch.tensor(-5.0))
+        if variant == "additive":
+            self.classifier = nn.Linear(d, 1)
+            last = self.classifier
+        else:
+            width = {"multiplicative": d, "concat-mlp": 3 * d, "cross-attention": d}[variant]
+            self.mlp = nn.Sequential(nn.Linear(width, hid), nn.GELU(), nn.Dropout(0.1), nn.Linear(hid, 1))
+            last = self.mlp[-1]
+        if variant == "cross-attention":
+            self.attn = nn.MultiheadAttention(d, num_heads=4, batch_first=True, dropout=0.1)
+        nn.init.zeros_(last.weight), nn.init.zeros_(last.bias)
+
+    def residual(self, pooled, text, grid=None, tokens=None, mask=None, grid_index=None) -> torch.Tensor:
+        """h(photo, text) for aligned rows: pooled (N, image_dim), text (N, text_dim); the
+        cross-attention variant also takes grid cells, tokens (N, L, text_dim) and mask (N, L),
+        True on real tokens. grid is (N, cells, image_dim), or (U, cells, image_dim) for U
+        distinct photos with grid_index (N,) picking each row's photo: projected once each."""
+        i, t = self.image_proj(pooled), self.text_proj(text)
+        if self.variant == "additive":
+            return self.classifier(i + t).squeeze(-1)
+        if self.variant == "multiplicative":
+            return self.mlp(i * t).squeeze(-1)
+        if self.variant == "concat-mlp":
+            return self.mlp(torch.cat([i, t, i * t], dim=-1)).squeeze(-1)
+        cells, toks = self.image_proj(grid), self.text_proj(tokens)
+        if grid_index is not None:
+            cells = cells[grid_index]
+        attended, _ = self.attn(toks, cells, cells, need_weights=False)
+        per_token = self.mlp(attended * toks).squeeze(-1)
+        m = mask.to(per_token.dtype)
+        return (per_token * m).sum(1) / m.sum(1).clamp(min=1)
+
+    def forward(self, itc, *inputs) -> torch.Tensor:
+        """The match logit trained with binary cross-entropy; `inputs` as for residual."""
+        return self.itc_scale * itc + self.itc_bias + self.residual(*inputs)

@@ -1,0 +1,250 @@
+"""Training on cached frozen-encoder features: the shared space (ITC) with early stopping on a
+validation split, then every fusion head (ITM) on hard negatives mined from ITC space."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from retrieval.evaluation import i2t_recall, rerank, t2i_recall
+from retrieval.features import DatasetFeatures
+from retrieval.model import FUSION_VARIANTS, FusionHead, ModelConfig, SharedSpace
+
+ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0  # fixes photo order, caption sampling, folds and initialisation
+    batch_size: int = 128  # photos per contrastive batch (one random caption each)
+    lr: float = 1e-4  # AdamW learning rate of the ITC heads
+    weight_decay: float = 0.05
+    max_epochs: int = 40  # ITC epochs at most; early stopping usually ends far sooner
+    patience: int = 4  # epochs without a better validation score before stopping
+    candidates: int = 8  # ITC top-K each caption's ITM negatives come from
+    folds: int = 2  # hard negatives are mined by ITC models that did not see those photos
+    itm_lr: float = 3e-4
+    itm_epochs: int = 4  # every head peaked on validation within 1-3 epochs, then overfit
+    itm_patience: int = 1
+    variants: tuple = FUSION_VARIANTS  # fusion heads to train
+
+
+@dataclass
+class TrainResult:
+    space: SharedSpace
+    heads: dict  # variant -> FusionHead
+    alphas: dict  # variant -> rerank weight chosen on validation
+    history: dict = field(default_factory=dict)  # per-stage curves and validation scores
+
+
+def _t(a, dtype=torch.float32):
+    return torch.as_tensor(np.asarray(a), dtype=dtype)
+
+
+def embed(space: SharedSpace, f: DatasetFeatures):
+    """ITC embeddings (numpy) of every photo and caption of `f`."""
+    space.eval()
+    with torch.no_grad():
+        img = space.embed_image(_t(f.pooled), _t(f.logits)).numpy()
+        txt = space.embed_text(_t(f.text)).numpy()
+    return img, txt
+
+
+def itc_scores(space: SharedSpace, f: DatasetFeatures) -> dict:
+    """Recall of ITC alone on `f` (t2i and i2t)."""
+    img, txt = embed(space, f)
+    sim = txt @ img.T
+    return {"t2i": t2i_recall(sim, f.caption_image), "i2t": i2t_recall(sim.T, f.caption_image)}
+
+
+def rsum(scores: dict) -> float:
+    return sum(scores["t2i"].values()) + sum(scores["i2t"].values())
+
+
+def train_itc(cfg: ModelConfig, class_emb: torch.Tensor, train: DatasetFeatures,
+              val: DatasetFeatures | None, tc: TrainConfig, epochs: int | None = None, log=None):
+    """Symmetric InfoNCE with learnable temperature; keeps the epoch with the best validation
+    recall sum (or runs `epochs` epochs when there is no validation set)."""
+    gen = torch.Generator().manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)
+    space = SharedSpace(cfg, class_emb)
+    opt = torch.optim.AdamW(space.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    caps = [np.flatnonzero(train.caption_image == i) for i in range(len(train.pooled))]
+    pooled, logits, text = _t(train.pooled), _t(train.logits), _t(train.text)
+    best, best_state, best_epoch, bad, curve = -1.0, None, 0, 0, []
+    n_epochs = epochs or tc.max_epochs
+    for epoch in range(1, n_epochs + 1):
+        space.train()
+        order = torch.randperm(len(caps), generator=gen).numpy()
+        pick = np.array([c[torch.randint(len(c), (1,), generator=gen).item()] for c in caps])
+        losses = []
+        for s in range(0, len(order), tc.batch_size):
+            idx = order[s:s + tc.batch_size]
+            if len(idx) < 2:
+                continue
+            loss = space.loss(space.embed_image(pooled[idx], logits[idx]), space.embed_text(text[pick[idx]]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        entry = {"epoch": epoch, "loss": float(np.mean(losses))}
+        if val is not None:
+            entry["val"] = itc_scores(space, val)
+            score = rsum(entry["val"])
+            if score > best:
+                best, best_state, best_epoch, bad = score, copy.deepcopy(space.state_dict()), epoch, 0
+            else:
+                bad += 1
+        curve.append(entry)
+        if log:
+            log(entry)
+        if val is not None and bad >= tc.patience:
+            break
+    if best_state is not None:
+        space.load_state_dict(best_state)
+    else:
+        best_epoch = n_epochs
+    return space, best_epoch, curve
+
+
+def mine(space: SharedSpace, f: DatasetFeatures, k: int, force_positive: bool):
+    """For each caption, its ITC top-k photos: (caption, photo, itc cosine, label) arrays.
+    With force_positive the true photo replaces the last candidate when ITC missed it."""
+    img, txt = embed(space, f)
+    sim = txt @ img.T
+    k = min(k, sim.shape[1])
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    if force_positive:
+        missing = ~(top == f.caption_image[:, None]).any(axis=1)
+        top[missing, -1] = f.caption_image[missing]
+    caps = np.repeat(np.arange(len(sim)), k)
+    photos = top.reshape(-1)
+    return caps, photos, sim[caps, photos].astype(np.float32), (photos == f.caption_image[caps]).astype(np.float32)
+
+
+def crossfit_pairs(cfg, class_emb, train: DatasetFeatures, tc: TrainConfig, epochs: int):
+    """Hard-negative pairs for ITM whose ITC scores come from models that never saw the photo,
+    so they look like the scores of unseen photos at query time (seen photos score too well)."""
+    rng = np.random.default_rng(tc.seed)
+    fold_of = rng.permutation(len(train.pooled)) % tc.folds
+    parts = []
+    for fold in range(tc.folds):
+        held = np.flatnonzero(fold_of == fold)
+        space, _, _ = train_itc(cfg, class_emb, train.subset(np.flatnonzero(fold_of != fold)), None, tc, epochs)
+        sub = train.subset(held)
+        caps, photos, itc, label = mine(space, sub, tc.candidates, force_positive=True)
+        cap_global = np.flatnonzero(np.isin(train.caption_image, held))
+        parts.append((cap_global[caps], held[photos], itc, label))
+    return tuple(np.concatenate(x) for x in zip(*parts))
+
+
+def head_scores(head: FusionHead, f: DatasetFeatures, caps, photos, itc, batch: int = 4096):
+    """ITM logits and residuals h for (caption, photo) pairs of `f`."""
+    head.eval()
+    out, res = [], []
+    with torch.no_grad():
+        for s in range(0, len(caps), batch):
+            c, p = caps[s:s + batch], photos[s:s + batch]
+            args = _pair_inputs(head, f, c, p)
+            r = head.residual(*args)
+            res.append(r.numpy())
+            out.append((head.itc_scale * _t(itc[s:s + batch]) + head.itc_bias + r).numpy())
+    return np.concatenate(out), np.concatenate(res)
+
+
+def _pair_inputs(head: FusionHead, f: DatasetFeatures, caps, photos):
+    pooled, text = _t(f.pooled[photos]), _t(f.text[caps])
+    if head.variant != "cross-attention":
+        return pooled, text
+    uniq, index = np.unique(photos, return_inverse=True)
+    mask = f.mask[caps]
+    length = max(1, int(mask.sum(axis=1).max()))  # drop columns that are padding in every row
+    return (pooled, text, _t(f.grid[uniq]), _t(f.tokens[caps, :length]),
+            torch.as_tensor(mask[:, :length]), torch.as_tensor(index))
+
+
+def rerank_recall(head, alpha: float, f: DatasetFeatures, space: SharedSpace, k: int,
+                  itc_weight: float = 1.0) -> dict:
+    """t2i and i2t recall of ITC top-k reranked by itc_weight * itc_scale * itc + alpha * h
+    (itc_weight 0 ranks the candidates by the fusion head alone)."""
+    img, txt = embed(space, f)
+    sim = txt @ img.T
+
+    def rescore(rows, cols, sim_=sim, t2i=True):
+        caps, photos = (rows, cols) if t2i else (cols, rows)
+        itc = sim_[rows, cols].reshape(-1)
+        _, h = head_scores(head, f, caps.reshape(-1), photos.reshape(-1), itc)
+        return (itc_weight * float(head.itc_scale.detach()) * itc + alpha * h).reshape(rows.shape)
+
+    t2i = t2i_recall(rerank(sim, k, rescore), f.caption_image)
+    i2t = i2t_recall(rerank(sim.T, k, lambda r, c: rescore(r, c, sim.T, False)), f.caption_image)
+    return {"t2i": t2i, "i2t": i2t}
+
+
+def train_head(variant: str, cfg: ModelConfig, train: DatasetFeatures, pairs, val: DatasetFeatures,
+               space: SharedSpace, tc: TrainConfig, log=None):
+    """BCE on cross-fitted hard-negative pairs; early stopping on validation t2i recall after
+    reranking ITC's top-k at alpha = 1."""
+    torch.manual_seed(tc.seed)
+    gen = torch.Generator().manual_seed(tc.seed)
+    head = FusionHead(variant, cfg)
+    opt = torch.optim.AdamW(head.parameters(), lr=tc.itm_lr, weight_decay=tc.weight_decay)
+    caps, photos, itc, label = pairs
+    pos_weight = torch.tensor(float(tc.candidates - 1))
+    best, best_state, bad, curve = -1.0, copy.deepcopy(head.state_dict()), 0, []
+    # batches of a few photos with all their pairs: each photo's grid is projected once a batch
+    by_photo = np.split(np.argsort(photos, kind="stable"), np.cumsum(np.bincount(photos))[:-1])
+    by_photo = [g for g in by_photo if len(g)]
+    for epoch in range(1, tc.itm_epochs + 1):
+        head.train()
+        order = torch.randperm(len(by_photo), generator=gen).numpy()
+        losses = []
+        for s in range(0, len(order), 8):
+            i = np.concatenate([by_photo[j] for j in order[s:s + 8]])
+            logit = head(_t(itc[i]), *_pair_inputs(head, train, caps[i], photos[i]))
+            loss = F.binary_cross_entropy_with_logits(logit, _t(label[i]), pos_weight=pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        scores = rerank_recall(head, 1.0, val, space, tc.candidates)
+        score = sum(scores["t2i"].values())
+        curve.append({"epoch": epoch, "loss": float(np.mean(losses)), "val": scores})
+        if log:
+            log({"variant": variant, **curve[-1]})
+        if score > best:
+            best, best_state, bad = score, copy.deepcopy(head.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= tc.itm_patience:
+                break
+    head.load_state_dict(best_state)
+    return head, curve
+
+
+def choose_alpha(head, val: DatasetFeatures, space: SharedSpace, k: int):
+    """The rerank weight with the best validation t2i recall sum; ties keep the smaller
+    weight, so a head that does not help ends at 0 (ITC alone)."""
+    table = {a: rerank_recall(head, a, val, space, k) for a in ALPHAS}
+    best = max(ALPHAS, key=lambda a: (sum(table[a]["t2i"].values()), -a))
+    return best, {str(a): v for a, v in table.items()}
+
+
+def train_all(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: DatasetFeatures,
+              tc: TrainConfig, log=None) -> TrainResult:
+    space, best_epoch, curve = train_itc(cfg, class_emb, train, val, tc, log=log)
+    history = {"itc": curve, "itc_best_epoch": best_epoch, "itc_val": itc_scores(space, val)}
+    pairs = crossfit_pairs(cfg, class_emb, train, tc, best_epoch)
+    heads, alphas = {}, {}
+    for variant in tc.variants:
+        head, hcurve = train_head(variant, cfg, train, pairs, val, space, tc, log=log)
+        alpha, table = choose_alpha(head, val, space, tc.candidates)
+        heads[variant], alphas[variant] = head, alpha
+        history[variant] = {"curve": hcurve, "alpha": alpha, "val_by_alpha": table}
+        if log:
+            log({"variant": variant, "alpha": alpha, "val": table[str(alpha)]})
+    return TrainResult(space, heads, alphas, history)
