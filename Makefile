@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/fusion encode data/demo
+	$(BIN)/fusion bench recall --data data/demo
 
 test: install
 	$(BIN)/pytest -q -m 'not resnet'
@@ -36,6 +37,7 @@ test-resnet:
 
 bench: install
 	$(BIN)/python benchmarks/encode_speed.py
+	$(BIN)/python benchmarks/recall.py
 
 clean:
 	rm -rf $(VENV) $(VENV)-resnet *.egg-info .pytest_cache

@@ -1,0 +1,74 @@
+"""Checkpoint round trip, the shipped default, and clear refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval.checkpoint import default_checkpoint_path, load_checkpoint, save_checkpoint
+from retrieval.errors import CheckpointError
+from retrieval.model import FUSION_VARIANTS, FusionHead, ModelConfig, SharedSpace
+
+CFG = ModelConfig(image_dim=32, text_dim=16, fusion_dim=8, rerank="concat-mlp", rerank_weight=0.5)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    space = SharedSpace(CFG, torch.nn.functional.normalize(torch.randn(1000, 16), dim=-1))
+    heads = {v: FusionHead(v, CFG) for v in FUSION_VARIANTS}
+    with torch.no_grad():
+        for m in [space, *heads.values()]:
+            for p in m.parameters():
+                p.add_(torch.randn(p.shape) * 0.1)
+    path = tmp_path / "ck.safetensors"
+    digest = save_checkpoint(path, CFG, space, heads, {v: 0.5 for v in heads}, {"data": ["x"]})
+    return path, digest, space, heads
+
+
+def test_round_trip(saved):
+    path, digest, space, heads = saved
+    ck = load_checkpoint(path)
+    assert ck.content_hash == digest and ck.config == CFG and ck.rerank_head.variant == "concat-mlp"
+    x, logits, t = torch.randn(4, 32), torch.randn(4, 1000), torch.randn(4, 16)
+    with torch.no_grad():
+        # float16 storage: equal to the originals within half precision
+        torch.testing.assert_close(ck.space.embed_image(x, logits), space.embed_image(x, logits), atol=2e-3, rtol=0)
+        a = ck.heads["multiplicative"].residual(x, t)
+        b = heads["multiplicative"].eval().residual(x, t)
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=1e-2)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["content_hash"] == digest and meta["config"]["image_encoder"] == "efficientnet-lite0"
+    assert load_checkpoint(path).content_hash == digest  # deterministic
+
+
+def test_other_encoder_refused_with_the_fix(saved):
+    path = saved[0]
+    with pytest.raises(CheckpointError, match="made for the image encoder efficientnet-lite0, not resnet50.*fusion train"):
+        load_checkpoint(path, image_encoder="resnet50")
+
+
+def test_damaged_and_missing(saved, tmp_path):
+    path = saved[0]
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # flip a byte inside the tensors
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="bad.safetensors: damaged checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="nothing.safetensors: checkpoint not found"):
+        load_checkpoint(tmp_path / "nothing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="junk.safetensors: not a readable checkpoint"):
+        load_checkpoint(junk)
+
+
+def test_shipped_default_checkpoint():
+    path = default_checkpoint_path()
+    assert path.is_file() and path.stat().st_size < 8_000_000
+    ck = load_checkpoint(image_encoder="efficientnet-lite0", text_encoder="all-MiniLM-L6-v2")
+    assert set(ck.heads) == set(FUSION_VARIANTS)
+    assert ck.config.rerank in FUSION_VARIANTS and ck.config.rerank_weight >= 0
+    assert "data/demo" in " ".join(ck.record["excluded"])  # the demo photos were held out
