@@ -13,7 +13,7 @@ from retrieval.datasets import load_dataset
 from retrieval.errors import DatasetError
 from retrieval.features import DatasetFeatures, dataset_features
 from retrieval.image_encoder import CONFIGS, imagenet_classes, load_image_encoder
-from retrieval.model import ModelConfig
+from retrieval.model import FUSION_VARIANTS, ModelConfig
 from retrieval.text_encoder import load_text_encoder
 from retrieval.training import TrainConfig, train_all
 
@@ -42,6 +42,14 @@ def split(feats: list[DatasetFeatures], names: list[list[str]], exclude: set[str
     return DatasetFeatures.concat(parts), val
 
 
+def choose_shipped(result) -> str:
+    """The head search reranks with: best validation t2i recall at its tuned weight, never the
+    separable additive head (it cannot change a ranking); ties go to the later, richer variant."""
+    ranked = [v for v in FUSION_VARIANTS if v in result.heads and v != "additive"]
+    val = result.history
+    return max(reversed(ranked), key=lambda v: sum(val[v]["val_by_alpha"][str(result.alphas[v])]["t2i"].values()))
+
+
 def train_checkpoint(data: list[Path], out: Path, exclude: list[Path] = (), val_photos: int = 50,
                      seed: int = 0, image_encoder: str = "efficientnet-lite0", image_weights=None,
                      cache_dir: Path | None = None, log=None, tc: TrainConfig | None = None) -> dict:
@@ -57,8 +65,7 @@ def train_checkpoint(data: list[Path], out: Path, exclude: list[Path] = (), val_
     cfg = ModelConfig(image_encoder=image_encoder, image_dim=CONFIGS[image_encoder].feature_dim,
                       text_encoder=te.config.name, text_dim=te.config.dim)
     result = train_all(cfg, class_embeddings(te), train, val, tc, log=log)
-    best = max(result.heads, key=lambda v: (sum(result.history[v]["val_by_alpha"][str(result.alphas[v])]["t2i"].values()),
-                                           result.alphas[v] > 0))
+    best = choose_shipped(result)
     cfg = ModelConfig(**{**cfg.to_dict(), "rerank": best, "rerank_weight": result.alphas[best]})
     record = {
         "data": [str(d) for d in data], "excluded": [str(d) for d in exclude],

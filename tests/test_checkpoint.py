@@ -70,5 +70,6 @@ def test_shipped_default_checkpoint():
     assert path.is_file() and path.stat().st_size < 8_000_000
     ck = load_checkpoint(image_encoder="efficientnet-lite0", text_encoder="all-MiniLM-L6-v2")
     assert set(ck.heads) == set(FUSION_VARIANTS)
-    assert ck.config.rerank in FUSION_VARIANTS and ck.config.rerank_weight >= 0
+    assert ck.config.rerank in FUSION_VARIANTS and ck.config.rerank != "additive"
+    assert ck.config.rerank_weight == ck.alphas[ck.config.rerank] >= 0
     assert "data/demo" in " ".join(ck.record["excluded"])  # the demo photos were held out
