@@ -35,6 +35,8 @@ def main():
 
     \b
     Typical use:
+      fusion index ~/Pictures                 index (and later re-sync) a photo folder
+      fusion info                             what the library holds
       fusion encode data/demo                 what the image network sees in each photo
       fusion bench recall --data data/demo    how well text finds photos, and back
       fusion train --data DIR --out FILE      train your own shared space and reranker
@@ -81,6 +83,76 @@ def encode(paths, batch_size, workers, top, as_json):
                    f"{s['photos_per_s']:.1f} photos/s, {s['skipped']} skipped")
     if report.errors:
         sys.exit(3)
+
+
+def db_option(fn):
+    return click.option("--db", type=click.Path(path_type=Path),
+                        help="Library folder [default: $FUSION_HOME, else ~/.local/share/fusion].")(fn)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@db_option
+@click.option("--rebuild", is_flag=True, help="Start the library over (needed after a model change).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 32),
+              help="Threads decoding photos while the network runs.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256),
+              help="Photos per forward pass (4 is fastest on 2 CPU cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@fusion_errors
+def index(paths, db, rebuild, workers, batch_size, as_json):
+    """Index photos under PATHS into the library; run it again whenever they change.
+
+    Finds jpg, jpeg, png, webp, bmp, tif(f) and gif files recursively. Unchanged files (same
+    size and mtime) are not read, changed ones are re-encoded, moved or renamed ones are
+    recognised by content and not re-encoded, deleted ones leave the library. A PATH holding
+    captions.jsonl (or a .jsonl file) also indexes its captions, for `fusion describe`.
+
+    Exit code 0 when every photo was indexed, 3 when some files were skipped (each is listed
+    with its reason), 1 on an error that stopped the run (the library keeps what was
+    committed; run again to finish).
+    """
+    from tqdm import tqdm
+
+    from indexer.run import index_paths
+
+    def bar(total):
+        return tqdm(total=total, unit="photo", file=sys.stderr, disable=as_json or None)
+
+    s = index_paths(list(paths), db, rebuild, batch_size=batch_size, workers=workers, bar=bar)
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+    else:
+        for item in s["skipped"]:
+            click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
+        t = s["timing"]
+        click.echo(f"{s['added']} added, {s['updated']} updated, {s['renamed']} renamed, "
+                   f"{s['removed']} removed, {s['unchanged']} unchanged, {len(s['skipped'])} skipped; "
+                   f"{s['captions_added']} captions added. Library: {s['photos']} photos, "
+                   f"{s['captions']} captions in {s['library']}")
+        if s["added"] + s["updated"]:
+            click.echo(f"{s['photos_per_s']} photos/s (decode {t['decode_s']} s, forward "
+                       f"{t['forward_s']} s, writes {t['write_s']} s); total {s['seconds']} s")
+    if s["skipped"]:
+        sys.exit(3)
+
+
+@main.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print as one JSON object.")
+@fusion_errors
+def info(db, as_json):
+    """What the library holds: photos, captions, index type, model, bytes on disk."""
+    from retrieval.library import Library, library_dir
+    from retrieval.runtime import Runtime
+
+    rt = Runtime()
+    data = Library.open(library_dir(db), rt.fingerprint, rt.dim).info()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            click.echo(f"{key:>16}: {value}")
 
 
 def image_encoder_options(fn):

@@ -28,3 +28,11 @@ class WeightsError(FusionError):
 
 class CheckpointError(FusionError):
     """A checkpoint is missing, damaged, or was made for other encoders."""
+
+
+class LibraryError(FusionError):
+    """A library directory is missing, damaged, or cannot be used as asked."""
+
+
+class ModelMismatchError(LibraryError):
+    """The library was built with another encoder or checkpoint than the one in use."""

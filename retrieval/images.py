@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +23,24 @@ Image.MAX_IMAGE_PIXELS = None
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 
-def open_image(path: str | os.PathLike, min_side: int = 0, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(path: str | os.PathLike, min_side: int = 0, max_pixels: int = MAX_PIXELS,
+               data: bytes | None = None, info: dict | None = None) -> Image.Image:
     """Open a photo as an 8-bit RGB image, upright per its EXIF orientation.
 
     `min_side` lets JPEG decoding use draft mode (DCT scaling) so the shorter side is still
     at least `min_side` after decoding; 0 decodes at full size. Raises ImageError (naming the
     file) for anything that is not a readable photo, ImageTooLargeError for decompression bombs.
+    `data` decodes bytes already read from `path`; `info`, if given, receives the original
+    width, height and EXIF capture time and camera.
     """
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about odd EXIF/ICC; the photo is still fine
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data) if data is not None else path) as im:
                 _check_pixels(path, im, max_pixels)
+                if info is not None:
+                    info.update(_exif_info(im))
                 if min_side and im.format == "JPEG":
                     _draft(im, min_side)
                 im.seek(0)  # first frame of an animation
@@ -52,6 +59,23 @@ def open_image(path: str | os.PathLike, min_side: int = 0, max_pixels: int = MAX
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         # PIL reports truncation and corrupt streams as OSError/SyntaxError/ValueError
         raise ImageError(path, f"damaged or truncated image ({e})") from None
+
+
+def _exif_info(im: Image.Image) -> dict:
+    out = {"width": im.size[0], "height": im.size[1], "taken_at": None, "camera": None}
+    try:
+        exif = im.getexif()
+        if exif.get(0x0112) in (5, 6, 7, 8):  # rotated 90 degrees: report the upright size
+            out["width"], out["height"] = im.size[1], im.size[0]
+        stamp = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)  # DateTimeOriginal, DateTime
+        if isinstance(stamp, str):
+            out["taken_at"] = datetime.strptime(stamp.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").timestamp()
+        model = exif.get(0x0110)
+        if isinstance(model, str) and model.strip("\x00 "):
+            out["camera"] = model.strip("\x00 ")
+    except Exception:  # broken EXIF never costs us the photo
+        pass
+    return out
 
 
 def _check_pixels(path: Path, im: Image.Image, max_pixels: int) -> None:

@@ -44,10 +44,11 @@ def split(feats: list[DatasetFeatures], names: list[list[str]], exclude: set[str
 
 def choose_shipped(result) -> str:
     """The head search reranks with: best validation t2i recall at its tuned weight, never the
-    separable additive head (it cannot change a ranking); ties go to the later, richer variant."""
+    separable additive head (it cannot change a ranking); ties go to the head whose features
+    cost least to store per photo (FUSION_VARIANTS order: cross-attention needs grid cells)."""
     ranked = [v for v in FUSION_VARIANTS if v in result.heads and v != "additive"]
     val = result.history
-    return max(reversed(ranked), key=lambda v: sum(val[v]["val_by_alpha"][str(result.alphas[v])]["t2i"].values()))
+    return max(ranked, key=lambda v: sum(val[v]["val_by_alpha"][str(result.alphas[v])]["t2i"].values()))
 
 
 def train_checkpoint(data: list[Path], out: Path, exclude: list[Path] = (), val_photos: int = 50,

@@ -1,0 +1,104 @@
+"""`fusion index` as a library function: paths in, an up-to-date library and a summary out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from indexer.captions import index_captions
+from indexer.pipeline import Timing, encode_batch, loaded_photos
+from indexer.scan import plan, walk
+from indexer.writer import Writer
+from retrieval.datasets import is_dataset
+from retrieval.library import CAPTION_INDEX, DB_FILE, PHOTO_INDEX, Library, library_dir
+from retrieval.runtime import Runtime
+
+WRITE_BATCH = 32  # photos per SQLite transaction
+
+
+def remove_library_files(root: Path) -> None:
+    """--rebuild: delete our files only (never anything else in the folder)."""
+    for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", PHOTO_INDEX, CAPTION_INDEX,
+                 PHOTO_INDEX + ".tmp", CAPTION_INDEX + ".tmp"):
+        (root / name).unlink(missing_ok=True)
+
+
+def index_paths(paths: list[Path], db: Path | None = None, rebuild: bool = False,
+                runtime: Runtime | None = None, batch_size: int = 4, workers: int = 1,
+                bar=None) -> dict:
+    """Bring the library up to date with `paths`. `bar(total)` may return a progress object
+    with update(n) and set_postfix_str(s). Returns the summary (see `fusion index --help`)."""
+    start = time.perf_counter()
+    runtime = runtime or Runtime()
+    root = library_dir(db)
+    if rebuild and root.is_dir():
+        remove_library_files(root)
+    lib = Library.open(root, runtime.fingerprint, runtime.dim, create=True)
+    skipped: list[dict] = []
+    files, roots = walk(paths, skipped)
+    with lib.session() as s:
+        todo = plan(s, files, roots, skipped)
+    summary = {"added": 0, "updated": 0, "renamed": 0, "removed": 0, "unchanged": todo.unchanged,
+               "skipped": todo.skipped, "captions_added": 0, "captions_removed": 0}
+    timing = Timing()
+    writer = Writer(lib, timing)
+    existing = {f.path: pid for pid, f in todo.changed}
+    renames = {sha: pid for pid, (_path, sha) in todo.missing.items()}
+    work = todo.new + [f for _pid, f in todo.changed]
+    progress = bar(len(work)) if (bar and work) else None
+    pending = []
+    if work:
+        _ = runtime.image_encoder.network  # load before timing the photos
+    photo_start = time.perf_counter()
+
+    def flush():
+        if pending:
+            feats, vectors = encode_batch(pending, runtime, timing, batch_size)
+            writer.write(pending, feats, vectors, existing)
+            for it in pending:
+                summary["updated" if it.stat.path in existing else "added"] += 1
+            if progress:
+                progress.update(len(pending))
+            pending.clear()
+
+    for stat, result in loaded_photos(work, runtime.image_encoder, set(renames), timing, workers):
+        if isinstance(result, Exception):
+            skipped.append({"path": result.path, "reason": result.reason})
+            if progress:
+                progress.update(1)
+            continue
+        if result.pixels is None:
+            pid = renames.pop(result.sha, None)
+            if pid is not None:
+                writer.rename(pid, result)
+                summary["renamed"] += 1
+                if progress:
+                    progress.update(1)
+                continue
+            # a second copy of a renamed photo: decode it as a new one
+            result = next(loaded_photos([stat], runtime.image_encoder, set(), timing))[1]
+            if isinstance(result, Exception):
+                skipped.append({"path": result.path, "reason": result.reason})
+                continue
+        pending.append(result)
+        if len(pending) >= WRITE_BATCH:
+            flush()
+    flush()
+    photo_s = time.perf_counter() - photo_start
+    writer.remove(list(renames.values()))  # missing and not renamed: deleted from disk
+    summary["removed"] = len(renames)
+    for p in paths:
+        if is_dataset(p):
+            added, removed = index_captions(lib, Path(p), runtime)
+            summary["captions_added"] += added
+            summary["captions_removed"] += removed
+    lib.save()
+    if progress:
+        progress.close()
+    info = lib.info()
+    seconds = time.perf_counter() - start
+    encoded = summary["added"] + summary["updated"]
+    summary.update(photos=info["photos"], captions=info["captions"], seconds=round(seconds, 3),
+                   photos_per_s=round(encoded / photo_s, 1) if encoded else 0.0,
+                   timing=timing.as_dict(), library=str(root))
+    return summary

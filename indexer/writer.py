@@ -1,0 +1,73 @@
+"""One id into SQLite and FAISS, in crash-safe order: SQLite commits first (it holds the
+vectors too), FAISS follows in memory and is saved atomically; a crash in between is repaired
+on the next open, which rebuilds FAISS from SQLite."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from sqlalchemy import delete, select
+
+from indexer.pipeline import Loaded, Timing
+from retrieval.library import Library
+from retrieval.store_meta import Photo, PhotoFeatures
+
+SAVE_EVERY_S = 30.0  # bound on FAISS work redone after a crash
+
+
+class Writer:
+    def __init__(self, lib: Library, timing: Timing):
+        self.lib, self.timing = lib, timing
+        self._last_save = time.monotonic()
+
+    def write(self, items: list[Loaded], feats, vectors: np.ndarray, existing: dict[str, int]) -> None:
+        """Insert new photos, or update `existing` ones (path -> id) in place, with features."""
+        start = time.perf_counter()
+        ids = []
+        with self.lib.session() as s, s.begin():
+            for n, it in enumerate(items):
+                fields = dict(path=it.stat.path, size=it.stat.size, mtime_ns=it.stat.mtime_ns, sha=it.sha,
+                              width=it.info.get("width", 0), height=it.info.get("height", 0),
+                              taken_at=it.info.get("taken_at"), camera=it.info.get("camera"),
+                              indexed_at=time.time())
+                photo_id = existing.get(it.stat.path)
+                if photo_id is None:
+                    row = Photo(**fields)
+                    s.add(row)
+                    s.flush()
+                    photo_id = row.id
+                else:
+                    s.query(Photo).filter(Photo.id == photo_id).update(fields)
+                grid = b"" if feats.grid is None else feats.grid[n].astype("<f2").tobytes()
+                s.merge(PhotoFeatures(photo_id=photo_id, vector=vectors[n].astype("<f4").tobytes(),
+                                      pooled=feats.pooled[n].astype("<f2").tobytes(), grid=grid))
+                ids.append(photo_id)
+        self.lib.photos.add(ids, vectors)
+        self._maybe_save()
+        self.timing.write_s += time.perf_counter() - start
+
+    def rename(self, photo_id: int, it: Loaded) -> None:
+        """Same content at a new path: the row moves, the vector stays."""
+        start = time.perf_counter()
+        with self.lib.session() as s, s.begin():
+            s.query(Photo).filter(Photo.id == photo_id).update(
+                dict(path=it.stat.path, size=it.stat.size, mtime_ns=it.stat.mtime_ns))
+        self.timing.write_s += time.perf_counter() - start
+
+    def remove(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        with self.lib.session() as s, s.begin():
+            s.execute(delete(PhotoFeatures).where(PhotoFeatures.photo_id.in_(ids)))
+            s.execute(delete(Photo).where(Photo.id.in_(ids)))
+        self.lib.photos.remove(ids)
+
+    def existing_sha(self, photo_id: int) -> str | None:
+        with self.lib.session() as s:
+            return s.scalar(select(Photo.sha).where(Photo.id == photo_id))
+
+    def _maybe_save(self) -> None:
+        if time.monotonic() - self._last_save > SAVE_EVERY_S:
+            self.lib.save()
+            self._last_save = time.monotonic()

@@ -1,0 +1,107 @@
+"""A library directory: `library.sqlite` (truth: metadata, vectors, rerank features) and two
+FAISS files (`photos.faiss`, `captions.faiss`) that are caches of the SQLite vectors, rebuilt
+whenever their ids disagree with SQLite (after a crash, or a lost file)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from retrieval.errors import LibraryError, ModelMismatchError
+from retrieval.store_meta import Caption, Photo, PhotoFeatures, get_meta, open_db, set_meta
+from retrieval.store_vectors import VectorStore
+
+DB_FILE = "library.sqlite"
+PHOTO_INDEX = "photos.faiss"
+CAPTION_INDEX = "captions.faiss"
+
+
+def library_dir(db: str | os.PathLike | None = None) -> Path:
+    """--db, else $FUSION_HOME, else $XDG_DATA_HOME/fusion (~/.local/share/fusion)."""
+    if db:
+        return Path(db).expanduser()
+    if os.environ.get("FUSION_HOME"):
+        return Path(os.environ["FUSION_HOME"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "fusion"
+
+
+class Library:
+    def __init__(self, root: Path, engine, photos: VectorStore, captions: VectorStore):
+        self.root, self.engine, self.photos, self.captions = root, engine, photos, captions
+
+    @classmethod
+    def open(cls, root: Path, fingerprint: str, dim: int, create: bool = False) -> "Library":
+        """Open the library at `root` for the model `fingerprint`. Refuses another model's
+        library (ModelMismatchError naming the fix); with `create`, makes a new one."""
+        if root.exists() and not root.is_dir():
+            raise LibraryError(f"{root}: is a file, not a library folder; pass --db a folder")
+        if not (root / DB_FILE).is_file():
+            if not create:
+                raise LibraryError(f"{root}: no library here yet; index photos first: "
+                                   f"fusion index PATH --db {root}")
+            root.mkdir(parents=True, exist_ok=True)
+        engine = open_db(root / DB_FILE)
+        with Session(engine) as s, s.begin():
+            stored = get_meta(s, "model")
+            if stored is None:
+                set_meta(s, "model", fingerprint)
+            elif stored != fingerprint:
+                raise ModelMismatchError(
+                    f"{root}: built with model {stored}, but the model in use is {fingerprint}; "
+                    f"re-index with: fusion index --rebuild PATH --db {root}")
+        lib = cls(root, engine, VectorStore.load(root / PHOTO_INDEX, dim),
+                  VectorStore.load(root / CAPTION_INDEX, dim))
+        lib.reconcile()
+        return lib
+
+    def session(self) -> Session:
+        return Session(self.engine)
+
+    def reconcile(self) -> bool:
+        """Make each FAISS index hold exactly the vectors SQLite holds; True if one changed."""
+        changed = False
+        with self.session() as s:
+            for store, name, rows in (
+                (self.photos, PHOTO_INDEX, lambda: s.execute(select(PhotoFeatures.photo_id, PhotoFeatures.vector))),
+                (self.captions, CAPTION_INDEX, lambda: s.execute(select(Caption.id, Caption.vector))),
+            ):
+                table = PhotoFeatures.photo_id if store is self.photos else Caption.id
+                sql_ids = np.array(sorted(s.scalars(select(table))), dtype=np.int64)
+                if np.array_equal(np.sort(store.ids()), sql_ids):
+                    continue
+                fresh = VectorStore(store.dim)
+                ids, vecs = [], []
+                for i, blob in rows():
+                    ids.append(i)
+                    vecs.append(np.frombuffer(blob, np.float32))
+                if ids:
+                    fresh.add(ids, np.stack(vecs))
+                store.index = fresh.index
+                store.save(self.root / name)
+                changed = True
+        return changed
+
+    def save(self) -> None:
+        self.photos.save(self.root / PHOTO_INDEX)
+        self.captions.save(self.root / CAPTION_INDEX)
+
+    def info(self) -> dict:
+        with self.session() as s:
+            photos = s.scalar(select(func.count(Photo.id)))
+            captions = s.scalar(select(func.count(Caption.id)))
+            model = get_meta(s, "model")
+            schema = get_meta(s, "schema_version")
+        files = [p for p in self.root.iterdir() if p.is_file()]
+        disk = sum(p.stat().st_size for p in files)
+        return {
+            "library": str(self.root), "photos": photos, "vectors": len(self.photos),
+            "captions": captions, "caption_vectors": len(self.captions),
+            "index_type": "exact inner product (IndexIDMap2 + IndexFlatIP)",
+            "model": model, "schema_version": int(schema), "bytes_on_disk": disk,
+            "bytes_per_photo": round(disk / photos) if photos else 0,
+        }

@@ -1,0 +1,131 @@
+"""SQLite metadata through SQLAlchemy: photos, captions, caption sources, the rerank feature
+store and the library's own facts (schema version, model fingerprint). SQLite is the source of
+truth; the FAISS files are rebuilt from it whenever they disagree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import (Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine, event,
+                        select, text)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from retrieval.errors import LibraryError
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Photo(Base):
+    __tablename__ = "photos"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # = its FAISS id
+    path: Mapped[str] = mapped_column(Text, unique=True, index=True)  # absolute
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    sha: Mapped[str] = mapped_column(String(40), index=True)  # content hash: finds renames
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    taken_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # EXIF capture time, epoch s
+    camera: Mapped[str | None] = mapped_column(Text, nullable=True)
+    indexed_at: Mapped[float] = mapped_column(Float)
+
+
+class PhotoFeatures(Base):
+    """What search needs without decoding the photo: the ITC vector (rebuilds FAISS) and the
+    rerank features (pooled, grid cells), float16 little-endian bytes."""
+
+    __tablename__ = "photo_features"
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32 ITC embedding
+    pooled: Mapped[bytes] = mapped_column(LargeBinary)
+    grid: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CaptionSource(Base):
+    __tablename__ = "caption_sources"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)  # the captions .jsonl file
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+
+
+class Caption(Base):
+    __tablename__ = "captions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # = its FAISS id (caption index)
+    source_id: Mapped[int] = mapped_column(ForeignKey("caption_sources.id", ondelete="CASCADE"), index=True)
+    line: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    image_path: Mapped[str | None] = mapped_column(Text, nullable=True, index=True)  # absolute
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32 ITC embedding
+    tokens: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+# Each step takes the schema from version N-1 to N; a library is migrated one step at a time.
+MIGRATIONS: dict[int, list[str]] = {}
+
+
+def open_db(path: Path) -> Engine:
+    """Open (or create) the library database in WAL mode, migrating its schema step by step.
+    Raises LibraryError when the file is not a readable SQLite database of ours."""
+    engine = create_engine(f"sqlite:///{path}")
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(conn, _record):
+        cur = conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")  # readers never block on the indexer
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.close()
+
+    try:
+        Base.metadata.create_all(engine)
+        with Session(engine) as s, s.begin():
+            version = s.get(Meta, "schema_version")
+            if version is None:
+                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            else:
+                _migrate(s, int(version.value), path)
+    except LibraryError:
+        raise
+    except Exception as e:
+        raise LibraryError(f"{path}: not a readable library database ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0]}); rebuild it with `fusion index --rebuild`") from None
+    return engine
+
+
+def _migrate(s: Session, version: int, path: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise LibraryError(f"{path}: made by a newer fusion (schema {version}, this one reads "
+                           f"{SCHEMA_VERSION}); upgrade fusion-retrieval")
+    for step in range(version + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS[step]:
+            s.execute(text(statement))
+        s.get(Meta, "schema_version").value = str(step)
+
+
+def get_meta(s: Session, key: str) -> str | None:
+    row = s.get(Meta, key)
+    return None if row is None else row.value
+
+
+def set_meta(s: Session, key: str, value: str) -> None:
+    row = s.get(Meta, key)
+    if row is None:
+        s.add(Meta(key=key, value=value))
+    else:
+        row.value = value
+
+
+def all_ids(s: Session, table) -> list[int]:
+    return list(s.scalars(select(table.id).order_by(table.id)))
