@@ -36,6 +36,9 @@ def main():
     \b
     Typical use:
       fusion index ~/Pictures                 index (and later re-sync) a photo folder
+      fusion search "a dog on a beach"        find photos by describing them
+      fusion similar photo.jpg                photos that look like this one
+      fusion describe photo.jpg               the captions that fit a photo
       fusion info                             what the library holds
       fusion encode data/demo                 what the image network sees in each photo
       fusion bench recall --data data/demo    how well text finds photos, and back
@@ -153,6 +156,102 @@ def info(db, as_json):
     else:
         for key, value in data.items():
             click.echo(f"{key:>16}: {value}")
+
+
+def filter_options(fn):
+    fn = click.option("--before", metavar="DATE", help="Only photos taken before DATE (YYYY-MM-DD; EXIF time, else file time).")(fn)
+    fn = click.option("--after", metavar="DATE", help="Only photos taken on or after DATE (YYYY-MM-DD).")(fn)
+    return click.option("--under", type=click.Path(path_type=Path), help="Only photos under this folder.")(fn)
+
+
+def make_filters(under, after, before):
+    import os
+
+    from retrieval.search import Filters
+
+    return Filters(os.path.abspath(under) if under else None, _date(after, "--after"), _date(before, "--before"))
+
+
+def _date(value, name):
+    from datetime import datetime
+
+    if value is None:
+        return None
+    for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m", "%Y"):
+        try:
+            return datetime.strptime(value, fmt).timestamp()
+        except ValueError:
+            pass
+    raise click.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD, e.g. 2024-06-30", param_hint=name)
+
+
+K_RANGE = click.IntRange(1, 1000)
+
+
+def print_hits(results, as_json):
+    from dataclasses import asdict
+
+    if as_json:
+        click.echo(json.dumps([asdict(h) for h in results.hits], indent=2))
+    else:
+        for note in results.notes:
+            click.echo(f"note: {note}", err=True)
+        if not results.hits:
+            click.echo("no results", err=True)
+        for h in results.hits:
+            label = getattr(h, "path", None) or getattr(h, "text", "")
+            click.echo(f"{h.rank:>3}  {h.score:7.3f}  {label}")
+
+
+@main.command()
+@click.argument("query")
+@click.option("-k", "k", default=10, show_default=True, type=K_RANGE, help="Results to show.")
+@click.option("--candidates", default=32, show_default=True, type=K_RANGE,
+              help="ITC top-K that the fusion classifier reranks.")
+@click.option("--no-rerank", is_flag=True, help="Rank by the shared space (ITC) alone.")
+@filter_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list with rank, path, score, itc, itm.")
+@db_option
+@fusion_errors
+def search(query, k, candidates, no_rerank, under, after, before, as_json, db):
+    """Find photos by describing them: fusion search "a dog on a beach".
+
+    Takes the library's top --candidates photos by the shared space, reranks them with the
+    fusion classifier from stored features (photos are not decoded), and prints rank,
+    score and path. Ties break by id, so the order is stable.
+    """
+    from retrieval.search import open_searcher
+
+    filters = make_filters(under, after, before)
+    print_hits(open_searcher(db).text(query, k, candidates, not no_rerank, filters), as_json)
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("-k", "k", default=10, show_default=True, type=K_RANGE, help="Results to show.")
+@filter_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@db_option
+@fusion_errors
+def similar(image, k, under, after, before, as_json, db):
+    """Photos that look like IMAGE (which need not be in the library)."""
+    from retrieval.search import open_searcher
+
+    print_hits(open_searcher(db).similar(image, k, make_filters(under, after, before)), as_json)
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("-k", "k", default=5, show_default=True, type=K_RANGE, help="Captions to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@db_option
+@fusion_errors
+def describe(image, k, as_json, db):
+    """The captions nearest to IMAGE, from the caption corpora in the library
+    (index one first, e.g. fusion index ../shared/data/coco-captions-val2017.jsonl)."""
+    from retrieval.search import open_searcher
+
+    print_hits(open_searcher(db).describe(image, k), as_json)
 
 
 def image_encoder_options(fn):

