@@ -18,9 +18,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
+# The main job on the bundled demo collection: index it (photos + captions), then search.
+DEMO_DB := .demo-library
 demo: install
-	$(BIN)/fusion encode data/demo
-	$(BIN)/fusion bench recall --data data/demo
+	$(BIN)/fusion index data/demo --db $(DEMO_DB)
+	$(BIN)/fusion search "two zebras grazing" --db $(DEMO_DB) -k 5
+	$(BIN)/fusion search "a plate of food on a table" --db $(DEMO_DB) -k 5
+	$(BIN)/fusion describe data/demo/images/000000358427.jpg --db $(DEMO_DB) -k 3
 
 test: install
 	$(BIN)/pytest -q -m 'not resnet'
@@ -37,7 +41,8 @@ test-resnet:
 
 bench: install
 	$(BIN)/python benchmarks/encode_speed.py
+	$(BIN)/python benchmarks/index_speed.py
 	$(BIN)/python benchmarks/recall.py
 
 clean:
-	rm -rf $(VENV) $(VENV)-resnet *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV)-resnet $(DEMO_DB) *.egg-info .pytest_cache

@@ -254,6 +254,28 @@ def describe(image, k, as_json, db):
     print_hits(open_searcher(db).describe(image, k), as_json)
 
 
+@main.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; the default answers this machine only.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535))
+@fusion_errors
+def serve(db, host, port):
+    """Keep the model and library loaded and answer JSON requests over HTTP:
+
+    \b
+      GET /api/search?q=a+dog+on+a+beach&k=10&candidates=32&rerank=true
+      GET /api/similar?id=ID&k=10      GET /api/describe?id=ID&k=5
+      GET /api/photo/ID                GET /api/health      (API docs: /api/docs)
+    """
+    from retrieval.search import open_searcher
+    from retrieval.server import serve as run
+
+    searcher = open_searcher(db)
+    click.echo(f"serving {searcher.lib.root} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    run(searcher, host, port)
+
+
 def image_encoder_options(fn):
     fn = click.option("--image-weights", type=click.Path(dir_okay=False, path_type=Path),
                       help="State-dict file for the image encoder (required for resnet50).")(fn)

@@ -116,6 +116,14 @@ class Searcher:
         return Results([CaptionHit(n, i, rows[i].text, sc, rows[i].image_path)
                         for n, (sc, i) in enumerate(pairs, start=1)])
 
+    def photo_path(self, photo_id: int) -> str:
+        """The recorded path of a library photo (LibraryError if there is none)."""
+        with self.lib.session() as s:
+            path = s.scalar(select(Photo.path).where(Photo.id == photo_id))
+        if path is None:
+            raise LibraryError(f"no photo with id {photo_id} in {self.lib.root}")
+        return path
+
     def _embed_photo(self, image) -> np.ndarray:
         enc = self.runtime.image_encoder
         f = enc.encode([enc.load(image)], normalize=False)

@@ -1,0 +1,71 @@
+"""`fusion serve`: models and indexes stay loaded; JSON search, similar and describe over HTTP
+on localhost (FastAPI on uvicorn)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict
+from datetime import date, datetime
+
+from retrieval.errors import FusionError
+from retrieval.search import Filters, Searcher
+
+MAX_QUERY_CHARS = 2000
+
+
+def create_app(searcher: Searcher):
+    from fastapi import FastAPI, Query
+    from fastapi.responses import FileResponse, JSONResponse
+
+    app = FastAPI(title="Fusion Retrieval", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    lock = threading.Lock()  # one query at a time: 2 cores, and torch already uses both
+
+    @app.exception_handler(FusionError)
+    async def _fusion_error(_request, exc: FusionError):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    def hits(results) -> dict:
+        return {"results": [asdict(h) for h in results.hits], "notes": results.notes}
+
+    def filters(under, after, before) -> Filters:
+        ts = [None if d is None else datetime.combine(d, datetime.min.time()).timestamp() for d in (after, before)]
+        return Filters(under, *ts)
+
+    @app.get("/api/health")
+    def health():
+        return {"photos": len(searcher.lib.photos), "captions": len(searcher.lib.captions),
+                "model": searcher.runtime.fingerprint}
+
+    @app.get("/api/search")
+    def search(q: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS),
+               k: int = Query(10, ge=1, le=1000), candidates: int = Query(32, ge=1, le=1000),
+               rerank: bool = True, under: str | None = Query(None, max_length=4096),
+               after: date | None = None, before: date | None = None):
+        with lock:
+            return hits(searcher.text(q, k, candidates, rerank, filters(under, after, before)))
+
+    @app.get("/api/similar")
+    def similar(id: int = Query(..., ge=1), k: int = Query(10, ge=1, le=1000),
+                under: str | None = Query(None, max_length=4096), after: date | None = None,
+                before: date | None = None):
+        with lock:
+            return hits(searcher.similar(searcher.photo_path(id), k, filters(under, after, before)))
+
+    @app.get("/api/describe")
+    def describe(id: int = Query(..., ge=1), k: int = Query(5, ge=1, le=100)):
+        with lock:
+            return hits(searcher.describe(searcher.photo_path(id), k))
+
+    @app.get("/api/photo/{photo_id}")
+    def photo(photo_id: int):
+        # only files the library records, by id: no path from the request reaches the disk
+        return FileResponse(searcher.photo_path(photo_id))
+
+    return app
+
+
+def serve(searcher: Searcher, host: str = "127.0.0.1", port: int = 8765) -> None:
+    import uvicorn
+
+    searcher.text("warm up", 1)  # load the text model before the first request
+    uvicorn.run(create_app(searcher), host=host, port=port, log_level="warning")

@@ -1,0 +1,171 @@
+"""The read path end to end on a library of the demo collection's photos and captions, through
+the library API, click's CliRunner, a real `fusion search` subprocess and a real server."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from click.testing import CliRunner
+
+from indexer.run import index_paths
+from retrieval.cli import main
+from retrieval.datasets import load_dataset
+from retrieval.search import Filters, Searcher, open_searcher
+from retrieval.runtime import Runtime
+
+ZEBRA = "000000113354.jpg"
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, demo_dir):
+    root = tmp_path_factory.mktemp("s")
+    photos = root / "demo"
+    shutil.copytree(demo_dir, photos)
+    # a sub-folder for --under: move 12 photos (captions then point at missing files: fine)
+    sub = photos / "images" / "sub"
+    sub.mkdir()
+    for p in sorted((photos / "images").glob("*.jpg"))[:12]:
+        shutil.move(p, sub / p.name)
+    index_paths([photos], root / "lib", runtime=Runtime())
+    return root
+
+
+@pytest.fixture(scope="module")
+def searcher(library):
+    return open_searcher(library / "lib")
+
+
+def test_captions_find_their_photo_in_the_top_10(searcher, library):
+    ds = load_dataset(library / "demo", check_images=False)
+    hits = total = 0
+    for c in ds.captions:
+        expected = os.path.basename(ds.images[c.image])
+        found = [os.path.basename(h.path) for h in searcher.text(c.text, k=10).hits]
+        hits += expected in found
+        total += 1
+    assert hits / total >= 0.8, f"{hits}/{total}"
+
+
+def test_rerank_and_itc_orders_are_valid_and_stable(searcher):
+    for rerank in (True, False):
+        a = searcher.text("a bus on a street", k=10, rerank=rerank).hits
+        b = searcher.text("a bus on a street", k=10, rerank=rerank).hits
+        assert [h.id for h in a] == [h.id for h in b] and [h.rank for h in a] == list(range(1, 11))
+        assert all((x.score, -x.id) >= (y.score, -y.id) for x, y in zip(a, a[1:]))
+        assert len({h.id for h in a}) == 10
+
+
+def test_filters_keep_k_results(searcher, library):
+    sub = str(library / "demo" / "images" / "sub")
+    hits = searcher.text("a photo", k=10, filters=Filters(under=sub)).hits
+    assert len(hits) == 10 and all(h.path.startswith(sub + os.sep) for h in hits)
+    far_future = time.time() + 10 * 365 * 86400
+    assert searcher.text("a photo", k=5, filters=Filters(after=far_future)).hits == []
+    assert len(searcher.text("a photo", k=5, filters=Filters(before=far_future)).hits) == 5
+
+
+def test_long_query_is_truncated_with_a_note(searcher):
+    r = searcher.text("zebra " * 400, k=3)
+    assert len(r.hits) == 3 and "only its beginning was used" in r.notes[0]
+
+
+def test_similar_and_describe(searcher, library, tmp_path):
+    outside = tmp_path / "query.jpg"
+    zebra = next((library / "demo").rglob(ZEBRA))
+    shutil.copy(zebra, outside)
+    hits = searcher.similar(outside, k=5).hits
+    assert hits[0].path == str(zebra)  # the same photo, found from outside the library
+    inside = searcher.similar(zebra, k=5).hits
+    assert str(zebra) not in [h.path for h in inside] and len(inside) == 5
+    texts = [h.text.lower() for h in searcher.describe(zebra, k=3).hits]
+    assert all("zebra" in t for t in texts)
+
+
+def test_cli_json_shape_and_messages(library, tmp_path):
+    db = str(library / "lib")
+    runner = CliRunner()
+    r = runner.invoke(main, ["search", "two zebras grazing", "--db", db, "--json", "-k", "3"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert [set(h) >= {"rank", "path", "score", "itc", "itm"} for h in out] == [True] * 3
+    assert out[0]["path"].endswith(ZEBRA)
+    r = runner.invoke(main, ["search", "x", "--no-rerank", "--json", "--db", db])
+    assert r.exit_code == 0 and all(h["itm"] is None for h in json.loads(r.stdout))
+    r = runner.invoke(main, ["search", "   ", "--db", db])
+    assert r.exit_code == 1 and "empty query" in r.output
+    r = runner.invoke(main, ["search", "x", "-k", "0", "--db", db])
+    assert r.exit_code == 2
+    r = runner.invoke(main, ["similar", str(tmp_path / "nope.jpg"), "--db", db])
+    assert r.exit_code == 1 and "nope.jpg: no such file" in r.output
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not a photo")
+    r = runner.invoke(main, ["describe", str(bad), "--db", db])
+    assert r.exit_code == 1 and "bad.jpg: not an image file" in r.output
+    r = runner.invoke(main, ["search", "x", "--after", "yesterday", "--db", db])
+    assert r.exit_code == 2 and "not a date" in r.output
+
+
+def test_empty_library_message(tmp_path):
+    (tmp_path / "empty").mkdir()
+    CliRunner().invoke(main, ["index", str(tmp_path / "empty"), "--db", str(tmp_path / "lib")])
+    r = CliRunner().invoke(main, ["search", "a dog", "--db", str(tmp_path / "lib")])
+    assert r.exit_code == 1 and "holds no photos yet" in r.output
+
+
+def test_search_as_a_real_subprocess(library):
+    r = subprocess.run([sys.executable, "-m", "retrieval.cli", "search", "two zebras grazing", "--db",
+                        str(library / "lib"), "-k", "3"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].endswith(ZEBRA)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_server(library):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--db", str(library / "lib"),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if get(base + "/api/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        status, body = get(base + "/api/search?q=two+zebras+grazing&k=3")
+        assert status == 200
+        results = json.loads(body)["results"]
+        assert results[0]["path"].endswith(ZEBRA)
+        zid = results[0]["id"]
+        status, body = get(f"{base}/api/describe?id={zid}&k=2")
+        assert status == 200 and "zebra" in json.loads(body)["results"][0]["text"].lower()
+        status, body = get(f"{base}/api/similar?id={zid}&k=4")
+        assert status == 200 and len(json.loads(body)["results"]) == 4
+        status, body = get(f"{base}/api/photo/{zid}")
+        assert status == 200 and body[:2] == b"\xff\xd8"
+        assert get(base + "/api/search?q=x&k=0")[0] == 422
+        assert get(base + "/api/search?q=" + "x" * 3000)[0] == 422
+        assert get(base + "/api/photo/99999")[0] == 400
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
