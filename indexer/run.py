@@ -10,20 +10,27 @@ from indexer.pipeline import Timing, encode_batch, loaded_photos
 from indexer.scan import plan, walk
 from indexer.writer import Writer
 from retrieval.datasets import is_dataset
+from retrieval.errors import LibraryError
 from retrieval.library import CAPTION_INDEX, DB_FILE, PHOTO_INDEX, Library, library_dir
 from retrieval.runtime import Runtime
 
 WRITE_BATCH = 32  # photos per SQLite transaction
 
 
-def remove_library_files(root: Path) -> None:
-    """--rebuild: delete our files only (never anything else in the folder)."""
-    for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", PHOTO_INDEX, CAPTION_INDEX,
-                 PHOTO_INDEX + ".tmp", CAPTION_INDEX + ".tmp"):
+def rebuild(root: Path, runtime: Runtime) -> None:
+    """--rebuild, from what remains: the FAISS files always go (they are rebuilt from SQLite);
+    SQLite goes too when it is unreadable or was made with another model, and then every photo
+    is encoded again. Only our own files are ever deleted."""
+    for name in (PHOTO_INDEX, CAPTION_INDEX, PHOTO_INDEX + ".tmp", CAPTION_INDEX + ".tmp"):
         (root / name).unlink(missing_ok=True)
+    try:
+        Library.open(root, runtime.fingerprint, runtime.dim).engine.dispose()
+    except LibraryError:
+        for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm"):
+            (root / name).unlink(missing_ok=True)
 
 
-def index_paths(paths: list[Path], db: Path | None = None, rebuild: bool = False,
+def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool = False,
                 runtime: Runtime | None = None, batch_size: int = 4, workers: int = 1,
                 bar=None) -> dict:
     """Bring the library up to date with `paths`. `bar(total)` may return a progress object
@@ -31,9 +38,9 @@ def index_paths(paths: list[Path], db: Path | None = None, rebuild: bool = False
     start = time.perf_counter()
     runtime = runtime or Runtime()
     root = library_dir(db)
-    if rebuild and root.is_dir():
-        remove_library_files(root)
-    lib = Library.open(root, runtime.fingerprint, runtime.dim, create=True)
+    if rebuild_first and root.is_dir():
+        rebuild(root, runtime)
+    lib = Library.open(root, runtime.fingerprint, runtime.dim, create=True, writer=True)
     skipped: list[dict] = []
     files, roots = walk(paths, skipped)
     with lib.session() as s:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from retrieval.images import is_photo_name
-from retrieval.store_meta import Photo
+from retrieval.store_meta import Photo, PhotoFeatures
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,12 @@ def plan(s: Session, files: list[FileStat], roots: list[Path], skipped: list[dic
     """Compare the files on disk with the photos the library holds under `roots`."""
     out = Plan(skipped=skipped)
     known = {p.path: p for p in s.scalars(select(Photo)).all() if _under(p.path, roots)}
+    with_features = set(s.scalars(select(PhotoFeatures.photo_id)))
     for f in files:
         row = known.pop(f.path, None)
         if row is None:
             out.new.append(f)
-        elif row.size == f.size and row.mtime_ns == f.mtime_ns:
+        elif row.size == f.size and row.mtime_ns == f.mtime_ns and row.id in with_features:
             out.unchanged += 1
         else:
             out.changed.append((row.id, f))

@@ -35,9 +35,10 @@ class Library:
         self.root, self.engine, self.photos, self.captions = root, engine, photos, captions
 
     @classmethod
-    def open(cls, root: Path, fingerprint: str, dim: int, create: bool = False) -> "Library":
+    def open(cls, root: Path, fingerprint: str, dim: int, create: bool = False, writer: bool = False) -> "Library":
         """Open the library at `root` for the model `fingerprint`. Refuses another model's
-        library (ModelMismatchError naming the fix); with `create`, makes a new one."""
+        library (ModelMismatchError naming the fix); with `create`, makes a new one. A reader
+        repairs stale FAISS indexes in memory only; a `writer` also saves the repair."""
         if root.exists() and not root.is_dir():
             raise LibraryError(f"{root}: is a file, not a library folder; pass --db a folder")
         if not (root / DB_FILE).is_file():
@@ -56,14 +57,15 @@ class Library:
                     f"re-index with: fusion index --rebuild PATH --db {root}")
         lib = cls(root, engine, VectorStore.load(root / PHOTO_INDEX, dim),
                   VectorStore.load(root / CAPTION_INDEX, dim))
-        lib.reconcile()
+        lib.reconcile(save=writer)
         return lib
 
     def session(self) -> Session:
         return Session(self.engine)
 
-    def reconcile(self) -> bool:
-        """Make each FAISS index hold exactly the vectors SQLite holds; True if one changed."""
+    def reconcile(self, save: bool = True) -> bool:
+        """Make each FAISS index hold exactly the vectors SQLite holds; True if one changed.
+        Only the indexer saves the result: readers never write library files."""
         changed = False
         with self.session() as s:
             for store, name, rows in (
@@ -82,7 +84,8 @@ class Library:
                 if ids:
                     fresh.add(ids, np.stack(vecs))
                 store.index = fresh.index
-                store.save(self.root / name)
+                if save:
+                    store.save(self.root / name)
                 changed = True
         return changed
 

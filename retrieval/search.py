@@ -68,9 +68,31 @@ class Searcher:
         import faiss
 
         self.lib, self.runtime = lib, runtime
+        self._stamp = self._files_stamp()
         # One query's FAISS scan is small; its OpenMP threads would spin-wait after each search
         # and steal both cores from the torch steps around it (measured: 36 -> 20 ms per query).
         faiss.omp_set_num_threads(1)
+
+    def _files_stamp(self) -> tuple:
+        out = []
+        for name in ("library.sqlite", "library.sqlite-wal", "photos.faiss", "captions.faiss"):
+            try:
+                st = os.stat(self.lib.root / name)
+                out.append((name, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((name, None, None))
+        return tuple(out)
+
+    def refresh(self) -> bool:
+        """Reopen the library if the indexer changed it since (a long-running server's view
+        follows `fusion index` runs); True when it did."""
+        stamp = self._files_stamp()
+        if stamp == self._stamp:
+            return False
+        fresh = Library.open(self.lib.root, self.runtime.fingerprint, self.runtime.dim)
+        self.lib.engine.dispose()
+        self.lib, self._stamp = fresh, stamp
+        return True
 
     def _check_k(self, k: int, candidates: int) -> None:
         if not 1 <= k <= MAX_K:
@@ -127,6 +149,24 @@ class Searcher:
             path = s.scalar(select(Photo.path).where(Photo.id == photo_id))
         if path is None:
             raise LibraryError(f"no photo with id {photo_id} in {self.lib.root}")
+        return path
+
+    def servable_photo(self, photo_id: int) -> str:
+        """The path of a library photo that may be served: a regular file still the same size
+        and mtime as when indexed (following links), so a file swapped for a symlink to
+        something else afterwards is refused."""
+        with self.lib.session() as s:
+            row = s.get(Photo, photo_id)
+            recorded = None if row is None else (row.path, row.size, row.mtime_ns)
+        if recorded is None:
+            raise LibraryError(f"no photo with id {photo_id} in {self.lib.root}")
+        path, size, mtime_ns = recorded
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise LibraryError(f"photo {photo_id} is gone from {path}; run fusion index to update") from None
+        if not os.path.isfile(path) or (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            raise LibraryError(f"photo {photo_id} changed since it was indexed; run fusion index to update")
         return path
 
     def _embed_photo(self, image) -> np.ndarray:
@@ -193,6 +233,10 @@ class Searcher:
         with self.lib.session() as s:
             rows = {r.photo_id: r for r in s.scalars(
                 select(PhotoFeatures).where(PhotoFeatures.photo_id.in_([int(i) for i in ids])))}
+        lost = [int(i) for i in ids if int(i) not in rows]
+        if lost:
+            raise LibraryError(f"{self.lib.root / 'library.sqlite'}: rerank features missing for {len(lost)} "
+                               f"photos (e.g. id {lost[0]}); repair with: fusion index --rebuild PATH")
         pooled = np.stack([np.frombuffer(rows[int(i)].pooled, "<f2").astype(np.float32) for i in ids])
         n = len(ids)
         args = [torch.from_numpy(pooled), torch.from_numpy(np.repeat(text.pooled, n, axis=0))]

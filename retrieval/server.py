@@ -20,6 +20,10 @@ def create_app(searcher: Searcher):
     app = FastAPI(title="Fusion Retrieval", docs_url="/api/docs", openapi_url="/api/openapi.json")
     lock = threading.Lock()  # one query at a time: 2 cores, and torch already uses both
 
+    def fresh() -> Searcher:
+        searcher.refresh()  # a stat of four files; reopens only after an index run
+        return searcher
+
     @app.exception_handler(FusionError)
     async def _fusion_error(_request, exc: FusionError):
         return JSONResponse({"error": str(exc)}, status_code=400)
@@ -33,6 +37,8 @@ def create_app(searcher: Searcher):
 
     @app.get("/api/health")
     def health():
+        with lock:
+            fresh()
         return {"photos": len(searcher.lib.photos), "captions": len(searcher.lib.captions),
                 "model": searcher.runtime.fingerprint}
 
@@ -42,24 +48,26 @@ def create_app(searcher: Searcher):
                rerank: bool = True, under: str | None = Query(None, max_length=4096),
                after: date | None = None, before: date | None = None):
         with lock:
-            return hits(searcher.text(q, k, candidates, rerank, filters(under, after, before)))
+            return hits(fresh().text(q, k, candidates, rerank, filters(under, after, before)))
 
     @app.get("/api/similar")
     def similar(id: int = Query(..., ge=1), k: int = Query(10, ge=1, le=1000),
                 under: str | None = Query(None, max_length=4096), after: date | None = None,
                 before: date | None = None):
         with lock:
-            return hits(searcher.similar(searcher.photo_path(id), k, filters(under, after, before)))
+            return hits(fresh().similar(searcher.photo_path(id), k, filters(under, after, before)))
 
     @app.get("/api/describe")
     def describe(id: int = Query(..., ge=1), k: int = Query(5, ge=1, le=100)):
         with lock:
-            return hits(searcher.describe(searcher.photo_path(id), k))
+            return hits(fresh().describe(searcher.photo_path(id), k))
 
     @app.get("/api/photo/{photo_id}")
     def photo(photo_id: int):
         # only files the library records, by id: no path from the request reaches the disk
-        return FileResponse(searcher.photo_path(photo_id))
+        with lock:
+            path = fresh().servable_photo(photo_id)
+        return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
     return app
 
@@ -68,4 +76,6 @@ def serve(searcher: Searcher, host: str = "127.0.0.1", port: int = 8765) -> None
     import uvicorn
 
     searcher.text("warm up", 1)  # load the text model before the first request
-    uvicorn.run(create_app(searcher), host=host, port=port, log_level="warning")
+    # bounded: few connections at once, short keep-alive; GET with bounded query strings only
+    uvicorn.run(create_app(searcher), host=host, port=port, log_level="warning",
+                limit_concurrency=32, timeout_keep_alive=5, h11_max_incomplete_event_size=16_384)

@@ -74,3 +74,30 @@ def test_kill_and_resume(point, tmp_path, demo_dir):
     con = sqlite3.connect(db / "library.sqlite")
     assert sorted(lib.photos.ids().tolist()) == sorted(i for (i,) in con.execute("select id from photos"))
     assert sorted(lib.captions.ids().tolist()) == sorted(i for (i,) in con.execute("select id from captions"))
+
+
+@pytest.mark.slow
+def test_ten_kills_at_random_points(tmp_path, demo_dir):
+    """Issue 7: kill -9 ten times at random moments of one growing job, resuming each time."""
+    import random
+
+    photos = tmp_path / "demo"
+    shutil.copytree(demo_dir, photos)
+    db = tmp_path / "lib"
+    rng = random.Random(7)
+    for _ in range(10):
+        proc = start(photos, db)
+        time.sleep(rng.uniform(0.3, 6.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        n = count(db, "select count(*) from photos")
+        assert n == count(db, "select count(distinct path) from photos") <= 48
+    done = subprocess.run([sys.executable, "-m", "retrieval.cli", "index", str(photos), "--db", str(db), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert count(db, "select count(*) from photos") == 48 and count(db, "select count(*) from captions") == 240
+    rt = Runtime()
+    lib = Library.open(db, rt.fingerprint, rt.dim)
+    con = sqlite3.connect(db / "library.sqlite")
+    assert sorted(lib.photos.ids().tolist()) == sorted(i for (i,) in con.execute("select id from photos"))
+    assert sorted(lib.captions.ids().tolist()) == sorted(i for (i,) in con.execute("select id from captions"))

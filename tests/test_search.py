@@ -166,6 +166,21 @@ def test_server(library):
         assert get(base + "/api/search?q=x&k=0")[0] == 422
         assert get(base + "/api/search?q=" + "x" * 3000)[0] == 422
         assert get(base + "/api/photo/99999")[0] == 400
+        assert get(base + "/api/photo/../../etc/passwd")[0] == 404
+        assert get(base + "/api/search?q=x&after=not-a-date")[0] == 422
+        # a photo swapped for a symlink to another file after indexing is not served
+        victim = results[1]["path"]
+        secret = library / "secret.txt"
+        secret.write_text("not for the web")
+        backup = library / "backup.jpg"
+        shutil.move(victim, backup)
+        os.symlink(secret, victim)
+        try:
+            status, body = get(f"{base}/api/photo/{results[1]['id']}")
+            assert status == 400 and b"not for the web" not in body
+        finally:
+            os.unlink(victim)
+            shutil.move(backup, victim)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
