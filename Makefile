@@ -8,7 +8,7 @@ TORCH := torch==2.13.0
 # torchvision (ResNet-50 backbone only) runs beside this torch pair, in its own venv.
 RESNET_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast test-resnet bench clean
+.PHONY: install browser demo test test-fast test-resnet bench clean
 
 install: $(VENV)/.installed
 
@@ -26,10 +26,15 @@ demo: install
 	$(BIN)/fusion search "a plate of food on a table" --db $(DEMO_DB) -k 5
 	$(BIN)/fusion describe data/demo/images/000000358427.jpg --db $(DEMO_DB) -k 3
 
-test: install
+# The web page test drives Debian's Chromium headless (chromedriver from the same package set).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
+
+test: install browser
 	$(BIN)/pytest -q -m 'not resnet'
 
-test-fast: install
+test-fast: install browser
 	$(BIN)/pytest -q -m 'not resnet and not slow'
 
 # The optional torchvision path, in a second environment (CI runs this too).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def rebuild(root: Path, runtime: Runtime) -> None:
     except LibraryError:
         for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm"):
             (root / name).unlink(missing_ok=True)
+        shutil.rmtree(root / "thumbs", ignore_errors=True)  # keyed by photo ids, which restart
 
 
 def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool = False,

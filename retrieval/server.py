@@ -3,9 +3,11 @@ on localhost (FastAPI on uvicorn)."""
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import asdict
 from datetime import date, datetime
+from pathlib import Path
 
 from retrieval.errors import FusionError
 from retrieval.search import Filters, Searcher
@@ -15,7 +17,7 @@ MAX_QUERY_CHARS = 2000
 
 def create_app(searcher: Searcher):
     from fastapi import FastAPI, Query
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
     app = FastAPI(title="Fusion Retrieval", docs_url="/api/docs", openapi_url="/api/openapi.json")
     lock = threading.Lock()  # one query at a time: 2 cores, and torch already uses both
@@ -62,6 +64,17 @@ def create_app(searcher: Searcher):
         with lock:
             return hits(fresh().describe(searcher.photo_path(id), k))
 
+    @app.get("/", include_in_schema=False)
+    def page():
+        return HTMLResponse(_page())
+
+    @app.get("/api/thumb/{photo_id}")
+    def thumb(photo_id: int, size: int = Query(256, ge=32, le=1024)):
+        with lock:
+            path = fresh().servable_photo(photo_id)
+        return FileResponse(thumbnail(searcher.lib.root, photo_id, path, size), media_type="image/jpeg",
+                            headers={"Cache-Control": "private, max-age=86400"})
+
     @app.get("/api/photo/{photo_id}")
     def photo(photo_id: int):
         # only files the library records, by id: no path from the request reaches the disk
@@ -70,6 +83,31 @@ def create_app(searcher: Searcher):
         return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
     return app
+
+
+def _page() -> str:
+    from importlib import resources
+
+    return resources.files("retrieval").joinpath("web/index.html").read_text("utf-8")
+
+
+def thumbnail(root: Path, photo_id: int, path: str, size: int) -> Path:
+    """A JPEG thumbnail cached under the library folder (never beside the user's photos),
+    keyed by photo id, file mtime and size so an edited photo gets a new one."""
+    from PIL import Image
+
+    from retrieval.images import open_image
+
+    mtime = os.stat(path).st_mtime_ns
+    out = root / "thumbs" / f"{photo_id}-{mtime}-{size}.jpg"
+    if not out.is_file():
+        out.parent.mkdir(exist_ok=True)
+        img = open_image(path, min_side=size)
+        img.thumbnail((size, size), Image.BICUBIC)
+        tmp = out.with_name(out.name + ".tmp")
+        img.save(tmp, "JPEG", quality=85)
+        os.replace(tmp, out)
+    return out
 
 
 def serve(searcher: Searcher, host: str = "127.0.0.1", port: int = 8765) -> None:

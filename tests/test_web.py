@@ -1,0 +1,112 @@
+"""The web page end to end in headless Chromium (Debian's chromium + chromium-driver) against a
+real `fusion serve` on localhost with a real library of the demo collection."""
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from indexer.run import index_paths
+from retrieval.runtime import Runtime
+from tests.test_search import ZEBRA, free_port, get
+
+SCREENSHOT = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "web.png"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_dir):
+    root = tmp_path_factory.mktemp("web")
+    index_paths([demo_dir], root / "lib", runtime=Runtime())
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--db", str(root / "lib"),
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if get(base + "/api/health")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    yield base, root / "lib"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "install Debian's chromium and chromium-driver (make test does)"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--window-size=1280,900"):
+        opts.add_argument(flag)
+    b = webdriver.Chrome(service=Service(driver), options=opts)
+    yield b
+    b.quit()
+
+
+def wait_for(fn, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting")
+
+
+def tiles(b):
+    from selenium.webdriver.common.by import By
+
+    return b.find_elements(By.CSS_SELECTOR, "#grid .tile")
+
+
+def test_search_open_and_more_like_this(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    base, lib = server
+    b = browser
+    b.get(base + "/")
+    box = b.find_element(By.ID, "q")
+    assert box == b.switch_to.active_element  # the search box has the focus
+    box.send_keys("two zebras grazing", Keys.ENTER)
+    found = wait_for(lambda: tiles(b))
+    assert "q=two+zebras+grazing" in b.current_url
+    paths = [t.get_attribute("data-path") for t in found]
+    assert any(p.endswith(ZEBRA) for p in paths[:3])
+    wait_for(lambda: b.execute_script(
+        "return [...document.images].filter(i => i.closest('.tile')).slice(0, 8).every(i => i.complete && i.naturalWidth > 0)"))
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    b.save_screenshot(str(SCREENSHOT))
+    assert list((lib / "thumbs").glob("*.jpg"))  # thumbnails cached in the library folder
+
+    zebra = next(t for t in found if t.get_attribute("data-path").endswith(ZEBRA))
+    zebra_id = zebra.get_attribute("data-id")
+    zebra.send_keys(Keys.ENTER)  # keyboard opens the photo
+    wait_for(lambda: "open" in b.find_element(By.ID, "viewer").get_attribute("class"))
+    captions = wait_for(lambda: b.find_elements(By.CSS_SELECTOR, "#captions li"))
+    assert "zebra" in captions[0].text.lower()
+    b.find_element(By.ID, "more").click()
+    wait_for(lambda: f"similar={zebra_id}" in b.current_url)
+    similar = wait_for(lambda: [t for t in tiles(b) if t.get_attribute("data-id") != ""] if
+                       "like the one" in b.find_element(By.ID, "status").text else None)
+    assert zebra_id not in [t.get_attribute("data-id") for t in similar]
+
+    b.get(base + "/?q=a+plate+of+food")  # a shared link reproduces the search
+    wait_for(lambda: tiles(b))
+    assert b.find_element(By.ID, "q").get_attribute("value") == "a plate of food"
+
+
+def test_page_has_no_external_resources(server):
+    base, _ = server
+    status, body = get(base + "/")
+    html = body.decode()
+    assert status == 200 and "http://" not in html and "https://" not in html
