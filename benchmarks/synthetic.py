@@ -12,6 +12,7 @@ from sqlalchemy import insert
 
 from retrieval.datasets import load_dataset
 from retrieval.features import dataset_features
+from retrieval.image_encoder import ImageFeatures
 from retrieval.library import Library
 from retrieval.runtime import Runtime
 from retrieval.store_meta import Photo, PhotoFeatures
@@ -41,12 +42,13 @@ def build(root: Path, n: int, pooled: np.ndarray, logits: np.ndarray, runtime: R
         p = (pooled[src] + NOISE * p_scale * rng.standard_normal((m, pooled.shape[1]))).astype(np.float32)
         lg = (logits[src] + NOISE * l_scale * rng.standard_normal((m, logits.shape[1]))).astype(np.float32)
         vec = runtime.embed_images(p, lg)
+        rerank = runtime.rerank_features(ImageFeatures(p, lg, None))
         ids = np.arange(lo + 1, lo + m + 1)
         photos = [{"id": int(i), "path": f"/synthetic/{i // 1000:04d}/{i:08d}.jpg", "size": 200_000,
                    "mtime_ns": int((now - i * 60) * 1e9), "sha": f"{i:040x}", "width": 640, "height": 480,
                    "taken_at": now - i * 60, "camera": None, "indexed_at": now} for i in ids]
         feats = [{"photo_id": int(i), "vector": vec[k].astype("<f4").tobytes(),
-                  "pooled": p[k].astype("<f2").tobytes(), "grid": b""} for k, i in enumerate(ids)]
+                  "rerank": rerank[k].astype("<f2").tobytes()} for k, i in enumerate(ids)]
         with lib.session() as s, s.begin():
             s.execute(insert(Photo), photos)
             s.execute(insert(PhotoFeatures), feats)

@@ -62,8 +62,8 @@ def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool =
 
     def flush():
         if pending:
-            feats, vectors = encode_batch(pending, runtime, timing, batch_size)
-            writer.write(pending, feats, vectors, existing)
+            rerank, vectors = encode_batch(pending, runtime, timing, batch_size)
+            writer.write(pending, rerank, vectors, existing)
             for it in pending:
                 summary["updated" if it.stat.path in existing else "added"] += 1
             if progress:

@@ -21,7 +21,7 @@ class Writer:
         self.lib, self.timing = lib, timing
         self._last_save = time.monotonic()
 
-    def write(self, items: list[Loaded], feats, vectors: np.ndarray, existing: dict[str, int]) -> None:
+    def write(self, items: list[Loaded], rerank: np.ndarray, vectors: np.ndarray, existing: dict[str, int]) -> None:
         """Insert new photos, or update `existing` ones (path -> id) in place, with features."""
         start = time.perf_counter()
         ids = []
@@ -39,9 +39,8 @@ class Writer:
                     photo_id = row.id
                 else:
                     s.query(Photo).filter(Photo.id == photo_id).update(fields)
-                grid = b"" if feats.grid is None else feats.grid[n].astype("<f2").tobytes()
                 s.merge(PhotoFeatures(photo_id=photo_id, vector=vectors[n].astype("<f4").tobytes(),
-                                      pooled=feats.pooled[n].astype("<f2").tobytes(), grid=grid))
+                                      rerank=rerank[n].astype("<f2").tobytes()))
                 ids.append(photo_id)
         self.lib.photos.add(ids, vectors)
         self._maybe_save()

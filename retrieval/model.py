@@ -104,25 +104,35 @@ class FusionHead(nn.Module):
             self.attn = nn.MultiheadAttention(d, num_heads=4, batch_first=True, dropout=0.1)
         nn.init.zeros_(last.weight), nn.init.zeros_(last.bias)
 
+    def project_image(self, pooled, grid=None) -> torch.Tensor:
+        """What a library stores per photo for this head (computed once at index time):
+        the projected pooled features (N, d), or projected grid cells (N, cells, d) for
+        cross-attention."""
+        return self.image_proj(grid if self.variant == "cross-attention" else pooled)
+
     def residual(self, pooled, text, grid=None, tokens=None, mask=None, grid_index=None) -> torch.Tensor:
         """h(photo, text) for aligned rows: pooled (N, image_dim), text (N, text_dim); the
         cross-attention variant also takes grid cells, tokens (N, L, text_dim) and mask (N, L),
         True on real tokens. grid is (N, cells, image_dim), or (U, cells, image_dim) for U
         distinct photos with grid_index (N,) picking each row's photo: projected once each."""
-        i, t = self.image_proj(pooled), self.text_proj(text)
+        return self.residual_projected(self.project_image(pooled, grid), text, tokens, mask, grid_index)
+
+    def residual_projected(self, image, text, tokens=None, mask=None, grid_index=None) -> torch.Tensor:
+        """h from `project_image` output (rows, or distinct photos with grid_index)."""
+        if grid_index is not None:
+            image = image[grid_index]
+        if self.variant == "cross-attention":
+            toks = self.text_proj(tokens)
+            attended, _ = self.attn(toks, image, image, need_weights=False)
+            per_token = self.mlp(attended * toks).squeeze(-1)
+            m = mask.to(per_token.dtype)
+            return (per_token * m).sum(1) / m.sum(1).clamp(min=1)
+        i, t = image, self.text_proj(text)
         if self.variant == "additive":
             return self.classifier(i + t).squeeze(-1)
         if self.variant == "multiplicative":
             return self.mlp(i * t).squeeze(-1)
-        if self.variant == "concat-mlp":
-            return self.mlp(torch.cat([i, t, i * t], dim=-1)).squeeze(-1)
-        cells, toks = self.image_proj(grid), self.text_proj(tokens)
-        if grid_index is not None:
-            cells = cells[grid_index]
-        attended, _ = self.attn(toks, cells, cells, need_weights=False)
-        per_token = self.mlp(attended * toks).squeeze(-1)
-        m = mask.to(per_token.dtype)
-        return (per_token * m).sum(1) / m.sum(1).clamp(min=1)
+        return self.mlp(torch.cat([i, t, i * t], dim=-1)).squeeze(-1)
 
     def forward(self, itc, *inputs) -> torch.Tensor:
         """The match logit trained with binary cross-entropy; `inputs` as for residual."""

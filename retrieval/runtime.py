@@ -52,6 +52,14 @@ class Runtime:
         with torch.no_grad():
             return self.checkpoint.space.embed_image(torch.from_numpy(pooled), torch.from_numpy(logits)).numpy()
 
+    def rerank_features(self, feats) -> np.ndarray:
+        """The shipped head's projection of photos' features: what the library stores."""
+        import torch
+
+        grid = None if feats.grid is None else torch.from_numpy(feats.grid)
+        with torch.no_grad():
+            return self.checkpoint.rerank_head.project_image(torch.from_numpy(feats.pooled), grid).numpy()
+
     def embed_texts(self, pooled: np.ndarray) -> np.ndarray:
         import torch
 

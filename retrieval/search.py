@@ -233,20 +233,20 @@ class Searcher:
         with self.lib.session() as s:
             rows = {r.photo_id: r for r in s.scalars(
                 select(PhotoFeatures).where(PhotoFeatures.photo_id.in_([int(i) for i in ids])))}
-        lost = [int(i) for i in ids if int(i) not in rows]
+        lost = [int(i) for i in ids if rows.get(int(i)) is None or rows[int(i)].rerank is None]
         if lost:
             raise LibraryError(f"{self.lib.root / 'library.sqlite'}: rerank features missing for {len(lost)} "
-                               f"photos (e.g. id {lost[0]}); repair with: fusion index --rebuild PATH")
-        pooled = np.stack([np.frombuffer(rows[int(i)].pooled, "<f2").astype(np.float32) for i in ids])
+                               f"photos (e.g. id {lost[0]}); repair with: fusion index PATH")
+        d = self.runtime.checkpoint.config.fusion_dim
+        image = np.stack([np.frombuffer(rows[int(i)].rerank, "<f2").reshape(-1, d).astype(np.float32) for i in ids])
         n = len(ids)
-        args = [torch.from_numpy(pooled), torch.from_numpy(np.repeat(text.pooled, n, axis=0))]
-        if head.variant == "cross-attention":
-            dim = pooled.shape[1]
-            grid = np.stack([np.frombuffer(rows[int(i)].grid, "<f2").reshape(-1, dim).astype(np.float32) for i in ids])
-            args += [torch.from_numpy(grid), torch.from_numpy(np.repeat(text.tokens, n, axis=0)),
-                     torch.from_numpy(np.repeat(text.mask, n, axis=0))]
+        if head.variant != "cross-attention":
+            image, extra = image[:, 0], []
+        else:
+            extra = [torch.from_numpy(np.repeat(text.tokens, n, axis=0)), torch.from_numpy(np.repeat(text.mask, n, axis=0))]
         with torch.no_grad():
-            r = head.residual(*args).numpy()
+            r = head.residual_projected(torch.from_numpy(image), torch.from_numpy(np.repeat(text.pooled, n, axis=0)),
+                                        *extra).numpy()
         logit = float(head.itc_scale.detach()) * np.asarray(itc) + float(head.itc_bias.detach()) + r
         return r, logit
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from retrieval.errors import LibraryError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -41,14 +41,14 @@ class Photo(Base):
 
 
 class PhotoFeatures(Base):
-    """What search needs without decoding the photo: the ITC vector (rebuilds FAISS) and the
-    rerank features (pooled, grid cells), float16 little-endian bytes."""
+    """What search needs without decoding the photo: the ITC vector (FAISS is rebuilt from it)
+    and the rerank features: the shipped fusion head's own projection of the image (256
+    float16 values; grid cells x 256 for a cross-attention head), computed at index time."""
 
     __tablename__ = "photo_features"
     photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
-    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32 ITC embedding
-    pooled: Mapped[bytes] = mapped_column(LargeBinary)
-    grid: Mapped[bytes] = mapped_column(LargeBinary)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32 ITC embedding, little-endian
+    rerank: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # float16; NULL: encode again
 
 
 class CaptionSource(Base):
@@ -71,7 +71,13 @@ class Caption(Base):
 
 
 # Each step takes the schema from version N-1 to N; a library is migrated one step at a time.
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    # v2: raw pooled features (2.5 KB) and grid cells give way to the rerank head's projection
+    # (0.5 KB). It cannot be computed in SQL: NULL makes `fusion index` encode those photos again.
+    2: ["ALTER TABLE photo_features ADD COLUMN rerank BLOB",
+        "ALTER TABLE photo_features DROP COLUMN pooled",
+        "ALTER TABLE photo_features DROP COLUMN grid"],
+}
 
 
 def open_db(path: Path) -> Engine:
