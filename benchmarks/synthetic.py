@@ -15,7 +15,7 @@ from retrieval.features import dataset_features
 from retrieval.image_encoder import ImageFeatures
 from retrieval.library import Library
 from retrieval.runtime import Runtime
-from retrieval.store_meta import Photo, PhotoFeatures
+from retrieval.store_meta import VECTOR_DTYPE, Photo, PhotoFeatures
 
 NOISE = 0.35  # relative noise on raw features: neighbours stay plausible, none is a copy
 
@@ -47,7 +47,7 @@ def build(root: Path, n: int, pooled: np.ndarray, logits: np.ndarray, runtime: R
         photos = [{"id": int(i), "path": f"/synthetic/{i // 1000:04d}/{i:08d}.jpg", "size": 200_000,
                    "mtime_ns": int((now - i * 60) * 1e9), "sha": f"{i:040x}", "width": 640, "height": 480,
                    "taken_at": now - i * 60, "camera": None, "indexed_at": now} for i in ids]
-        feats = [{"photo_id": int(i), "vector": vec[k].astype("<f4").tobytes(),
+        feats = [{"photo_id": int(i), "vector": vec[k].astype(VECTOR_DTYPE).tobytes(),
                   "rerank": rerank[k].astype("<f2").tobytes()} for k, i in enumerate(ids)]
         with lib.session() as s, s.begin():
             s.execute(insert(Photo), photos)

@@ -13,7 +13,7 @@ from sqlalchemy import delete, select
 
 from retrieval.datasets import load_dataset
 from retrieval.library import Library
-from retrieval.store_meta import Caption, CaptionSource
+from retrieval.store_meta import VECTOR_DTYPE, Caption, CaptionSource
 
 CHUNK = 512
 
@@ -41,7 +41,7 @@ def index_captions(lib: Library, dataset: Path, runtime, progress=None) -> tuple
         chunk = caps[start:start + CHUNK]
         pooled = runtime.text_encoder.encode([c.text for c in chunk], normalize=False).pooled
         vectors = runtime.embed_texts(pooled)
-        rows = [Caption(source_id=source_id, line=c.line, text=c.text, vector=v.astype("<f4").tobytes(),
+        rows = [Caption(source_id=source_id, line=c.line, text=c.text, vector=v.astype(VECTOR_DTYPE).tobytes(),
                         image_path=None if c.image is None else str(root / ds.images[c.image]))
                 for c, v in zip(chunk, vectors)]
         with lib.session() as s, s.begin():

@@ -34,7 +34,7 @@ def rebuild(root: Path, runtime: Runtime) -> None:
 
 def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool = False,
                 runtime: Runtime | None = None, batch_size: int = 4, workers: int = 1,
-                bar=None) -> dict:
+                bar=None, index_type: str | None = None) -> dict:
     """Bring the library up to date with `paths`. `bar(total)` may return a progress object
     with update(n) and set_postfix_str(s). Returns the summary (see `fusion index --help`)."""
     start = time.perf_counter()
@@ -101,6 +101,7 @@ def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool =
             added, removed = index_captions(lib, Path(p), runtime)
             summary["captions_added"] += added
             summary["captions_removed"] += removed
+    lib.maintain(index_type)
     lib.save()
     if progress:
         progress.close()

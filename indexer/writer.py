@@ -11,7 +11,7 @@ from sqlalchemy import delete, select
 
 from indexer.pipeline import Loaded, Timing
 from retrieval.library import Library
-from retrieval.store_meta import Photo, PhotoFeatures
+from retrieval.store_meta import VECTOR_DTYPE, Photo, PhotoFeatures
 
 SAVE_EVERY_S = 30.0  # bound on FAISS work redone after a crash
 
@@ -39,7 +39,7 @@ class Writer:
                     photo_id = row.id
                 else:
                     s.query(Photo).filter(Photo.id == photo_id).update(fields)
-                s.merge(PhotoFeatures(photo_id=photo_id, vector=vectors[n].astype("<f4").tobytes(),
+                s.merge(PhotoFeatures(photo_id=photo_id, vector=vectors[n].astype(VECTOR_DTYPE).tobytes(),
                                       rerank=rerank[n].astype("<f2").tobytes()))
                 ids.append(photo_id)
         self.lib.photos.add(ids, vectors)

@@ -101,9 +101,12 @@ def db_option(fn):
               help="Threads decoding photos while the network runs.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256),
               help="Photos per forward pass (4 is fastest on 2 CPU cores).")
+@click.option("--index-type", type=click.Choice(["auto", "flat", "ivf"]),
+              help="Photo vector index: exact (flat), IVF with 8-bit codes (ivf), or by library size "
+                   "(auto: ivf from 200,000 photos). Remembered by the library. [default: auto]")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @fusion_errors
-def index(paths, db, rebuild, workers, batch_size, as_json):
+def index(paths, db, rebuild, workers, batch_size, index_type, as_json):
     """Index photos under PATHS into the library; run it again whenever they change.
 
     Finds jpg, jpeg, png, webp, bmp, tif(f) and gif files recursively. Unchanged files (same
@@ -122,7 +125,8 @@ def index(paths, db, rebuild, workers, batch_size, as_json):
     def bar(total):
         return tqdm(total=total, unit="photo", file=sys.stderr, disable=as_json or None)
 
-    s = index_paths(list(paths), db, rebuild, batch_size=batch_size, workers=workers, bar=bar)
+    s = index_paths(list(paths), db, rebuild, batch_size=batch_size, workers=workers, bar=bar,
+                    index_type=index_type)
     if as_json:
         click.echo(json.dumps(s, indent=2))
     else:

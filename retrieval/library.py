@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from retrieval.errors import LibraryError, ModelMismatchError
-from retrieval.store_meta import Caption, Photo, PhotoFeatures, get_meta, open_db, set_meta
-from retrieval.store_vectors import VectorStore
+from retrieval.store_meta import (VECTOR_DTYPE, Caption, Photo, PhotoFeatures, get_meta, open_db,
+                                  set_meta)
+from retrieval.store_vectors import RETRAIN_GROWTH, VectorStore, wanted_kind
 
 DB_FILE = "library.sqlite"
 PHOTO_INDEX = "photos.faiss"
@@ -76,18 +77,39 @@ class Library:
                 sql_ids = np.array(sorted(s.scalars(select(table))), dtype=np.int64)
                 if np.array_equal(np.sort(store.ids()), sql_ids):
                     continue
-                fresh = VectorStore(store.dim)
-                ids, vecs = [], []
-                for i, blob in rows():
-                    ids.append(i)
-                    vecs.append(np.frombuffer(blob, np.float32))
-                if ids:
-                    fresh.add(ids, np.stack(vecs))
-                store.index = fresh.index
+                ids, vecs = self._vectors(rows())
+                store.index = VectorStore.build(store.kind, store.dim, ids, vecs).index
                 if save:
                     store.save(self.root / name)
                 changed = True
         return changed
+
+    @staticmethod
+    def _vectors(rows):
+        ids, vecs = [], []
+        for i, blob in rows:
+            ids.append(i)
+            vecs.append(np.frombuffer(blob, VECTOR_DTYPE).astype(np.float32))
+        return ids, (np.stack(vecs) if vecs else np.zeros((0, 0), np.float32))
+
+    def maintain(self, index_type: str | None = None) -> bool:
+        """Give the photo index the kind its size calls for (or `index_type`, which is then
+        remembered), retraining an IVF index as the library outgrows it; True if rebuilt."""
+        with self.session() as s, s.begin():
+            if index_type:
+                set_meta(s, "index_type", index_type)
+            chosen = get_meta(s, "index_type") or "auto"
+            trained = int(get_meta(s, "ivf_trained_for") or 0)
+        n = len(self.photos)
+        kind = wanted_kind(chosen, n)
+        if kind == self.photos.kind and not (kind == "ivf" and n > RETRAIN_GROWTH * max(trained, 1)):
+            return False
+        with self.session() as s:
+            ids, vecs = self._vectors(s.execute(select(PhotoFeatures.photo_id, PhotoFeatures.vector)))
+        self.photos = VectorStore.build(kind, self.photos.dim, ids, vecs)
+        with self.session() as s, s.begin():
+            set_meta(s, "ivf_trained_for", str(n if kind == "ivf" else 0))
+        return True
 
     def save(self) -> None:
         self.photos.save(self.root / PHOTO_INDEX)
@@ -104,7 +126,7 @@ class Library:
         return {
             "library": str(self.root), "photos": photos, "vectors": len(self.photos),
             "captions": captions, "caption_vectors": len(self.captions),
-            "index_type": "exact inner product (IndexIDMap2 + IndexFlatIP)",
+            "index_type": self.photos.describe(),
             "model": model, "schema_version": int(schema), "bytes_on_disk": disk,
             "bytes_per_photo": round(disk / photos) if photos else 0,
         }

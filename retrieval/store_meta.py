@@ -14,6 +14,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from retrieval.errors import LibraryError
 
 SCHEMA_VERSION = 2
+# Vectors in SQLite are float16: three feature rows fit a 4 KB page (float32 rows fit one,
+# wasting half of it). FAISS gets float32 at index time; a rebuild from SQLite rounds to
+# float16, a relative error of ~1e-3 on cosines.
+VECTOR_DTYPE = "<f2"
 
 
 class Base(DeclarativeBase):
@@ -47,7 +51,7 @@ class PhotoFeatures(Base):
 
     __tablename__ = "photo_features"
     photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
-    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32 ITC embedding, little-endian
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # ITC embedding, VECTOR_DTYPE
     rerank: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # float16; NULL: encode again
 
 
@@ -66,17 +70,21 @@ class Caption(Base):
     line: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
     image_path: Mapped[str | None] = mapped_column(Text, nullable=True, index=True)  # absolute
-    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32 ITC embedding
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # ITC embedding, VECTOR_DTYPE
     tokens: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 # Each step takes the schema from version N-1 to N; a library is migrated one step at a time.
 MIGRATIONS: dict[int, list[str]] = {
     # v2: raw pooled features (2.5 KB) and grid cells give way to the rerank head's projection
-    # (0.5 KB). It cannot be computed in SQL: NULL makes `fusion index` encode those photos again.
-    2: ["ALTER TABLE photo_features ADD COLUMN rerank BLOB",
+    # (0.5 KB) and vectors become float16. Neither converts in SQL: the features go, and the
+    # next `fusion index` encodes those photos again (same ids); captions are re-read.
+    2: ["DELETE FROM photo_features",
+        "ALTER TABLE photo_features ADD COLUMN rerank BLOB",
         "ALTER TABLE photo_features DROP COLUMN pooled",
-        "ALTER TABLE photo_features DROP COLUMN grid"],
+        "ALTER TABLE photo_features DROP COLUMN grid",
+        "DELETE FROM captions",
+        "UPDATE caption_sources SET size = -1, mtime_ns = -1"],
 }
 
 

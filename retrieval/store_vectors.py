@@ -12,12 +12,60 @@ import numpy as np
 from retrieval.errors import LibraryError
 
 
+INDEX_TYPES = ("auto", "flat", "ivf")
+# Exact search scans every vector: ~5 ms at 100k but ~60 ms at 1M on our 2 cores (single
+# thread), so from here on an IVF index with 8-bit codes takes over (benchmarks/scale.py).
+IVF_FROM = 200_000
+RETRAIN_GROWTH = 4  # an IVF index is retrained once the library is this many times larger
+
+
+def wanted_kind(index_type: str, n: int) -> str:
+    if index_type != "auto":
+        return index_type
+    return "ivf" if n >= IVF_FROM else "flat"
+
+
+def ivf_shape(n: int) -> tuple[int, int]:
+    """(nlist, nprobe) for n vectors: ~4 sqrt(n) lists, probing 1/32 of them."""
+    nlist = int(2 ** round(np.log2(max(64, 4 * np.sqrt(max(n, 1))))))
+    nlist = min(nlist, int(2 ** np.floor(np.log2(max(1, n // 39)))))  # k-means wants ~39 points a list
+    return nlist, min(nlist, max(8, nlist // 32))
+
+
 class VectorStore:
-    """An exact inner-product index with ids (IndexIDMap2 over IndexFlatIP)."""
+    """Vectors under explicit ids (IndexIDMap2) in an exact IndexFlatIP, or an IVF index with
+    8-bit scalar-quantised codes for large libraries (both support adds and removals)."""
 
     def __init__(self, dim: int, index=None):
         self.dim = dim
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+    @classmethod
+    def build(cls, kind: str, dim: int, ids, vectors: np.ndarray, seed: int = 0) -> "VectorStore":
+        """A store of `kind` (flat or ivf) holding `vectors`; an IVF index is trained on them."""
+        if kind == "flat" or len(ids) == 0:
+            store = cls(dim)
+        else:
+            nlist, nprobe = ivf_shape(len(ids))
+            ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist,
+                                                faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(seed)
+            sample = vectors[rng.choice(len(vectors), min(len(vectors), 64 * nlist), replace=False)]
+            ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
+            ivf.nprobe = nprobe
+            store = cls(dim, faiss.IndexIDMap2(ivf))
+        store.add(ids, vectors)
+        return store
+
+    @property
+    def kind(self) -> str:
+        return "ivf" if isinstance(faiss.downcast_index(self.index.index), faiss.IndexIVF) else "flat"
+
+    def describe(self) -> str:
+        sub = faiss.downcast_index(self.index.index)
+        if isinstance(sub, faiss.IndexIVF):
+            return f"IVF{sub.nlist},SQ8 (nprobe {sub.nprobe}), inner product"
+        return "exact inner product (Flat)"
 
     @classmethod
     def load(cls, path: Path, dim: int) -> "VectorStore":
@@ -32,6 +80,9 @@ class VectorStore:
         if index.d != dim:
             raise LibraryError(f"{path}: holds {index.d}-d vectors, the model makes {dim}-d; "
                                "rebuild with `fusion index --rebuild`")
+        sub = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
+        if sub is None:
+            raise LibraryError(f"{path}: not a vector index of ours; rebuild with `fusion index --rebuild`")
         return cls(dim, index)
 
     def save(self, path: Path) -> None:
@@ -64,4 +115,5 @@ class VectorStore:
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
     def vectors(self, ids) -> np.ndarray:
+        """Stored vectors by id (exact index only: IVF codes keep no id map to save memory)."""
         return np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.dim), np.float32)

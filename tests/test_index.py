@@ -136,3 +136,19 @@ def test_info_on_missing_library_and_file_db(tmp_path):
     f.write_text("x")
     r = CliRunner().invoke(main, ["index", str(tmp_path), "--db", str(f)])
     assert r.exit_code == 1 and "is a file, not a library folder" in r.output
+
+
+def test_index_type_override_and_auto(photos, tmp_path, runtime):
+    db = tmp_path / "lib"
+    index_paths([photos], db, runtime=runtime, index_type="ivf")
+    rows, lib = check_consistent(db, runtime)
+    assert lib.photos.kind == "ivf" and lib.info()["index_type"].startswith("IVF")
+    # the IVF index finds each photo's own vector first, like the exact one
+    con = sqlite3.connect(db / "library.sqlite")
+    for pid, blob in con.execute("select photo_id, vector from photo_features"):
+        v = np.frombuffer(blob, "<f2").astype(np.float32)[None, :]
+        assert lib.photos.search(v, 1)[1][0][0] == pid
+    again = index_paths([photos], db, runtime=runtime)  # the choice is remembered
+    assert Library.open(db, runtime.fingerprint, runtime.dim).photos.kind == "ivf" and again["unchanged"] == 12
+    index_paths([photos], db, runtime=runtime, index_type="auto")  # 12 photos: exact
+    assert Library.open(db, runtime.fingerprint, runtime.dim).photos.kind == "flat"
