@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from search_speed import cold_start  # noqa: E402
 from synthetic import build, real_features  # noqa: E402
 
 from retrieval.datasets import load_dataset  # noqa: E402
@@ -94,16 +95,6 @@ def ram_per_photo(db: Path, n: int) -> float:
              "b=open('/proc/self/statm').read().split()[1];print((int(b)-int(a))*4096)")
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
     return round(int(out.strip()) / n, 1)
-
-
-def cold_start(db: Path, runs: int = 3) -> float:
-    walls = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "retrieval.cli", "search", "a dog on a beach", "--db", str(db)],
-                       check=True, capture_output=True)
-        walls.append(time.perf_counter() - start)
-    return round(statistics.median(walls), 3)
 
 
 def compact_features(runtime: Runtime, data: list[Path]) -> dict:
@@ -192,7 +183,7 @@ def main() -> None:
             rows[n] = {"index": lib.photos.describe(), "p50_ms": pct(times, 50), "p95_ms": pct(times, 95),
                        "p99_ms": pct(times, 99), "recall_at_10": ann_recall(lib, runtime, texts),
                        "bytes_per_photo": round(disk / n, 1), "ram_bytes_per_photo": ram_per_photo(db, n),
-                       "build_s": round(build_s, 1), "cold_start_s": cold_start(db)}
+                       "build_s": round(build_s, 1), "cold_start_s": cold_start(db)["wall_s_median"]}
             print(n, rows[n], flush=True)
             lib.engine.dispose()
     compact = compact_features(runtime, data)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -69,19 +68,11 @@ def warm(db: Path, n: int = 50) -> dict:
 
 
 def served(db: Path, n: int = 50) -> dict:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--db", str(db), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/api/search?"
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.1)
+    sys.path.insert(0, str(ROOT))
+    from tests.serving import running_server
+
+    with running_server(db) as root:
+        base = root + "/api/search?"
         times = []
         for i in range(n + 5):
             start = time.perf_counter()
@@ -89,9 +80,6 @@ def served(db: Path, n: int = 50) -> dict:
             if i >= 5:
                 times.append(1000 * (time.perf_counter() - start))
         return {"p50_ms": pct(times, 0.5), "p95_ms": pct(times, 0.95)}
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def main() -> None:

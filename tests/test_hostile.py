@@ -184,30 +184,17 @@ def test_readers_never_see_a_torn_library(tmp_path, demo_dir):
 
 
 def test_server_follows_the_indexer(tmp_path, demo_photos):
-    from tests.test_search import free_port, get
+    from tests.serving import get, running_server
 
     photos = tmp_path / "p"
     photos.mkdir()
     shutil.copy(demo_photos[0], photos)
     db = tmp_path / "lib"
     CliRunner().invoke(main, ["index", str(photos), "--db", str(db)])
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--db", str(db), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/api"
-    try:
-        for _ in range(300):
-            try:
-                if get(base + "/health")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-        assert json.loads(get(base + "/health")[1])["photos"] == 1
+    with running_server(db) as base:
+        assert json.loads(get(base + "/api/health")[1])["photos"] == 1
         for p in demo_photos[1:5]:
             shutil.copy(p, photos)
         assert CliRunner().invoke(main, ["index", str(photos), "--db", str(db)]).exit_code == 0
-        assert json.loads(get(base + "/health")[1])["photos"] == 5
-        assert len(json.loads(get(base + "/search?q=a+photo&k=10")[1])["results"]) == 5
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        assert json.loads(get(base + "/api/health")[1])["photos"] == 5
+        assert len(json.loads(get(base + "/api/search?q=a+photo&k=10")[1])["results"]) == 5

@@ -4,12 +4,9 @@ the library API, click's CliRunner, a real `fusion search` subprocess and a real
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +16,7 @@ from retrieval.cli import main
 from retrieval.datasets import load_dataset
 from retrieval.search import Filters, Searcher, open_searcher
 from retrieval.runtime import Runtime
+from tests.serving import get, running_server
 
 ZEBRA = "000000113354.jpg"
 
@@ -126,32 +124,8 @@ def test_search_as_a_real_subprocess(library):
     assert r.stdout.splitlines()[0].endswith(ZEBRA)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def test_server(library):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--db", str(library / "lib"),
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if get(base + "/api/health")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
+    with running_server(library / "lib") as base:
         status, body = get(base + "/api/search?q=two+zebras+grazing&k=3")
         assert status == 200
         results = json.loads(body)["results"]
@@ -181,6 +155,3 @@ def test_server(library):
         finally:
             os.unlink(victim)
             shutil.move(backup, victim)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

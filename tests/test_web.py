@@ -2,8 +2,6 @@
 real `fusion serve` on localhost with a real library of the demo collection."""
 
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,7 +9,8 @@ import pytest
 
 from indexer.run import index_paths
 from retrieval.runtime import Runtime
-from tests.test_search import ZEBRA, free_port, get
+from tests.serving import get, running_server
+from tests.test_search import ZEBRA
 
 SCREENSHOT = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "web.png"
 
@@ -20,19 +19,8 @@ SCREENSHOT = Path(__file__).resolve().parent.parent / "benchmarks" / "results" /
 def server(tmp_path_factory, demo_dir):
     root = tmp_path_factory.mktemp("web")
     index_paths([demo_dir], root / "lib", runtime=Runtime())
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--db", str(root / "lib"),
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if get(base + "/api/health")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.1)
-    yield base, root / "lib"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with running_server(root / "lib") as base:
+        yield base, root / "lib"
 
 
 @pytest.fixture(scope="module")
