@@ -42,7 +42,7 @@ def plot(reports: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, action="append", help="dataset folder (repeatable)")
-    ap.add_argument("--candidates", type=int, default=16)
+    ap.add_argument("--candidates", type=int, default=32)
     args = ap.parse_args()
     reports = {d.name: recall_report(d, candidates=args.candidates) for d in (args.data or [ROOT / "data" / "demo"])}
     RESULTS.mkdir(parents=True, exist_ok=True)

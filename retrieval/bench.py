@@ -18,7 +18,7 @@ from retrieval.text_encoder import load_text_encoder
 from retrieval.training import head_scores, itc_scores, rerank_recall
 
 
-def recall_report(data: Path, checkpoint: Path | None = None, candidates: int = 16,
+def recall_report(data: Path, checkpoint: Path | None = None, candidates: int = 32,
                   image_encoder: str = "efficientnet-lite0", image_weights=None,
                   cache_dir: Path | None = None) -> dict:
     """Embed every photo and caption of `data` and rank: each caption against all photos

@@ -341,8 +341,8 @@ def bench():
 @bench.command("recall")
 @click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
               help="Captioned dataset folder to measure on (photos must be unseen in training).")
-@click.option("--candidates", default=16, show_default=True, type=click.IntRange(1, 1000),
-              help="ITC top-K that the fusion heads rerank.")
+@click.option("--candidates", default=32, show_default=True, type=click.IntRange(1, 1000),
+              help="ITC top-K that the fusion heads rerank (as fusion search does).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to measure [default: the one shipped in the package].")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
