@@ -40,6 +40,7 @@ def main():
       fusion similar photo.jpg                photos that look like this one
       fusion describe photo.jpg               the captions that fit a photo
       fusion info                             what the library holds
+      fusion serve                            web page + JSON API on http://127.0.0.1:8765/
       fusion encode data/demo                 what the image network sees in each photo
       fusion bench recall --data data/demo    how well text finds photos, and back
       fusion train --data DIR --out FILE      train your own shared space and reranker
