@@ -143,3 +143,21 @@ def test_load_many_keeps_order_and_reports_errors(tmp_path, demo_photos):
     assert [p for p, _ in out] == paths
     assert isinstance(out[5][1], ImageError) and "bad.jpg" in str(out[5][1])
     assert all(isinstance(r, tuple) for i, (_, r) in enumerate(out) if i != 5)
+
+
+def test_exif_capture_time_and_camera_reported(tmp_path):
+    from datetime import datetime
+
+    img = Image.new("RGB", (30, 20), (5, 5, 5))
+    exif = img.getexif()
+    exif[0x0110] = "PhoneCam 12"
+    exif[0x0112] = 6  # rotated: the upright size is reported
+    exif.get_ifd(0x8769)[0x9003] = "2021:07:04 15:30:00"
+    p = save(img, tmp_path / "exif.jpg", exif=exif)
+    info = {}
+    open_image(p, info=info)
+    assert info["camera"] == "PhoneCam 12" and (info["width"], info["height"]) == (20, 30)
+    assert info["taken_at"] == datetime(2021, 7, 4, 15, 30).timestamp()
+    plain = {}
+    open_image(save(Image.new("RGB", (4, 4)), tmp_path / "plain.png"), info=plain)
+    assert plain["taken_at"] is None and plain["camera"] is None
