@@ -5,10 +5,8 @@ after all its captions are committed, so a crash mid-way is redone on the next r
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import delete, select
 
 from retrieval.datasets import load_dataset

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
 from indexer.pipeline import Loaded, Timing
 from retrieval.library import Library
@@ -61,10 +61,6 @@ class Writer:
             s.execute(delete(PhotoFeatures).where(PhotoFeatures.photo_id.in_(ids)))
             s.execute(delete(Photo).where(Photo.id.in_(ids)))
         self.lib.photos.remove(ids)
-
-    def existing_sha(self, photo_id: int) -> str | None:
-        with self.lib.session() as s:
-            return s.scalar(select(Photo.sha).where(Photo.id == photo_id))
 
     def _maybe_save(self) -> None:
         if time.monotonic() - self._last_save > SAVE_EVERY_S:

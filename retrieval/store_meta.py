@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import (Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine, event,
-                        select, text)
+from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -71,7 +70,6 @@ class Caption(Base):
     text: Mapped[str] = mapped_column(Text)
     image_path: Mapped[str | None] = mapped_column(Text, nullable=True, index=True)  # absolute
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # ITC embedding, VECTOR_DTYPE
-    tokens: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 # Each step takes the schema from version N-1 to N; a library is migrated one step at a time.
@@ -84,6 +82,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE photo_features DROP COLUMN pooled",
         "ALTER TABLE photo_features DROP COLUMN grid",
         "DELETE FROM captions",
+        "ALTER TABLE captions DROP COLUMN tokens",
         "UPDATE caption_sources SET size = -1, mtime_ns = -1"],
 }
 
@@ -139,7 +138,3 @@ def set_meta(s: Session, key: str, value: str) -> None:
         s.add(Meta(key=key, value=value))
     else:
         row.value = value
-
-
-def all_ids(s: Session, table) -> list[int]:
-    return list(s.scalars(select(table.id).order_by(table.id)))

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from indexer.run import index_paths
 from retrieval.cli import main
 from retrieval.datasets import load_dataset
-from retrieval.search import Filters, Searcher, open_searcher
+from retrieval.search import Filters, open_searcher
 from retrieval.runtime import Runtime
 from tests.serving import get, running_server
 

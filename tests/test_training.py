@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from retrieval.datasets import load_dataset
 from retrieval.features import dataset_features
