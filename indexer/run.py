@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +19,7 @@ from retrieval.library import CAPTION_INDEX, DB_FILE, PHOTO_INDEX, Library, libr
 from retrieval.runtime import Runtime
 
 WRITE_BATCH = 32  # photos per SQLite transaction
+LOCK_FILE = "index.lock"
 
 
 def rebuild(root: Path, runtime: Runtime) -> None:
@@ -32,14 +36,42 @@ def rebuild(root: Path, runtime: Runtime) -> None:
         shutil.rmtree(root / "thumbs", ignore_errors=True)  # keyed by photo ids, which restart
 
 
+@contextlib.contextmanager
+def writer_lock(root: Path):
+    """One `fusion index` per library at a time: an flock on `index.lock`, released by the
+    kernel however the process ends (kill -9 included), so it never needs cleaning up."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise LibraryError(f"{root}: another fusion index (pid {holder}) is writing this library; "
+                               "wait for it to finish, then run again") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+
+
 def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool = False,
                 runtime: Runtime | None = None, batch_size: int = 4, workers: int = 1,
                 bar=None, index_type: str | None = None) -> dict:
     """Bring the library up to date with `paths`. `bar(total)` may return a progress object
     with update(n) and set_postfix_str(s). Returns the summary (see `fusion index --help`)."""
-    start = time.perf_counter()
     runtime = runtime or Runtime()
     root = library_dir(db)
+    if root.exists() and not root.is_dir():
+        raise LibraryError(f"{root}: is a file, not a library folder; pass --db a folder")
+    with writer_lock(root):
+        return _index(paths, root, rebuild_first, runtime, batch_size, workers, bar, index_type)
+
+
+def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size: int, workers: int,
+           bar, index_type) -> dict:
+    start = time.perf_counter()
     if rebuild_first and root.is_dir():
         rebuild(root, runtime)
     lib = Library.open(root, runtime.fingerprint, runtime.dim, create=True, writer=True)

@@ -197,3 +197,22 @@ def test_server_follows_the_indexer(tmp_path, demo_photos):
         assert CliRunner().invoke(main, ["index", str(photos), "--db", str(db)]).exit_code == 0
         assert json.loads(get(base + "/api/health")[1])["photos"] == 5
         assert len(json.loads(get(base + "/api/search?q=a+photo&k=10")[1])["results"]) == 5
+
+
+def test_one_writer_at_a_time(tmp_path, demo_photos):
+    import fcntl
+
+    photos = tmp_path / "p"
+    photos.mkdir()
+    shutil.copy(demo_photos[0], photos)
+    db = tmp_path / "lib"
+    db.mkdir()
+    with open(db / "index.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        r = CliRunner().invoke(main, ["index", str(photos), "--db", str(db)])
+        assert r.exit_code == 1 and "another fusion index (pid 4242) is writing" in r.output
+        assert not (db / "library.sqlite").exists()  # nothing was touched
+    r = CliRunner().invoke(main, ["index", str(photos), "--db", str(db)])
+    assert r.exit_code == 0, r.output
