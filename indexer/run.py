@@ -15,7 +15,7 @@ from indexer.scan import plan, walk
 from indexer.writer import Writer
 from retrieval.datasets import is_dataset
 from retrieval.errors import LibraryError
-from retrieval.library import CAPTION_INDEX, DB_FILE, PHOTO_INDEX, Library, library_dir
+from retrieval.library import CAPTION_INDEX, DB_FILE, PHOTO_INDEX, Library, check_root, library_dir
 from retrieval.runtime import Runtime
 
 WRITE_BATCH = 32  # photos per SQLite transaction
@@ -63,8 +63,7 @@ def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool =
     with update(n) and set_postfix_str(s). Returns the summary (see `fusion index --help`)."""
     runtime = runtime or Runtime()
     root = library_dir(db)
-    if root.exists() and not root.is_dir():
-        raise LibraryError(f"{root}: is a file, not a library folder; pass --db a folder")
+    check_root(root)  # before the lock file is made in it
     with writer_lock(root):
         return _index(paths, root, rebuild_first, runtime, batch_size, workers, bar, index_type)
 

@@ -114,9 +114,12 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 def _high_depth_to_rgb(im: Image.Image) -> Image.Image:
     # PIL's convert("RGB") clips 16-bit values at 255 (a white image); scale instead.
     a = np.asarray(im, dtype=np.float64)
-    top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
     if im.mode == "F":
-        top = max(float(a.max()), 1.0) if a.max() > 1.0 else 1.0
+        top = max(float(a.max()), 1.0)
+    elif im.mode.startswith("I;16") or a.max() > 255:
+        top = 65535.0
+    else:
+        top = 255.0
     grey = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return Image.fromarray(grey, mode="L").convert("RGB")
 

@@ -31,6 +31,12 @@ def library_dir(db: str | os.PathLike | None = None) -> Path:
     return Path(base) / "fusion"
 
 
+def check_root(root: Path) -> None:
+    """A library folder may not exist yet, but it must not be a file."""
+    if root.exists() and not root.is_dir():
+        raise LibraryError(f"{root}: is a file, not a library folder; pass --db a folder")
+
+
 class Library:
     def __init__(self, root: Path, engine, photos: VectorStore, captions: VectorStore):
         self.root, self.engine, self.photos, self.captions = root, engine, photos, captions
@@ -40,8 +46,7 @@ class Library:
         """Open the library at `root` for the model `fingerprint`. Refuses another model's
         library (ModelMismatchError naming the fix); with `create`, makes a new one. A reader
         repairs stale FAISS indexes in memory only; a `writer` also saves the repair."""
-        if root.exists() and not root.is_dir():
-            raise LibraryError(f"{root}: is a file, not a library folder; pass --db a folder")
+        check_root(root)
         if not (root / DB_FILE).is_file():
             if not create:
                 raise LibraryError(f"{root}: no library here yet; index photos first: "

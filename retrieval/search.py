@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +41,6 @@ class Hit:
     score: float  # what the order is by: itc_scale * itc + weight * fusion residual
     itc: float  # cosine in the shared space
     itm: float | None = None  # fusion head's match probability, when reranked
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -143,24 +140,23 @@ class Searcher:
         return Results([CaptionHit(n, i, rows[i].text, sc, rows[i].image_path)
                         for n, (sc, i) in enumerate(pairs, start=1)])
 
+    def _photo(self, photo_id: int) -> tuple[str, int, int]:
+        """(path, size, mtime_ns) recorded for a library photo; LibraryError if there is none."""
+        with self.lib.session() as s:
+            row = s.execute(select(Photo.path, Photo.size, Photo.mtime_ns).where(Photo.id == photo_id)).first()
+        if row is None:
+            raise LibraryError(f"no photo with id {photo_id} in {self.lib.root}")
+        return tuple(row)
+
     def photo_path(self, photo_id: int) -> str:
         """The recorded path of a library photo (LibraryError if there is none)."""
-        with self.lib.session() as s:
-            path = s.scalar(select(Photo.path).where(Photo.id == photo_id))
-        if path is None:
-            raise LibraryError(f"no photo with id {photo_id} in {self.lib.root}")
-        return path
+        return self._photo(photo_id)[0]
 
     def servable_photo(self, photo_id: int) -> str:
         """The path of a library photo that may be served: a regular file still the same size
         and mtime as when indexed (following links), so a file swapped for a symlink to
         something else afterwards is refused."""
-        with self.lib.session() as s:
-            row = s.get(Photo, photo_id)
-            recorded = None if row is None else (row.path, row.size, row.mtime_ns)
-        if recorded is None:
-            raise LibraryError(f"no photo with id {photo_id} in {self.lib.root}")
-        path, size, mtime_ns = recorded
+        path, size, mtime_ns = self._photo(photo_id)
         try:
             st = os.stat(path)
         except OSError:

@@ -12,7 +12,6 @@ import numpy as np
 from retrieval.errors import LibraryError
 
 
-INDEX_TYPES = ("auto", "flat", "ivf")
 # Exact search scans every vector: one single-threaded query measured 10.9 ms at 200k and
 # 54.9 ms at 1M (384-d) on our 2-core machines, so from here on an IVF index with 8-bit codes
 # takes over (9 ms per query end to end at 1M, recall@10 0.985: benchmarks/results/scale.md).
