@@ -97,7 +97,9 @@ def db_option(fn):
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @db_option
-@click.option("--rebuild", is_flag=True, help="Start the library over (needed after a model change).")
+@click.option("--rebuild", is_flag=True,
+              help="Rebuild from what remains: FAISS from an intact SQLite of this model, else "
+                   "everything from the photos (needed after a model change or damage).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 32),
               help="Threads decoding photos while the network runs.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256),
