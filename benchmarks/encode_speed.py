@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval.datasets import load_dataset
-from retrieval.image_encoder import load_image_encoder
-from retrieval.text_encoder import load_text_encoder
+from retrieval.training.datasets import load_dataset
+from retrieval.encoders.image_encoder import load_image_encoder
+from retrieval.encoders.text_encoder import load_text_encoder
 
 REPEATS = 3
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from indexer.run import index_paths
-from retrieval.runtime import Runtime
+from retrieval.model.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

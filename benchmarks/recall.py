@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from retrieval.bench import recall_report, to_markdown
+from retrieval.evaluation.bench import recall_report, to_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

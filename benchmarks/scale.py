@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_speed import cold_start  # noqa: E402
 from synthetic import build, real_features  # noqa: E402
 
-from retrieval.datasets import load_dataset  # noqa: E402
-from retrieval.library import Library  # noqa: E402
-from retrieval.runtime import Runtime  # noqa: E402
-from retrieval.search import open_searcher  # noqa: E402
-from retrieval.store_meta import PhotoFeatures  # noqa: E402
+from retrieval.training.datasets import load_dataset  # noqa: E402
+from retrieval.store.library import Library  # noqa: E402
+from retrieval.model.runtime import Runtime  # noqa: E402
+from retrieval.query.search import open_searcher  # noqa: E402
+from retrieval.store.meta import PhotoFeatures  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -88,7 +88,7 @@ def rerank_cost(searcher, ks=(8, 16, 32, 64, 128), reps: int = 30) -> dict:
 
 
 def ram_per_photo(db: Path, n: int) -> float:
-    probe = ("import resource,sys;from retrieval.runtime import Runtime;from retrieval.library import Library;"
+    probe = ("import resource,sys;from retrieval.model.runtime import Runtime;from retrieval.store.library import Library;"
              "r=Runtime();r.checkpoint;import gc;gc.collect();"
              "a=open('/proc/self/statm').read().split()[1];"
              f"lib=Library.open(__import__('pathlib').Path({str(db)!r}),r.fingerprint,r.dim);"
@@ -103,9 +103,9 @@ def compact_features(runtime: Runtime, data: list[Path]) -> dict:
     t2i R@1 each gives at rerank weight 1 (the shipped weight is 0: then nothing changes)."""
     import torch
 
-    from retrieval.evaluation import rerank, t2i_recall
-    from retrieval.features import dataset_features
-    from retrieval.training import embed
+    from retrieval.evaluation.recall import rerank, t2i_recall
+    from retrieval.training.features import dataset_features
+    from retrieval.training.loop import embed
 
     f = dataset_features(load_dataset(ROOT / "data" / "demo"), runtime.image_encoder, runtime.text_encoder, progress=False)
     ck = runtime.checkpoint

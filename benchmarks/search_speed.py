@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic import build, real_features  # noqa: E402
 
-from retrieval.runtime import Runtime  # noqa: E402
-from retrieval.search import open_searcher  # noqa: E402
+from retrieval.model.runtime import Runtime  # noqa: E402
+from retrieval.query.search import open_searcher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -46,7 +46,7 @@ def cold_start(db: Path, runs: int = 3) -> dict:
         walls.append(time.perf_counter() - start)
     # where the time goes, measured in a fresh process
     probe = ("import time;t0=time.perf_counter();import torch;t1=time.perf_counter();"
-             "from retrieval.search import open_searcher;t2=time.perf_counter();"
+             "from retrieval.query.search import open_searcher;t2=time.perf_counter();"
              f"s=open_searcher({str(db)!r});t3=time.perf_counter();s.runtime.checkpoint;t4=time.perf_counter();"
              "s.runtime.text_encoder.network;t5=time.perf_counter();s.text('a dog on a beach');t6=time.perf_counter();"
              "print(t1-t0,t2-t1,t3-t2,t4-t3,t5-t4,t6-t5)")

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import insert
 
-from retrieval.datasets import load_dataset
-from retrieval.features import dataset_features
-from retrieval.image_encoder import ImageFeatures
-from retrieval.library import Library
-from retrieval.runtime import Runtime
-from retrieval.store_meta import VECTOR_DTYPE, Photo, PhotoFeatures
+from retrieval.training.datasets import load_dataset
+from retrieval.training.features import dataset_features
+from retrieval.encoders.image_encoder import ImageFeatures
+from retrieval.store.library import Library
+from retrieval.model.runtime import Runtime
+from retrieval.store.meta import VECTOR_DTYPE, Photo, PhotoFeatures
 
 NOISE = 0.35  # relative noise on raw features: neighbours stay plausible, none is a copy
 

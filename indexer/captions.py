@@ -9,9 +9,9 @@ from pathlib import Path
 
 from sqlalchemy import delete, select
 
-from retrieval.datasets import load_dataset
-from retrieval.library import Library
-from retrieval.store_meta import VECTOR_DTYPE, Caption, CaptionSource
+from retrieval.training.datasets import load_dataset
+from retrieval.store.library import Library
+from retrieval.store.meta import VECTOR_DTYPE, Caption, CaptionSource
 
 CHUNK = 512
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from indexer.scan import FileStat
 from retrieval.errors import ImageError
-from retrieval.images import load_many, open_image
+from retrieval.encoders.images import load_many, open_image
 
 
 @dataclass

@@ -13,10 +13,10 @@ from indexer.captions import index_captions
 from indexer.pipeline import Timing, encode_batch, loaded_photos
 from indexer.scan import plan, walk
 from indexer.writer import Writer
-from retrieval.datasets import is_dataset
+from retrieval.training.datasets import is_dataset
 from retrieval.errors import LibraryError
-from retrieval.library import CAPTION_INDEX, DB_FILE, PHOTO_INDEX, Library, check_root, library_dir
-from retrieval.runtime import Runtime
+from retrieval.store.library import CAPTION_INDEX, DB_FILE, PHOTO_INDEX, Library, check_root, library_dir
+from retrieval.model.runtime import Runtime
 
 WRITE_BATCH = 32  # photos per SQLite transaction
 LOCK_FILE = "index.lock"

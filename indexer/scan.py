@@ -10,8 +10,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from retrieval.images import is_photo_name
-from retrieval.store_meta import Photo, PhotoFeatures
+from retrieval.encoders.images import is_photo_name
+from retrieval.store.meta import Photo, PhotoFeatures
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import numpy as np
 from sqlalchemy import delete
 
 from indexer.pipeline import Loaded, Timing
-from retrieval.library import Library
-from retrieval.store_meta import VECTOR_DTYPE, Photo, PhotoFeatures
+from retrieval.store.library import Library
+from retrieval.store.meta import VECTOR_DTYPE, Photo, PhotoFeatures
 
 SAVE_EVERY_S = 30.0  # bound on FAISS work redone after a crash
 

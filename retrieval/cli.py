@@ -66,8 +66,8 @@ def encode(paths, batch_size, workers, top, as_json):
     """
     from tqdm import tqdm
 
-    from retrieval.encode import encode_photos, find_photos
-    from retrieval.image_encoder import imagenet_classes
+    from retrieval.encoders.encode import encode_photos, find_photos
+    from retrieval.encoders.image_encoder import imagenet_classes
 
     files = find_photos(paths)
     if not files:
@@ -153,8 +153,8 @@ def index(paths, db, rebuild, workers, batch_size, index_type, as_json):
 @fusion_errors
 def info(db, as_json):
     """What the library holds: photos, captions, index type, model, bytes on disk."""
-    from retrieval.library import Library, library_dir
-    from retrieval.runtime import Runtime
+    from retrieval.store.library import Library, library_dir
+    from retrieval.model.runtime import Runtime
 
     rt = Runtime()
     data = Library.open(library_dir(db), rt.fingerprint, rt.dim).info()
@@ -174,7 +174,7 @@ def filter_options(fn):
 def make_filters(under, after, before):
     import os
 
-    from retrieval.search import Filters
+    from retrieval.query.search import Filters
 
     return Filters(os.path.abspath(under) if under else None, _date(after, "--after"), _date(before, "--before"))
 
@@ -227,7 +227,7 @@ def search(query, k, candidates, no_rerank, under, after, before, as_json, db):
     fusion classifier from stored features (photos are not decoded), and prints rank,
     score and path. Ties break by id, so the order is stable.
     """
-    from retrieval.search import open_searcher
+    from retrieval.query.search import open_searcher
 
     filters = make_filters(under, after, before)
     print_hits(open_searcher(db).text(query, k, candidates, not no_rerank, filters), as_json)
@@ -242,7 +242,7 @@ def search(query, k, candidates, no_rerank, under, after, before, as_json, db):
 @fusion_errors
 def similar(image, k, under, after, before, as_json, db):
     """Photos that look like IMAGE (which need not be in the library)."""
-    from retrieval.search import open_searcher
+    from retrieval.query.search import open_searcher
 
     print_hits(open_searcher(db).similar(image, k, make_filters(under, after, before)), as_json)
 
@@ -256,7 +256,7 @@ def similar(image, k, under, after, before, as_json, db):
 def describe(image, k, as_json, db):
     """The captions nearest to IMAGE, from the caption corpora in the library
     (index one first, e.g. fusion index ../shared/data/coco-captions-val2017.jsonl)."""
-    from retrieval.search import open_searcher
+    from retrieval.query.search import open_searcher
 
     print_hits(open_searcher(db).describe(image, k), as_json)
 
@@ -275,8 +275,8 @@ def serve(db, host, port):
       GET /api/similar?id=ID&k=10      GET /api/describe?id=ID&k=5
       GET /api/photo/ID                GET /api/health      (API docs: /api/docs)
     """
-    from retrieval.search import open_searcher
-    from retrieval.server import serve as run
+    from retrieval.query.search import open_searcher
+    from retrieval.serve.server import serve as run
 
     searcher = open_searcher(db)
     click.echo(f"serving {searcher.lib.root} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
@@ -318,9 +318,9 @@ def train(data, out, exclude, val_photos, seed, cache, image_encoder, image_weig
 
     \b
       fusion train --data ../shared/data/coco --data ../shared/data/flickr8k \\
-                   --exclude data/demo --out retrieval/checkpoints/default.safetensors
+                   --exclude data/demo --out retrieval/model/checkpoints/default.safetensors
     """
-    from retrieval.trainer import train_checkpoint
+    from retrieval.training.trainer import train_checkpoint
 
     def log(entry):
         if "alpha" in entry:
@@ -356,7 +356,7 @@ def bench():
 def bench_recall(data, candidates, checkpoint, json_out, cache, image_encoder, image_weights):
     """Recall@1/5/10, text->image and image->text, for ITC alone, ITC + the shipped rerank,
     every fusion variant, and the untrained ImageNet-label bridge. Recall is in percent."""
-    from retrieval.bench import recall_report, to_markdown
+    from retrieval.evaluation.bench import recall_report, to_markdown
 
     report = recall_report(data, checkpoint, candidates, image_encoder, image_weights, cache)
     if json_out:

@@ -20,13 +20,13 @@ def demo_photos() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def image_encoder():
-    from retrieval.image_encoder import load_image_encoder
+    from retrieval.encoders.image_encoder import load_image_encoder
 
     return load_image_encoder()
 
 
 @pytest.fixture(scope="session")
 def text_encoder():
-    from retrieval.text_encoder import load_text_encoder
+    from retrieval.encoders.text_encoder import load_text_encoder
 
     return load_text_encoder()

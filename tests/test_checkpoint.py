@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from retrieval.checkpoint import default_checkpoint_path, load_checkpoint, save_checkpoint
+from retrieval.model.checkpoint import default_checkpoint_path, load_checkpoint, save_checkpoint
 from retrieval.errors import CheckpointError
-from retrieval.model import FUSION_VARIANTS, FusionHead, ModelConfig, SharedSpace
+from retrieval.model.heads import FUSION_VARIANTS, FusionHead, ModelConfig, SharedSpace
 
 CFG = ModelConfig(image_dim=32, text_dim=16, fusion_dim=8, rerank="concat-mlp", rerank_weight=0.5)
 

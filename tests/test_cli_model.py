@@ -5,7 +5,7 @@ import shutil
 
 from click.testing import CliRunner
 
-from retrieval.checkpoint import load_checkpoint
+from retrieval.model.checkpoint import load_checkpoint
 from retrieval.cli import main
 
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from retrieval.library import Library
-from retrieval.runtime import Runtime
+from retrieval.store.library import Library
+from retrieval.model.runtime import Runtime
 
 
 def count(db, sql):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from retrieval.errors import WeightsError
-from retrieval.image_encoder import imagenet_classes, load_image_encoder
+from retrieval.encoders.image_encoder import imagenet_classes, load_image_encoder
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,6 @@ def test_long_text_is_truncated_and_flagged(text_encoder):
 
 
 def test_offline_switches_set_by_import():
-    import retrieval.text_encoder  # noqa: F401
+    import retrieval.encoders.text_encoder  # noqa: F401
 
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"

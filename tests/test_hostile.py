@@ -16,8 +16,8 @@ from PIL import Image
 
 from retrieval.cli import main
 from retrieval.errors import LibraryError
-from retrieval.library import Library
-from retrieval.runtime import Runtime
+from retrieval.store.library import Library
+from retrieval.model.runtime import Runtime
 from tests.test_images import _png_with_header_size
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from retrieval.errors import ImageError, ImageTooLargeError
-from retrieval.images import load_many, open_image
+from retrieval.encoders.images import load_many, open_image
 
 
 def save(img, path, **kw):

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from indexer.run import index_paths
 from retrieval.cli import main
 from retrieval.errors import ModelMismatchError
-from retrieval.library import Library
-from retrieval.runtime import Runtime
+from retrieval.store.library import Library
+from retrieval.model.runtime import Runtime
 
 
 @pytest.fixture(scope="module")

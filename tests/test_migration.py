@@ -7,8 +7,8 @@ import sqlite3
 from click.testing import CliRunner
 
 from retrieval.cli import main
-from retrieval.runtime import Runtime
-from retrieval.store_meta import SCHEMA_VERSION
+from retrieval.model.runtime import Runtime
+from retrieval.store.meta import SCHEMA_VERSION
 
 V1 = """
 CREATE TABLE meta (key VARCHAR NOT NULL PRIMARY KEY, value TEXT NOT NULL);

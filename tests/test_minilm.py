@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from retrieval.text_encoder import model_dir
+from retrieval.encoders.text_encoder import model_dir
 
 
 def test_matches_transformers_bertmodel(text_encoder):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.model import FUSION_VARIANTS, FusionHead, ModelConfig, SharedSpace
+from retrieval.model.heads import FUSION_VARIANTS, FusionHead, ModelConfig, SharedSpace
 
 CFG = ModelConfig(image_dim=32, text_dim=16, fusion_dim=8)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from retrieval.errors import WeightsError
-from retrieval.image_encoder import load_image_encoder
+from retrieval.encoders.image_encoder import load_image_encoder
 
 pytestmark = pytest.mark.resnet
 

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from indexer.run import index_paths
 from retrieval.cli import main
-from retrieval.datasets import load_dataset
-from retrieval.search import Filters, open_searcher
-from retrieval.runtime import Runtime
+from retrieval.training.datasets import load_dataset
+from retrieval.query.search import Filters, open_searcher
+from retrieval.model.runtime import Runtime
 from tests.serving import get, running_server
 
 ZEBRA = "000000113354.jpg"

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from retrieval.datasets import load_dataset
-from retrieval.features import dataset_features
-from retrieval.model import ModelConfig
-from retrieval.trainer import class_embeddings
-from retrieval.training import TrainConfig, crossfit_pairs, itc_scores, train_head, train_itc
+from retrieval.training.datasets import load_dataset
+from retrieval.training.features import dataset_features
+from retrieval.model.heads import ModelConfig
+from retrieval.training.trainer import class_embeddings
+from retrieval.training.loop import TrainConfig, crossfit_pairs, itc_scores, train_head, train_itc
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_itc_training_lowers_the_loss_and_fits(feats, classes):
     tc = TrainConfig(seed=0, batch_size=16, lr=1e-3)
     space, _, curve = train_itc(cfg, classes, feats, None, tc, epochs=8)
     assert curve[-1]["loss"] < 0.7 * curve[0]["loss"]
-    from retrieval.model import SharedSpace
+    from retrieval.model.heads import SharedSpace
     before = itc_scores(SharedSpace(cfg, classes), feats)["t2i"]["r1"]
     after = itc_scores(space, feats)["t2i"]["r1"]
     assert after > before + 5  # it learned the training photos

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from indexer.run import index_paths
-from retrieval.runtime import Runtime
+from retrieval.model.runtime import Runtime
 from tests.serving import get, running_server
 from tests.test_search import ZEBRA
 

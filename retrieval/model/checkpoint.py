@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 
 from retrieval.errors import CheckpointError
-from retrieval.model import FusionHead, ModelConfig, SharedSpace
+from retrieval.model.heads import FusionHead, ModelConfig, SharedSpace
 
 FORMAT = "fusion-checkpoint/1"
 
 
 def default_checkpoint_path() -> Path:
-    return Path(str(resources.files("retrieval").joinpath("checkpoints/default.safetensors")))
+    return Path(str(resources.files("retrieval.model").joinpath("checkpoints/default.safetensors")))
 
 
 @dataclass

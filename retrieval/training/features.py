@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.datasets import Dataset
+from retrieval.training.datasets import Dataset
 from retrieval.errors import DatasetError
 
 MAX_TOKENS = 48  # token states kept per caption for cross-attention (COCO captions are ~14)

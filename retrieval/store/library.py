@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from retrieval.errors import LibraryError, ModelMismatchError
-from retrieval.store_meta import (VECTOR_DTYPE, Caption, Photo, PhotoFeatures, get_meta, open_db,
+from retrieval.store.meta import (VECTOR_DTYPE, Caption, Photo, PhotoFeatures, get_meta, open_db,
                                   set_meta)
-from retrieval.store_vectors import RETRAIN_GROWTH, VectorStore, wanted_kind
+from retrieval.store.vectors import RETRAIN_GROWTH, VectorStore, wanted_kind
 
 DB_FILE = "library.sqlite"
 PHOTO_INDEX = "photos.faiss"

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retrieval.evaluation import i2t_recall, rerank, t2i_recall
-from retrieval.features import DatasetFeatures
-from retrieval.model import FUSION_VARIANTS, FusionHead, ModelConfig, SharedSpace
+from retrieval.evaluation.recall import i2t_recall, rerank, t2i_recall
+from retrieval.training.features import DatasetFeatures
+from retrieval.model.heads import FUSION_VARIANTS, FusionHead, ModelConfig, SharedSpace
 
 ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0)
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from retrieval.errors import WeightsError
-from retrieval.images import open_image
+from retrieval.encoders.images import open_image
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 
@@ -48,7 +48,7 @@ class ImageFeatures:
 
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet-1k class names in logit order (torchvision's list, BSD-3)."""
-    text = resources.files("retrieval").joinpath("imagenet_classes.txt").read_text("utf-8")
+    text = resources.files("retrieval.encoders").joinpath("imagenet_classes.txt").read_text("utf-8")
     return text.splitlines()
 
 
@@ -112,7 +112,7 @@ class ImageEncoder:
         """Decode files in `workers` threads while encoding in this one. Returns the features
         of the photos that opened, their positions in `paths`, and one ImageError per file
         that did not. `progress`, if given, is called with the number of files done."""
-        from retrieval.images import load_many
+        from retrieval.encoders.images import load_many
 
         parts, kept, errors, chunk, chunk_pos = [], [], [], [], []
 

@@ -12,9 +12,9 @@ import numpy as np
 from sqlalchemy import func, select
 
 from retrieval.errors import FusionError, LibraryError
-from retrieval.library import Library
-from retrieval.runtime import Runtime
-from retrieval.store_meta import Caption, Photo, PhotoFeatures
+from retrieval.store.library import Library
+from retrieval.model.runtime import Runtime
+from retrieval.store.meta import Caption, Photo, PhotoFeatures
 
 MAX_K = 1000
 
@@ -257,7 +257,7 @@ def _sigmoid(x: float) -> float:
 
 
 def open_searcher(db: Path | None = None, runtime: Runtime | None = None) -> Searcher:
-    from retrieval.library import library_dir
+    from retrieval.store.library import library_dir
 
     runtime = runtime or Runtime()
     return Searcher(Library.open(library_dir(db), runtime.fingerprint, runtime.dim), runtime)

@@ -1,0 +1,1 @@
+"""Recall@k as pure functions and the benchmarks built on them."""

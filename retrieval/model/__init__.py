@@ -1,0 +1,1 @@
+"""The trained model: shared space, fusion heads, checkpoint io and the runtime that loads them."""

@@ -1,0 +1,1 @@
+"""The library on disk: SQLite metadata (SQLAlchemy) and FAISS vector stores."""

@@ -1,0 +1,1 @@
+"""Datasets, cached features and training of the shared space and fusion heads."""
