@@ -5,7 +5,7 @@ metadata rows), measured the way a user meets them.
 
 Per size: search latency p50/p95/p99 (text encoding + ANN + rerank of 32, warm, in process),
 ANN recall@10 against exact search, build time (rows + index), RAM and disk per photo, cold
-start of `fusion search`. Also rerank cost against K and the cost of compact rerank features.
+start of `fusion search`. Also rerank cost against K.
 Writes benchmarks/results/scale.md, scale.json and scale.png.
 """
 
@@ -31,6 +31,7 @@ from synthetic import build, real_features  # noqa: E402
 from retrieval.training.datasets import load_dataset  # noqa: E402
 from retrieval.store.library import Library  # noqa: E402
 from retrieval.model.runtime import Runtime  # noqa: E402
+from retrieval.model.reranker import PhotoEvidence  # noqa: E402
 from retrieval.query.search import open_searcher  # noqa: E402
 from retrieval.store.meta import PhotoFeatures  # noqa: E402
 
@@ -73,15 +74,17 @@ def latency(db: Path, texts: list[str]):
 
 
 def rerank_cost(searcher, ks=(8, 16, 32, 64, 128), reps: int = 30) -> dict:
+    """Median ms to read K photos' stored evidence and score them (the second stage)."""
+    from retrieval.query.rerank import match_logits
+
     text = searcher.runtime.text_encoder.encode(["a dog on a beach"], normalize=False)
-    head = searcher.runtime.checkpoint.rerank_head
     out = {}
     for k in ks:
         ids = np.arange(1, k + 1)
         times = []
         for _ in range(reps):
             start = time.perf_counter()
-            searcher._fusion(head, ids, np.zeros(k, np.float32), text)
+            match_logits(searcher.runtime, searcher.lib, ids, np.zeros(k, np.float32), text.pooled)
             times.append(1000 * (time.perf_counter() - start))
         out[k] = round(statistics.median(times), 2)
     return out
@@ -95,43 +98,6 @@ def ram_per_photo(db: Path, n: int) -> float:
              "b=open('/proc/self/statm').read().split()[1];print((int(b)-int(a))*4096)")
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
     return round(int(out.strip()) / n, 1)
-
-
-def compact_features(runtime: Runtime, data: list[Path]) -> dict:
-    """What storing rerank features compactly costs: the head's residual from raw float32
-    pooled features against the stored float16 projection and an int8 projection, and the
-    t2i R@1 each gives at rerank weight 1 (the shipped weight is 0: then nothing changes)."""
-    import torch
-
-    from retrieval.evaluation.recall import rerank, t2i_recall
-    from retrieval.training.features import dataset_features
-    from retrieval.training.loop import embed
-
-    f = dataset_features(load_dataset(ROOT / "data" / "demo"), runtime.image_encoder, runtime.text_encoder, progress=False)
-    ck = runtime.checkpoint
-    head = ck.rerank_head
-    with torch.no_grad():
-        proj = head.project_image(torch.from_numpy(f.pooled)).numpy()
-    scale = np.abs(proj).max(axis=0, keepdims=True) / 127
-    variants = {"float32 pooled, 5120 B": proj, "float16 projection, 512 B (stored)": proj.astype(np.float16).astype(np.float32),
-                "int8 projection, 256 B + scales": np.round(proj / scale).clip(-127, 127) * scale}
-    img, txt = embed(ck.space, f)
-    sim = txt @ img.T
-    out = {}
-    ref = None
-    for name, p in variants.items():
-        def rescore(rows, cols, p=p):
-            with torch.no_grad():
-                h = head.residual_projected(torch.from_numpy(p[cols.reshape(-1)]),
-                                            torch.from_numpy(f.text[rows.reshape(-1)])).numpy()
-            return (float(head.itc_scale.detach()) * sim[rows, cols].reshape(-1) + h).reshape(rows.shape)
-        scores = rerank(sim, 32, rescore)
-        if ref is None:
-            ref = scores
-        out[name] = {"t2i_r1_at_weight_1": t2i_recall(scores, f.caption_image)["r1"],
-                     "max_abs_score_change": round(float(np.abs(scores - ref).max()), 5)}
-    out["itc alone"] = {"t2i_r1_at_weight_1": t2i_recall(sim, f.caption_image)["r1"], "max_abs_score_change": None}
-    return out
 
 
 def plot(rows: dict, cost: dict, path: Path) -> None:
@@ -164,14 +130,14 @@ def main() -> None:
     args = ap.parse_args()
     runtime = Runtime()
     data = args.data or [ROOT / "data" / "demo"]
-    pooled, logits = real_features(data, runtime)
+    real = real_features(data, runtime)
     texts = queries()
     rows, cost = {}, {}
     for n in [int(x) for x in args.sizes.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp)
             start = time.perf_counter()
-            build(db, n, pooled, logits, runtime)
+            build(db, n, real, runtime)
             lib = Library.open(db, runtime.fingerprint, runtime.dim, writer=True)
             lib.maintain()
             lib.save()
@@ -186,15 +152,14 @@ def main() -> None:
                        "build_s": round(build_s, 1), "cold_start_s": cold_start(db)["wall_s_median"]}
             print(n, rows[n], flush=True)
             lib.engine.dispose()
-    compact = compact_features(runtime, data)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report = {"sizes": rows, "rerank_ms_by_k": cost, "compact_rerank_features": compact,
+    report = {"sizes": rows, "rerank_ms_by_k": cost, "rerank_bytes_per_photo": PhotoEvidence.ROW_BYTES,
               "drawn_from": [str(d) for d in data]}
     (RESULTS / "scale.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, cost, RESULTS / "scale.png")
-    lines = ["# Scale", "", f"Synthetic photos drawn from {len(pooled)} real ones ({', '.join(d.name for d in data)}): "
+    lines = ["# Scale", "", f"Synthetic photos drawn from {len(real[0])} real ones ({', '.join(d.name for d in data)}): "
              "features plus noise, projected by the shipped model; 100 real COCO captions as queries. "
              "Latency: warm, in process, text encoding + ANN + rerank of 32. Recall@10 is against exact "
              "search over the float16 vectors SQLite keeps (FAISS holds float32), so even the exact "
@@ -205,9 +170,8 @@ def main() -> None:
         lines.append(f"| {n:,} | {r['index']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['recall_at_10']} | "
                      f"{r['bytes_per_photo']:.0f} | {r['ram_bytes_per_photo']:.0f} | {r['build_s']} | {r['cold_start_s']} |")
     lines += ["", "Rerank cost per query (ms) by candidates K: " + ", ".join(f"K={k}: {v}" for k, v in cost.items()),
-              "", "Compact rerank features (demo collection, ITC top 32 reranked at weight 1 to make any effect visible):", "",
-              "| stored as | t2i R@1 | max score change |", "| --- | ---: | ---: |"]
-    lines += [f"| {k} | {v['t2i_r1_at_weight_1']} | {v['max_abs_score_change']} |" for k, v in compact.items()]
+              "", f"Rerank evidence stored per photo: {PhotoEvidence.ROW_BYTES} bytes (16 recalled caption ids and "
+              "weights, 20 ImageNet labels and weights)."]
     (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -89,18 +89,18 @@ def main() -> None:
     args = ap.parse_args()
     runtime = Runtime()
     data = args.data or [ROOT / "data" / "demo"]
-    pooled, logits = real_features(data, runtime)
+    real = real_features(data, runtime)
     rows = {}
     for n in [int(x) for x in args.sizes.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp)
-            build_s = build(db, n, pooled, logits, runtime)
+            build_s = build(db, n, real, runtime)
             rows[n] = {"build_s": round(build_s, 1), "cold_start": cold_start(db), "warm_in_process": warm(db),
                        "warm_http": served(db)}
             print(n, rows[n], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "search_speed.json").write_text(json.dumps(rows, indent=2) + "\n")
-    lines = ["# Search latency", "", f"Synthetic libraries drawn from {len(pooled)} real photos "
+    lines = ["# Search latency", "", f"Synthetic libraries drawn from {len(real[0])} real photos "
              f"({', '.join(d.name for d in data)}); exact FAISS index; rerank of 32 candidates, k = 10.", "",
              "| photos | cold `fusion search` s | warm p50 / p95 ms (in process) | warm p50 / p95 ms (HTTP) |",
              "| ---: | ---: | ---: | ---: |"]

@@ -21,34 +21,36 @@ NOISE = 0.35  # relative noise on raw features: neighbours stay plausible, none 
 
 
 def real_features(data: list[Path], runtime: Runtime):
-    """Raw pooled features and logits of real photos (cached after the first run)."""
+    """Raw pooled features, logits and per-cell-max logits of real photos (cached after the
+    first run)."""
     feats = [dataset_features(load_dataset(d), runtime.image_encoder, runtime.text_encoder, progress=False)
              for d in data]
-    return np.concatenate([f.pooled for f in feats]), np.concatenate([f.logits for f in feats])
+    return tuple(np.concatenate([getattr(f, k) for f in feats]) for k in ("pooled", "logits", "cells"))
 
 
-def build(root: Path, n: int, pooled: np.ndarray, logits: np.ndarray, runtime: Runtime, seed: int = 0,
-          chunk: int = 20_000) -> float:
+def build(root: Path, n: int, real: tuple, runtime: Runtime, seed: int = 0, chunk: int = 20_000) -> float:
     """Write an n-photo library at `root`; returns seconds spent."""
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     lib = Library.open(root, runtime.fingerprint, runtime.dim, create=True)
+    pooled, logits, cells = real
     p_scale = pooled.std(axis=0, keepdims=True)
     l_scale = logits.std(axis=0, keepdims=True)
+    c_scale = cells.std(axis=0, keepdims=True)
     now = time.time()
     for lo in range(0, n, chunk):
         m = min(chunk, n - lo)
         src = rng.integers(0, len(pooled), m)
         p = (pooled[src] + NOISE * p_scale * rng.standard_normal((m, pooled.shape[1]))).astype(np.float32)
         lg = (logits[src] + NOISE * l_scale * rng.standard_normal((m, logits.shape[1]))).astype(np.float32)
-        vec = runtime.embed_images(p, lg)
-        rerank = runtime.rerank_features(ImageFeatures(p, lg, None))
+        cl = (cells[src] + NOISE * c_scale * rng.standard_normal((m, cells.shape[1]))).astype(np.float32)
+        rerank, vec = runtime.index_features(ImageFeatures(p, lg, None, cl))
         ids = np.arange(lo + 1, lo + m + 1)
         photos = [{"id": int(i), "path": f"/synthetic/{i // 1000:04d}/{i:08d}.jpg", "size": 200_000,
                    "mtime_ns": int((now - i * 60) * 1e9), "sha": f"{i:040x}", "width": 640, "height": 480,
                    "taken_at": now - i * 60, "camera": None, "indexed_at": now} for i in ids]
         feats = [{"photo_id": int(i), "vector": vec[k].astype(VECTOR_DTYPE).tobytes(),
-                  "rerank": rerank[k].astype("<f2").tobytes()} for k, i in enumerate(ids)]
+                  "rerank": rerank[k]} for k, i in enumerate(ids)]
         with lib.session() as s, s.begin():
             s.execute(insert(Photo), photos)
             s.execute(insert(PhotoFeatures), feats)

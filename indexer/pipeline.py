@@ -71,9 +71,7 @@ def loaded_photos(stats: list[FileStat], encoder, rename_shas: set, timing: Timi
 def encode_batch(items: list[Loaded], runtime, timing: Timing, batch_size: int = 4):
     """Rerank features and ITC vectors for decoded photos."""
     start = time.perf_counter()
-    feats = runtime.image_encoder.encode([it.pixels for it in items], batch_size, normalize=False,
-                                         grid=runtime.needs_grid)
-    vectors = runtime.embed_images(feats.pooled, feats.logits)
-    rerank = runtime.rerank_features(feats)
+    feats = runtime.image_encoder.encode([it.pixels for it in items], batch_size, normalize=False)
+    rerank, vectors = runtime.index_features(feats)
     timing.forward_s += time.perf_counter() - start
     return rerank, vectors

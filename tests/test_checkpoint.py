@@ -8,6 +8,8 @@ import torch
 from retrieval.model.checkpoint import default_checkpoint_path, load_checkpoint, save_checkpoint
 from retrieval.errors import CheckpointError
 from retrieval.model.heads import FUSION_VARIANTS, FusionHead, ModelConfig, SharedSpace
+from retrieval.model.memory import corpus_digest
+from retrieval.model.reranker import Reranker
 
 CFG = ModelConfig(image_dim=32, text_dim=16, fusion_dim=8, rerank="concat-mlp", rerank_weight=0.5)
 
@@ -68,7 +70,23 @@ def test_shipped_default_checkpoint():
     path = default_checkpoint_path()
     assert path.is_file() and path.stat().st_size < 8_000_000
     ck = load_checkpoint(image_encoder="efficientnet-lite0", text_encoder="all-MiniLM-L6-v2")
-    assert set(ck.heads) == set(FUSION_VARIANTS)
-    assert ck.config.rerank in FUSION_VARIANTS and ck.config.rerank != "additive"
-    assert ck.config.rerank_weight == ck.alphas[ck.config.rerank] >= 0
+    assert set(ck.heads) == set(FUSION_VARIANTS)  # the fusion heads ship as baselines
+    # search reranks with the evidence reranker, at a weight tuned on cross-fitted candidates
+    assert ck.config.rerank == "evidence" and ck.reranker is not None and ck.config.rerank_weight > 0
+    assert ck.config.memory_digest == corpus_digest()  # trained with the memory that ships
+    assert 0 < ck.config.match_threshold < 1
     assert "data/demo" in " ".join(ck.record["excluded"])  # the demo photos were held out
+
+
+def test_reranker_round_trip(saved, tmp_path):
+    path, _, space, heads = saved
+    torch.manual_seed(1)
+    rr = Reranker(hidden=4)
+    with torch.no_grad():
+        rr.mean.add_(torch.randn(rr.mean.shape))
+    cfg = ModelConfig(**{**CFG.to_dict(), "rerank": "evidence", "reranker_hidden": 4})
+    out = tmp_path / "rr.safetensors"
+    save_checkpoint(out, cfg, space, heads, {v: 0.5 for v in heads}, {}, rr)
+    ck = load_checkpoint(out)
+    x = torch.randn(3, 7, rr.mean.shape[0])
+    torch.testing.assert_close(ck.reranker(x), rr(x), atol=2e-2, rtol=1e-2)

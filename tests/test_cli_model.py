@@ -30,13 +30,13 @@ def test_bench_recall_json_on_held_out_demo(demo_dir, tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
     assert rep["images"] == 48 and rep["captions"] == 240
-    for task in ("t2i", "i2t"):
-        for method in ("itc", "rerank"):
-            assert set(rep[task][method]) == {"r1", "r5", "r10"}
-            assert 0 <= rep[task][method]["r1"] <= rep[task][method]["r5"] <= rep[task][method]["r10"] <= 100
-    # 48 unseen photos: chance R@10 is 21%; the shipped space must do far better
-    assert rep["t2i"]["itc"]["r10"] > 80 and rep["i2t"]["itc"]["r10"] > 80
-    assert "additive (itm alone)" in rep["t2i"] and "| itc |" in r.output
+    rows = list(rep["t2i"].values()) + list(rep["i2t"].values())
+    assert all(0 <= x["r1"] <= x["r5"] <= x["r10"] <= 100 for x in rows)
+    # 48 unseen photos: chance R@10 is 21%; the shipped model must do far better
+    (i2t,) = rep["i2t"].values()
+    (shipped,) = [v for m, v in rep["t2i"].items() if m.startswith("reranked (shipped")]
+    assert rep["t2i"]["itc"]["r10"] > 80 and shipped["r10"] > 80 and i2t["r10"] > 80
+    assert any("additive head" in m for m in rep["t2i"]) and "| itc |" in r.output
 
 
 def test_train_writes_a_loadable_checkpoint(demo_dir, tmp_path):
@@ -47,6 +47,7 @@ def test_train_writes_a_loadable_checkpoint(demo_dir, tmp_path):
     assert r.exit_code == 0, r.output
     ck = load_checkpoint(out)
     assert ck.record["train_photos"] == 14 and ck.record["val_photos"] == 6
+    assert ck.config.rerank == "evidence" and ck.reranker is not None and ck.config.match_threshold > 0
     assert out.with_suffix(".json").is_file() and ck.content_hash in r.output
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -155,3 +156,25 @@ def test_server(library):
         finally:
             os.unlink(victim)
             shutil.move(backup, victim)
+
+
+def test_match_probability_and_the_no_match_note(searcher):
+    made_up = searcher.text("zzzzqqq xxyy", k=5)
+    real = searcher.text("two zebras grazing", k=5)
+    assert all(0 <= h.itm <= 1 for h in made_up.hits + real.hits)
+    assert any("no photo matches well" in n for n in made_up.notes), made_up.notes
+    assert not any("no photo matches well" in n for n in real.notes), real.notes
+    assert real.hits[0].path.endswith(ZEBRA) and real.hits[0].itm > max(h.itm for h in made_up.hits)
+
+
+def test_rerank_reads_the_query(searcher):
+    # the same candidates, scored for two different texts, come out in different orders
+    from retrieval.query.rerank import match_logits
+
+    ids, itc = searcher._top(searcher.runtime.embed_texts(
+        searcher.runtime.text_encoder.encode(["an animal"], normalize=False).pooled), 16, Filters())
+    orders = []
+    for text in ("zebras grazing on grass", "a giraffe next to a tree"):
+        q = searcher.runtime.text_encoder.encode([text], normalize=False).pooled
+        orders.append(list(np.argsort(-match_logits(searcher.runtime, searcher.lib, ids, itc, q))))
+    assert orders[0] != orders[1]

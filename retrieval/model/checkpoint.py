@@ -15,6 +15,7 @@ import torch
 
 from retrieval.errors import CheckpointError
 from retrieval.model.heads import FusionHead, ModelConfig, SharedSpace
+from retrieval.model.reranker import Reranker
 
 FORMAT = "fusion-checkpoint/1"
 
@@ -32,16 +33,19 @@ class Checkpoint:
     record: dict  # training data, seeds, validation scores
     content_hash: str  # sha256 prefix of the tensors: names libraries made with it
     path: Path
+    reranker: Reranker | None = None  # the evidence reranker search uses (None: rank by ITC)
 
     @property
     def rerank_head(self) -> FusionHead:
         return self.heads[self.config.rerank]
 
 
-def _tensors(space: SharedSpace, heads: dict) -> dict:
+def _tensors(space: SharedSpace, heads: dict, reranker: Reranker | None) -> dict:
     out = {f"space.{k}": v for k, v in space.state_dict().items()}
     for variant, head in heads.items():
         out.update({f"head.{variant}.{k}": v for k, v in head.state_dict().items()})
+    if reranker is not None:
+        out.update({f"reranker.{k}": v for k, v in reranker.state_dict().items()})
     return {k: v.detach().to(torch.float16).contiguous() for k, v in out.items()}
 
 
@@ -54,12 +58,12 @@ def content_hash(tensors: dict) -> str:
 
 
 def save_checkpoint(path: str | os.PathLike, config: ModelConfig, space: SharedSpace, heads: dict,
-                    alphas: dict, record: dict) -> str:
+                    alphas: dict, record: dict, reranker: Reranker | None = None) -> str:
     """Write FILE (safetensors) and FILE with .json; returns the content hash."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    tensors = _tensors(space, heads)
+    tensors = _tensors(space, heads, reranker)
     digest = content_hash(tensors)
     meta = {"format": FORMAT, "config": config.to_dict(), "alphas": alphas, "record": record,
             "content_hash": digest}
@@ -115,8 +119,13 @@ def _build(path: Path, config: ModelConfig, meta: dict, tensors: dict) -> Checkp
         head = FusionHead(variant, config)
         head.load_state_dict(_prefixed(tensors, f"head.{variant}."))
         heads[variant] = head.eval()
+    reranker = None
+    if any(k.startswith("reranker.") for k in tensors):
+        reranker = Reranker(hidden=config.reranker_hidden)
+        reranker.load_state_dict(_prefixed(tensors, "reranker."))
+        reranker.eval()
     return Checkpoint(config, space.eval(), heads, {k: float(v) for k, v in meta["alphas"].items()},
-                      meta.get("record", {}), meta["content_hash"], path)
+                      meta.get("record", {}), meta["content_hash"], path, reranker)
 
 
 def _prefixed(tensors: dict, prefix: str) -> dict:

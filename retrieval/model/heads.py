@@ -27,9 +27,15 @@ class ModelConfig:
     text_dim: int = 384  # its hidden size; also the shared space's size
     bridge_top: int = 20  # ImageNet classes mixed into a photo's bridge vector
     bridge_temperature: float = 2.0  # softmax temperature on the ImageNet logits
+    bridge_cells: bool = False  # bridge from the mean of pooled and per-cell-max logits
+    memory_beta: float = 0.0  # weight of the recalled captions in a photo's search vector (0: off)
+    memory_tau: float = 0.05  # softmax temperature of a photo's recall weights over its captions
     fusion_dim: int = 256  # hidden width of the fusion heads
-    rerank: str = "cross-attention"  # the fusion variant search uses to rerank
+    rerank: str = "cross-attention"  # what search reranks with: "evidence" or a fusion variant
     rerank_weight: float = 0.0  # alpha in score = itc + alpha * itm, tuned on validation
+    reranker_hidden: int = 0  # hidden width of the evidence reranker (0: linear)
+    memory_digest: str = ""  # content hash of the caption memory the model was trained with
+    match_threshold: float = 0.0  # best match probability below which search says none matches well
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,14 +56,23 @@ class SharedSpace(nn.Module):
             nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
         self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(20.0)))))
 
-    def bridge(self, logits: torch.Tensor) -> torch.Tensor:
-        """Softmax over the top-k ImageNet logits, mixing the class-name embeddings."""
+    def labels(self, logits: torch.Tensor, cells: torch.Tensor | None = None):
+        """The bridge's ImageNet classes and softmax weights, (N, bridge_top) each, best first.
+        `cells` (max over grid cells of each cell's logits) name objects too small to win the
+        pooled logits; they join in when the config says so."""
+        if self.config.bridge_cells:
+            logits = (logits + cells) / 2
         top, idx = logits.topk(self.config.bridge_top, dim=-1)
-        weights = F.softmax(top / self.config.bridge_temperature, dim=-1)
+        return idx, F.softmax(top / self.config.bridge_temperature, dim=-1)
+
+    def bridge(self, logits: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax over the top-k ImageNet logits, mixing the class-name embeddings."""
+        idx, weights = self.labels(logits, cells)
         return F.normalize((weights.unsqueeze(-1) * self.class_embeddings[idx]).sum(1), dim=-1)
 
-    def embed_image(self, pooled: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.bridge(logits) + self.image_fc(pooled), dim=-1)
+    def embed_image(self, pooled: torch.Tensor, logits: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+        """The photo's ITC vector: its bridge plus image_fc's correction."""
+        return F.normalize(self.bridge(logits, cells) + self.image_fc(pooled), dim=-1)
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
         text = F.normalize(text, dim=-1)

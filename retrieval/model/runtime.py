@@ -23,7 +23,8 @@ class Runtime:
     @property
     def fingerprint(self) -> str:
         c = self.checkpoint.config
-        return f"{c.image_encoder}+{c.text_encoder}+{self.checkpoint.content_hash}"
+        memory = f"+memory-{c.memory_digest}" if c.memory_digest else ""
+        return f"{c.image_encoder}+{c.text_encoder}+{self.checkpoint.content_hash}{memory}"
 
     @property
     def dim(self) -> int:
@@ -41,24 +42,40 @@ class Runtime:
 
         return load_text_encoder(self.checkpoint.config.text_encoder)
 
-    @property
-    def needs_grid(self) -> bool:
-        """Whether the shipped reranker reads grid cells (then the indexer stores them)."""
-        return self.checkpoint.config.rerank == "cross-attention"
+    @cached_property
+    def memory(self):
+        """The caption memory the checkpoint was trained with (None when it uses none)."""
+        from retrieval.errors import CheckpointError
+        from retrieval.model.memory import load_memory
 
-    def embed_images(self, pooled: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        import torch
+        cfg = self.checkpoint.config
+        if not cfg.memory_digest:
+            return None
+        memory = load_memory(self.text_encoder)
+        if memory.digest != cfg.memory_digest:
+            raise CheckpointError(f"{self.checkpoint.path}: trained with caption memory {cfg.memory_digest}, "
+                                  f"but the installed one is {memory.digest}; retrain with fusion train")
+        return memory
 
-        with torch.no_grad():
-            return self.checkpoint.space.embed_image(torch.from_numpy(pooled), torch.from_numpy(logits)).numpy()
+    @cached_property
+    def embedder(self):
+        from retrieval.model.embedder import Embedder
 
-    def rerank_features(self, feats) -> np.ndarray:
-        """The shipped head's projection of photos' features: what the library stores."""
-        import torch
+        return Embedder(self.checkpoint.space, self.memory)
 
-        grid = None if feats.grid is None else torch.from_numpy(feats.grid)
-        with torch.no_grad():
-            return self.checkpoint.rerank_head.project_image(torch.from_numpy(feats.pooled), grid).numpy()
+    def photo_vectors(self, feats):
+        """Search vectors, plain ITC vectors and rerank evidence of encoded photos."""
+        return self.embedder.photos(feats.pooled, feats.logits, feats.cells)
+
+    def index_features(self, feats) -> tuple[list[bytes], np.ndarray]:
+        """What the library stores per encoded photo: the reranker's evidence blob and the
+        search vector FAISS holds."""
+        pv = self.photo_vectors(feats)
+        return pv.evidence.pack(), pv.search
+
+    def embed_images(self, feats) -> np.ndarray:
+        """Search vectors of encoded photos."""
+        return self.photo_vectors(feats).search
 
     def embed_texts(self, pooled: np.ndarray) -> np.ndarray:
         import torch

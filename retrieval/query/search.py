@@ -3,7 +3,6 @@ head from stored features (photos are never decoded at query time). Ties break b
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,8 @@ from sqlalchemy import func, select
 from retrieval.errors import FusionError, LibraryError
 from retrieval.store.library import Library
 from retrieval.model.runtime import Runtime
-from retrieval.store.meta import Caption, Photo, PhotoFeatures
+from retrieval.query.rerank import match_logits
+from retrieval.store.meta import Caption, Photo
 
 MAX_K = 1000
 
@@ -38,9 +38,9 @@ class Hit:
     rank: int
     id: int
     path: str
-    score: float  # what the order is by: itc_scale * itc + weight * fusion residual
+    score: float  # what the order is by: itc + weight * the reranker's match logit
     itc: float  # cosine in the shared space
-    itm: float | None = None  # fusion head's match probability, when reranked
+    itm: float | None = None  # the reranker's calibrated match probability, when reranked
 
 
 @dataclass
@@ -104,14 +104,19 @@ class Searcher:
         if not query.strip():
             raise QueryError("empty query; describe the photo you are looking for, e.g. \"a dog on a beach\"")
         self._need_photos()
-        feats = self.runtime.text_encoder.encode([query], normalize=False, tokens=rerank and self.runtime.needs_grid)
+        feats = self.runtime.text_encoder.encode([query], normalize=False)
         notes = []
         if feats.truncated[0]:
             notes.append(f"query longer than {self.runtime.text_encoder.config.max_tokens} word pieces: "
                          "only its beginning was used")
         qvec = self.runtime.embed_texts(feats.pooled)
         ids, itc = self._top(qvec, max(k, candidates), filters)
-        hits = self._rank(ids, itc, feats if rerank else None)[:k]
+        hits = self._rank(ids, itc, feats.pooled if rerank else None)[:k]
+        threshold = self.runtime.checkpoint.config.match_threshold
+        best = max((h.itm for h in hits if h.itm is not None), default=None)
+        if best is not None and best < threshold:
+            notes.append(f"no photo matches well: the best match probability is {100 * best:.0f}%, "
+                         f"below the {100 * threshold:.0f}% that made-up words reach")
         return Results(self._with_paths(hits), notes)
 
     def similar(self, image: str | os.PathLike, k: int = 10, filters: Filters = Filters()) -> Results:
@@ -133,7 +138,7 @@ class Searcher:
         if len(self.lib.captions) == 0:
             raise LibraryError(f"{self.lib.root}: no captions indexed; index a captions file first, "
                                "e.g. fusion index ../shared/data/coco-captions-val2017.jsonl")
-        scores, ids = self.lib.captions.search(self._embed_photo(image), k)
+        scores, ids = self.lib.captions.search(self._embed_photo(image, search=False), k)
         pairs = sorted(((float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0), key=lambda t: (-t[0], t[1]))
         with self.lib.session() as s:
             rows = {c.id: c for c in s.scalars(select(Caption).where(Caption.id.in_([i for _, i in pairs])))}
@@ -165,10 +170,13 @@ class Searcher:
             raise LibraryError(f"photo {photo_id} changed since it was indexed; run fusion index to update")
         return path
 
-    def _embed_photo(self, image) -> np.ndarray:
+    def _embed_photo(self, image, search: bool = True) -> np.ndarray:
+        """The photo's search vector (as the library holds them), or its plain ITC vector,
+        which is what captions are ranked by: the recalled captions it carries would rank
+        themselves first."""
         enc = self.runtime.image_encoder
-        f = enc.encode([enc.load(image)], normalize=False)
-        return self.runtime.embed_images(f.pooled, f.logits)
+        pv = self.runtime.photo_vectors(enc.encode([enc.load(image)], normalize=False))
+        return pv.search if search else pv.itc
 
     def _need_photos(self) -> None:
         if len(self.lib.photos) == 0:
@@ -205,55 +213,26 @@ class Searcher:
         with self.lib.session() as s:
             return set(s.scalars(q))
 
-    def _rank(self, ids, itc, text) -> list[Hit]:
-        """Order candidates by ITC, or by the shipped fusion rerank from stored features."""
-        ck = self.runtime.checkpoint
-        head = ck.rerank_head
-        scale = float(head.itc_scale.detach())
-        if text is None or len(ids) == 0:
-            hits = [Hit(0, int(i), "", scale * float(s), float(s)) for i, s in zip(ids, itc)]
+    def _rank(self, ids, itc, query_pooled) -> list[Hit]:
+        """Order candidates by ITC, or by itc + weight * match logit of the evidence reranker
+        (query_pooled given); the match probability is the logit's sigmoid."""
+        if query_pooled is None or len(ids) == 0:
+            hits = [Hit(0, int(i), "", float(s), float(s)) for i, s in zip(ids, itc)]
         else:
-            residual, logit = self._fusion(head, ids, itc, text)
-            weight = ck.config.rerank_weight
-            hits = [Hit(0, int(i), "", scale * float(s) + weight * float(r), float(s), _sigmoid(float(lg)))
-                    for i, s, r, lg in zip(ids, itc, residual, logit)]
+            logit = match_logits(self.runtime, self.lib, ids, itc, query_pooled)
+            weight = self.runtime.checkpoint.config.rerank_weight
+            prob = self.runtime.checkpoint.reranker.probabilities(logit)
+            hits = [Hit(0, int(i), "", float(s) + weight * float(lg), float(s), float(p))
+                    for i, s, lg, p in zip(ids, itc, logit, prob)]
         hits.sort(key=lambda h: (-h.score, h.id))
         for n, h in enumerate(hits, start=1):
             h.rank = n
         return hits
 
-    def _fusion(self, head, ids, itc, text):
-        """The head's residual and match logit for each candidate, from stored features."""
-        import torch
-
-        with self.lib.session() as s:
-            rows = {r.photo_id: r for r in s.scalars(
-                select(PhotoFeatures).where(PhotoFeatures.photo_id.in_([int(i) for i in ids])))}
-        lost = [int(i) for i in ids if rows.get(int(i)) is None or rows[int(i)].rerank is None]
-        if lost:
-            raise LibraryError(f"{self.lib.root / 'library.sqlite'}: rerank features missing for {len(lost)} "
-                               f"photos (e.g. id {lost[0]}); repair with: fusion index PATH")
-        d = self.runtime.checkpoint.config.fusion_dim
-        image = np.stack([np.frombuffer(rows[int(i)].rerank, "<f2").reshape(-1, d).astype(np.float32) for i in ids])
-        n = len(ids)
-        if head.variant != "cross-attention":
-            image, extra = image[:, 0], []
-        else:
-            extra = [torch.from_numpy(np.repeat(text.tokens, n, axis=0)), torch.from_numpy(np.repeat(text.mask, n, axis=0))]
-        with torch.no_grad():
-            r = head.residual_projected(torch.from_numpy(image), torch.from_numpy(np.repeat(text.pooled, n, axis=0)),
-                                        *extra).numpy()
-        logit = float(head.itc_scale.detach()) * np.asarray(itc) + float(head.itc_bias.detach()) + r
-        return r, logit
-
     def _with_paths(self, hits: list[Hit]) -> list[Hit]:
         with self.lib.session() as s:
             paths = dict(s.execute(select(Photo.id, Photo.path).where(Photo.id.in_([h.id for h in hits]))).all())
         return [Hit(h.rank, h.id, paths[h.id], h.score, h.itc, h.itm) for h in hits if h.id in paths]
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x > -60 else 0.0
 
 
 def open_searcher(db: Path | None = None, runtime: Runtime | None = None) -> Searcher:

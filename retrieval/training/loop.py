@@ -30,7 +30,13 @@ class TrainConfig:
     itm_lr: float = 3e-4
     itm_epochs: int = 4  # every head peaked on validation within 1-3 epochs, then overfit
     itm_patience: int = 1
-    variants: tuple = FUSION_VARIANTS  # fusion heads to train
+    variants: tuple = FUSION_VARIANTS  # fusion heads to train (benchmark baselines)
+    bridge_cells: bool = True  # bridge from pooled and per-cell-max logits (False: pooled only)
+    memory_beta: float = 0.5  # weight of recalled captions in a photo's search vector (0: ITC)
+    rerank_folds: int = 5  # cross-fitting folds for the reranker's training candidates
+    rerank_candidates: int = 32  # ITC top-K the reranker learns to sort (search's default)
+    reranker_hidden: int = 0  # hidden width of the reranker (0: linear)
+    rerank_weight: float | None = None  # fixed weight (e.g. tuned on the open-world folds); None: tune
 
 
 @dataclass
@@ -49,7 +55,7 @@ def embed(space: SharedSpace, f: DatasetFeatures):
     """ITC embeddings (numpy) of every photo and caption of `f`."""
     space.eval()
     with torch.no_grad():
-        img = space.embed_image(_t(f.pooled), _t(f.logits)).numpy()
+        img = space.embed_image(_t(f.pooled), _t(f.logits), _t(f.cells)).numpy()
         txt = space.embed_text(_t(f.text)).numpy()
     return img, txt
 
@@ -74,7 +80,7 @@ def train_itc(cfg: ModelConfig, class_emb: torch.Tensor, train: DatasetFeatures,
     space = SharedSpace(cfg, class_emb)
     opt = torch.optim.AdamW(space.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     caps = [np.flatnonzero(train.caption_image == i) for i in range(len(train.pooled))]
-    pooled, logits, text = _t(train.pooled), _t(train.logits), _t(train.text)
+    pooled, logits, cells, text = _t(train.pooled), _t(train.logits), _t(train.cells), _t(train.text)
     best, best_state, best_epoch, bad, curve = -1.0, None, 0, 0, []
     n_epochs = epochs or tc.max_epochs
     for epoch in range(1, n_epochs + 1):
@@ -86,7 +92,7 @@ def train_itc(cfg: ModelConfig, class_emb: torch.Tensor, train: DatasetFeatures,
             idx = order[s:s + tc.batch_size]
             if len(idx) < 2:
                 continue
-            loss = space.loss(space.embed_image(pooled[idx], logits[idx]), space.embed_text(text[pick[idx]]))
+            loss = space.loss(space.embed_image(pooled[idx], logits[idx], cells[idx]), space.embed_text(text[pick[idx]]))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -238,7 +244,7 @@ def train_all(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: DatasetF
               tc: TrainConfig, log=None) -> TrainResult:
     space, best_epoch, curve = train_itc(cfg, class_emb, train, val, tc, log=log)
     history = {"itc": curve, "itc_best_epoch": best_epoch, "itc_val": itc_scores(space, val)}
-    pairs = crossfit_pairs(cfg, class_emb, train, tc, best_epoch)
+    pairs = crossfit_pairs(cfg, class_emb, train, tc, best_epoch) if tc.variants else None
     heads, alphas = {}, {}
     for variant in tc.variants:
         head, hcurve = train_head(variant, cfg, train, pairs, val, space, tc, log=log)

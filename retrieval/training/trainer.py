@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +13,14 @@ from retrieval.training.datasets import load_dataset
 from retrieval.errors import DatasetError
 from retrieval.training.features import DatasetFeatures, dataset_features
 from retrieval.encoders.image_encoder import CONFIGS, imagenet_classes, load_image_encoder
-from retrieval.model.heads import FUSION_VARIANTS, ModelConfig
+from retrieval.model.heads import ModelConfig
 from retrieval.encoders.text_encoder import load_text_encoder
-from retrieval.training.loop import TrainConfig, train_all
+from retrieval.model.memory import load_memory
+from retrieval.model.reranker import EVIDENCE, Reranker
+from retrieval.training.features import folder_features
+from retrieval.training.loop import TrainConfig, TrainResult, train_all
+from retrieval.training.rerank import (Photos, choose_alpha, crossfit_candidates, fit_reranker, nonsense_queries,
+                                       top_probabilities)
 
 
 def class_embeddings(text_encoder) -> torch.Tensor:
@@ -42,38 +47,92 @@ def split(feats: list[DatasetFeatures], names: list[list[str]], exclude: set[str
     return DatasetFeatures.concat(parts), val
 
 
-def choose_shipped(result) -> str:
-    """The head search reranks with: best validation t2i recall at its tuned weight, never the
-    separable additive head (it cannot change a ranking); ties go to the head whose features
-    cost least to store per photo (FUSION_VARIANTS order: cross-attention needs grid cells)."""
-    ranked = [v for v in FUSION_VARIANTS if v in result.heads and v != "additive"]
-    val = result.history
-    return max(ranked, key=lambda v: sum(val[v]["val_by_alpha"][str(result.alphas[v])]["t2i"].values()))
+@dataclass
+class TrainedModel:
+    config: ModelConfig  # with the reranker's weight filled in
+    result: TrainResult  # the shared space and the fusion-head baselines
+    reranker: Reranker
+    record: dict  # the reranker's cross-fitted candidates and weight table
+
+
+def train_model(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: DatasetFeatures, memory,
+                tc: TrainConfig, distractors: Photos | None = None, nonsense: np.ndarray | None = None,
+                log=None) -> TrainedModel:
+    """The whole model from features: ITC (and the fusion-head baselines), then the evidence
+    reranker on cross-fitted candidates, its weight, and (given the raw text vectors of
+    `nonsense` queries) the match probability below which search says nothing matches well.
+    `fusion train` and the open-world benchmark's folds both come through here."""
+    result = train_all(cfg, class_emb, train, val, tc, log=log)
+    cands, emb, gallery = crossfit_candidates(cfg, class_emb, train, memory, tc, result.history["itc_best_epoch"],
+                                              distractors, log)
+    reranker = fit_reranker(cands, tc.reranker_hidden, seed=tc.seed)
+    alpha, table = choose_alpha(reranker, cands)
+    if tc.rerank_weight is not None:
+        alpha = tc.rerank_weight
+    threshold = 0.0
+    if nonsense is not None:
+        made_up = top_probabilities(reranker, emb, gallery, nonsense, tc.rerank_candidates)
+        real = reranker.probabilities(reranker.logits(cands.feats).max(1))
+        threshold = no_match_threshold(real, made_up)
+    if log:
+        log({"stage": "reranker", "alpha": alpha, "crossfit_t2i": table[str(alpha)], "no_match_below": threshold})
+    cfg = replace(cfg, rerank="evidence", rerank_weight=alpha, reranker_hidden=tc.reranker_hidden,
+                  match_threshold=round(threshold, 4))
+    record = {"queries": int(len(cands.label)), "gallery": cands.gallery, "crossfit_t2i_by_alpha": table,
+              "weights": dict(zip(EVIDENCE, np.round(_linear_weights(reranker), 3).tolist())),
+              "match_threshold": threshold}
+    return TrainedModel(cfg, result, reranker, record)
+
+
+def no_match_threshold(real: np.ndarray, made_up: np.ndarray) -> float:
+    """The best-match probability that best tells made-up queries (below it) from real
+    captions of photos in the library (above it): the maximum of the share of made-up
+    queries flagged minus the share of real ones flagged."""
+    cuts = np.unique(np.concatenate([real, made_up]))
+    gap = [(np.mean(made_up < c) - np.mean(real < c), -c) for c in cuts]
+    return float(-max(gap)[1])
+
+
+def _linear_weights(reranker: Reranker) -> np.ndarray:
+    first = reranker.net[0].weight.detach().numpy()
+    return first[0] if first.shape[0] == 1 else np.abs(first).mean(0)
+
+
+def model_config(image_encoder: str, text_encoder, memory, tc: TrainConfig) -> ModelConfig:
+    return ModelConfig(image_encoder=image_encoder, image_dim=CONFIGS[image_encoder].feature_dim,
+                       text_encoder=text_encoder.config.name, text_dim=text_encoder.config.dim,
+                       bridge_cells=tc.bridge_cells, memory_beta=tc.memory_beta, memory_digest=memory.digest)
 
 
 def train_checkpoint(data: list[Path], out: Path, exclude: list[Path] = (), val_photos: int = 50,
                      seed: int = 0, image_encoder: str = "efficientnet-lite0", image_weights=None,
-                     cache_dir: Path | None = None, log=None, tc: TrainConfig | None = None) -> dict:
-    """Train the shared space and every fusion head on `data` and write the checkpoint to
-    `out`. Returns the training record (also stored in the checkpoint)."""
+                     cache_dir: Path | None = None, log=None, tc: TrainConfig | None = None,
+                     distractors: Path | None = None) -> dict:
+    """Train the shared space, the fusion-head baselines and the evidence reranker on `data`
+    (ranking training candidates among the photos of `distractors`, if given) and write the
+    checkpoint to `out`. Returns the training record (also stored in the checkpoint)."""
     tc = tc or TrainConfig(seed=seed)
     ie = load_image_encoder(image_encoder, image_weights)
     te = load_text_encoder()
     datasets = [load_dataset(d) for d in data]
     feats = [dataset_features(ds, ie, te, cache_dir) for ds in datasets]
+    others = folder_features(distractors, ie, cache_dir) if distractors else None
     held = {Path(p).name for d in exclude for p in load_dataset(d).images}
     train, val = split(feats, [ds.images for ds in datasets], held, val_photos, tc.seed)
-    cfg = ModelConfig(image_encoder=image_encoder, image_dim=CONFIGS[image_encoder].feature_dim,
-                      text_encoder=te.config.name, text_dim=te.config.dim)
-    result = train_all(cfg, class_embeddings(te), train, val, tc, log=log)
-    best = choose_shipped(result)
-    cfg = ModelConfig(**{**cfg.to_dict(), "rerank": best, "rerank_weight": result.alphas[best]})
+    memory = load_memory(te)
+    cfg = model_config(image_encoder, te, memory, tc)
+    nonsense = te.encode(nonsense_queries(seed=tc.seed), normalize=False).pooled
+    model = train_model(cfg, class_embeddings(te), train, val, memory, tc, others, nonsense, log)
+    result = model.result
     record = {
         "data": [str(d) for d in data], "excluded": [str(d) for d in exclude],
+        "distractors": str(distractors) if distractors else None,
         "train_photos": int(len(train.pooled)), "train_captions": int(len(train.text)),
         "val_photos": int(len(val.pooled)), "train_config": asdict(tc),
         "itc_best_epoch": result.history["itc_best_epoch"], "val_itc": result.history["itc_val"],
         "val_rerank": {v: result.history[v]["val_by_alpha"][str(result.alphas[v])] for v in result.heads},
+        "reranker": model.record,
     }
-    record["content_hash"] = save_checkpoint(out, cfg, result.space, result.heads, result.alphas, record)
+    record["content_hash"] = save_checkpoint(out, model.config, result.space, result.heads, result.alphas,
+                                             record, model.reranker)
     return record

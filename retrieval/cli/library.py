@@ -1,0 +1,202 @@
+"""Library commands: index, info, search, similar, describe, serve."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+from retrieval.cli.base import K_RANGE, db_option, fusion_errors, main
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@db_option
+@click.option("--rebuild", is_flag=True,
+              help="Rebuild from what remains: FAISS from an intact SQLite of this model, else "
+                   "everything from the photos (needed after a model change or damage).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 32),
+              help="Threads decoding photos while the network runs.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256),
+              help="Photos per forward pass (4 is fastest on 2 CPU cores).")
+@click.option("--index-type", type=click.Choice(["auto", "flat", "ivf"]),
+              help="Photo vector index: exact (flat), IVF with 8-bit codes (ivf), or by library size "
+                   "(auto: ivf from 200,000 photos). Remembered by the library. [default: auto]")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@fusion_errors
+def index(paths, db, rebuild, workers, batch_size, index_type, as_json):
+    """Index photos under PATHS into the library; run it again whenever they change.
+
+    Finds jpg, jpeg, png, webp, bmp, tif(f) and gif files recursively. Unchanged files (same
+    size and mtime) are not read, changed ones are re-encoded, moved or renamed ones are
+    recognised by content and not re-encoded, deleted ones leave the library. A PATH holding
+    captions.jsonl (or a .jsonl file) also indexes its captions, for `fusion describe`.
+
+    Exit code 0 when every photo was indexed, 3 when some files were skipped (each is listed
+    with its reason), 1 on an error that stopped the run (the library keeps what was
+    committed; run again to finish).
+    """
+    from tqdm import tqdm
+
+    from indexer.run import index_paths
+
+    def bar(total):
+        return tqdm(total=total, unit="photo", file=sys.stderr, disable=as_json or None)
+
+    s = index_paths(list(paths), db, rebuild, batch_size=batch_size, workers=workers, bar=bar,
+                    index_type=index_type)
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+    else:
+        for item in s["skipped"]:
+            click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
+        t = s["timing"]
+        click.echo(f"{s['added']} added, {s['updated']} updated, {s['renamed']} renamed, "
+                   f"{s['removed']} removed, {s['unchanged']} unchanged, {len(s['skipped'])} skipped; "
+                   f"{s['captions_added']} captions added. Library: {s['photos']} photos, "
+                   f"{s['captions']} captions in {s['library']}")
+        if s["added"] + s["updated"]:
+            click.echo(f"{s['photos_per_s']} photos/s (decode {t['decode_s']} s, forward "
+                       f"{t['forward_s']} s, writes {t['write_s']} s); total {s['seconds']} s")
+    if s["skipped"]:
+        sys.exit(3)
+
+
+@main.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print as one JSON object.")
+@fusion_errors
+def info(db, as_json):
+    """What the library holds: photos, captions, index type, model, bytes on disk."""
+    from retrieval.store.library import Library, library_dir
+    from retrieval.model.runtime import Runtime
+
+    rt = Runtime()
+    data = Library.open(library_dir(db), rt.fingerprint, rt.dim).info()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            click.echo(f"{key:>16}: {value}")
+
+
+def filter_options(fn):
+    fn = click.option("--before", metavar="DATE", help="Only photos taken before DATE (YYYY-MM-DD; EXIF time, else file time).")(fn)
+    fn = click.option("--after", metavar="DATE", help="Only photos taken on or after DATE (YYYY-MM-DD).")(fn)
+    return click.option("--under", type=click.Path(path_type=Path), help="Only photos under this folder.")(fn)
+
+
+def make_filters(under, after, before):
+    import os
+
+    from retrieval.query.search import Filters
+
+    return Filters(os.path.abspath(under) if under else None, _date(after, "--after"), _date(before, "--before"))
+
+
+def _date(value, name):
+    from datetime import datetime
+
+    if value is None:
+        return None
+    for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m", "%Y"):
+        try:
+            return datetime.strptime(value, fmt).timestamp()
+        except ValueError:
+            pass
+    raise click.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD, e.g. 2024-06-30", param_hint=name)
+
+
+def print_hits(results, as_json):
+    from dataclasses import asdict
+
+    if as_json:
+        click.echo(json.dumps([asdict(h) for h in results.hits], indent=2))
+    else:
+        for note in results.notes:
+            click.echo(f"note: {note}", err=True)
+        if not results.hits:
+            click.echo("no results", err=True)
+        for h in results.hits:
+            label = getattr(h, "path", None) or getattr(h, "text", "")
+            itm = getattr(h, "itm", None)
+            score = f"{100 * itm:5.1f}%" if itm is not None else f"{h.score:6.3f}"
+            click.echo(f"{h.rank:>3}  {score}  {label}")
+
+
+@main.command()
+@click.argument("query")
+@click.option("-k", "k", default=10, show_default=True, type=K_RANGE, help="Results to show.")
+@click.option("--candidates", default=32, show_default=True, type=K_RANGE,
+              help="ITC top-K that the fusion classifier reranks.")
+@click.option("--no-rerank", is_flag=True, help="Rank by the shared space (ITC) alone.")
+@filter_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list with rank, path, score, itc, itm.")
+@db_option
+@fusion_errors
+def search(query, k, candidates, no_rerank, under, after, before, as_json, db):
+    """Find photos by describing them: fusion search "a dog on a beach".
+
+    Takes the library's top --candidates photos by the shared space, reranks them with the
+    fusion classifier from stored features (photos are not decoded), and prints rank,
+    match probability (calibrated: of photos shown at 40%, about 40% are what you
+    described) and path; with --no-rerank, the shared-space cosine instead. When even the
+    best photo is unlikely to match, a note says so. Ties break by id, so the order is stable.
+    """
+    from retrieval.query.search import open_searcher
+
+    filters = make_filters(under, after, before)
+    print_hits(open_searcher(db).text(query, k, candidates, not no_rerank, filters), as_json)
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("-k", "k", default=10, show_default=True, type=K_RANGE, help="Results to show.")
+@filter_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@db_option
+@fusion_errors
+def similar(image, k, under, after, before, as_json, db):
+    """Photos that look like IMAGE (which need not be in the library)."""
+    from retrieval.query.search import open_searcher
+
+    print_hits(open_searcher(db).similar(image, k, make_filters(under, after, before)), as_json)
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("-k", "k", default=5, show_default=True, type=K_RANGE, help="Captions to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@db_option
+@fusion_errors
+def describe(image, k, as_json, db):
+    """The captions nearest to IMAGE, from the caption corpora in the library
+    (index one first, e.g. fusion index ../shared/data/coco-captions-val2017.jsonl)."""
+    from retrieval.query.search import open_searcher
+
+    print_hits(open_searcher(db).describe(image, k), as_json)
+
+
+@main.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; the default answers this machine only.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535))
+@fusion_errors
+def serve(db, host, port):
+    """Keep the model and library loaded and answer JSON requests over HTTP:
+
+    \b
+      GET /api/search?q=a+dog+on+a+beach&k=10&candidates=32&rerank=true
+      GET /api/similar?id=ID&k=10      GET /api/describe?id=ID&k=5
+      GET /api/photo/ID                GET /api/health      (API docs: /api/docs)
+    """
+    from retrieval.query.search import open_searcher
+    from retrieval.serve.server import serve as run
+
+    searcher = open_searcher(db)
+    click.echo(f"serving {searcher.lib.root} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    run(searcher, host, port)

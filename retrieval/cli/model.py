@@ -1,0 +1,144 @@
+"""Model commands: encode, train, bench."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+from retrieval.cli.base import fusion_errors, image_encoder_options, main
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256),
+              help="Photos per forward pass (4 is fastest on 2 CPU cores).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 32),
+              help="Threads decoding photos while the network runs.")
+@click.option("--top", default=3, show_default=True, type=click.IntRange(0, 10),
+              help="ImageNet labels to print per photo (0: none).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
+@fusion_errors
+def encode(paths, batch_size, workers, top, as_json):
+    """Encode photos (files, folders, or dataset folders) with the image encoder.
+
+    Prints each photo's top ImageNet labels and the throughput; unreadable files are
+    skipped with a one-line reason. Exit code 0 if every photo was encoded, 3 if some
+    were skipped.
+    """
+    from tqdm import tqdm
+
+    from retrieval.encoders.encode import encode_photos, find_photos
+    from retrieval.encoders.image_encoder import imagenet_classes
+
+    files = find_photos(paths)
+    if not files:
+        raise click.ClickException(f"no photos found under {', '.join(map(str, paths))}")
+    with tqdm(total=len(files), unit="photo", disable=as_json or None, file=sys.stderr) as bar:
+        report = encode_photos(files, batch_size=batch_size, workers=workers, progress=bar.update)
+    if as_json:
+        click.echo(json.dumps(report.summary(), indent=2))
+    else:
+        classes = imagenet_classes()
+        for path, labels in report.top_labels(top, classes):
+            click.echo(f"{path}: {', '.join(labels)}" if labels else str(path))
+        for err in report.errors:
+            click.echo(f"skipped {err}", err=True)
+        s = report.summary()
+        click.echo(f"encoded {s['encoded']} photos ({s['dim']}-d) in {s['seconds']:.2f} s: "
+                   f"{s['photos_per_s']:.1f} photos/s, {s['skipped']} skipped")
+    if report.errors:
+        sys.exit(3)
+
+
+@main.command()
+@click.option("--data", "data", multiple=True, required=True,
+              type=click.Path(exists=True, path_type=Path),
+              help="Dataset folder (captions.jsonl + images); repeat for several. "
+                   "Validation photos come from the first.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write (safetensors; a .json beside it describes it).")
+@click.option("--exclude", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Dataset whose photos (by file name) must not be trained or validated on, "
+                   "e.g. a test set.")
+@click.option("--val-photos", default=50, show_default=True, type=click.IntRange(2, None),
+              help="Photos of the first dataset held out for early stopping and tuning.")
+@click.option("--distractors", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of uncaptioned photos: the reranker learns to sort candidates ranked "
+                   "among them, as in a real library (e.g. ../shared/data/distractors).")
+@click.option("--rerank-weight", type=click.FloatRange(0, None),
+              help="Weight of the reranker in search's score (itc + weight x logit); default: "
+                   "tuned on the training candidates. benchmarks/open_world.py tunes it on held-out folds.")
+@click.option("--seed", default=0, show_default=True, help="Seed for splits, sampling and init.")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
+              help="Feature cache folder [default: $FUSION_CACHE or ~/.cache/fusion/features].")
+@image_encoder_options
+@fusion_errors
+def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, cache, image_encoder, image_weights):
+    """Train the shared space (ITC), the fusion-head baselines and the evidence reranker.
+
+    Encoders stay frozen; their features are computed once and cached. ITC stops early on
+    the validation photos. The reranker learns from cross-fitted candidates: each fold's
+    captions ranked by an ITC model that never saw their photos, among --distractors; its
+    weight is tuned on them (0 when it does not help), and its no-match threshold is
+    measured on made-up queries. The shipped default was made with:
+
+    \b
+      fusion train --data ../shared/data/coco --data ../shared/data/coco-extra \\
+                   --data ../shared/data/flickr8k --distractors ../shared/data/distractors \\
+                   --exclude data/demo --rerank-weight W --out retrieval/model/checkpoints/default.safetensors
+
+    where W is the weight the open-world folds chose (README, Quality).
+    """
+    from retrieval.training.loop import TrainConfig
+    from retrieval.training.trainer import train_checkpoint
+
+    def log(entry):
+        if entry.get("stage") == "reranker":
+            click.echo(f"reranker: weight {entry['alpha']:g}, cross-fitted t2i {entry['crossfit_t2i']}, "
+                       f"no match below {entry['no_match_below']:.3f}", err=True)
+        elif entry.get("stage"):
+            click.echo(f"{entry['stage']} fold {entry['fold']}: {entry['photos']} photos ranked", err=True)
+        elif "alpha" in entry:
+            click.echo(f"{entry['variant']}: rerank weight {entry['alpha']:g}, val t2i {entry['val']['t2i']}",
+                       err=True)
+        elif "variant" not in entry:
+            click.echo(f"itc epoch {entry['epoch']}: loss {entry['loss']:.3f}, "
+                       f"val t2i {entry['val']['t2i']} i2t {entry['val']['i2t']}", err=True)
+
+    tc = TrainConfig(seed=seed, rerank_weight=rerank_weight)
+    record = train_checkpoint(list(data), out, list(exclude), val_photos, seed, image_encoder,
+                              image_weights, cache, log=log, tc=tc, distractors=distractors)
+    click.echo(f"wrote {out} (hash {record['content_hash']}): {record['train_photos']} training photos, "
+               f"ITC best epoch {record['itc_best_epoch']}, val t2i {record['val_itc']['t2i']}")
+
+
+@main.group()
+def bench():
+    """Measure quality (recall@k) of the current checkpoint."""
+
+
+@bench.command("recall")
+@click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Captioned dataset folder to measure on (photos must be unseen in training).")
+@click.option("--candidates", default=32, show_default=True, type=click.IntRange(1, 1000),
+              help="ITC top-K that the fusion heads rerank (as fusion search does).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to measure [default: the one shipped in the package].")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the full report as JSON to this file.")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="Feature cache folder.")
+@image_encoder_options
+@fusion_errors
+def bench_recall(data, candidates, checkpoint, json_out, cache, image_encoder, image_weights):
+    """Recall@1/5/10, text->image and image->text, for ITC alone, ITC + the shipped rerank,
+    every fusion variant, and the untrained ImageNet-label bridge. Recall is in percent."""
+    from retrieval.evaluation.bench import recall_report, to_markdown
+
+    report = recall_report(data, checkpoint, candidates, image_encoder, image_weights, cache)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    click.echo(to_markdown(report))

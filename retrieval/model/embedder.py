@@ -1,0 +1,76 @@
+"""From frozen features to what the library stores and search compares: a photo's search
+vector (its ITC vector moved towards the captions it recalls from the caption memory) and
+its rerank evidence; a query's ITC and sentence vectors. One place, used alike by the
+indexer, search and training, so the three cannot drift apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from retrieval.model.heads import SharedSpace
+from retrieval.model.memory import CaptionMemory
+from retrieval.model.reranker import LABELS, MEMORY_SIZE, PhotoEvidence, evidence
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass
+class PhotoVectors:
+    search: np.ndarray  # (N, d) what FAISS holds: ITC + memory_beta * recalled captions
+    itc: np.ndarray  # (N, d) the plain ITC vector (photo -> caption search uses it)
+    evidence: PhotoEvidence
+
+
+class Embedder:
+    """A trained space plus the caption memory (None: no memory, the search vector is ITC)."""
+
+    def __init__(self, space: SharedSpace, memory: CaptionMemory | None, beta: float | None = None):
+        self.space, self.memory = space.eval(), memory
+        cfg = space.config
+        self.beta = cfg.memory_beta if beta is None else beta  # override: measure other weights
+        self.tau = cfg.memory_tau
+        with torch.no_grad():
+            self.classes = F.normalize(space.class_embeddings, dim=-1).numpy()
+
+    @cached_property
+    def corpus_itc(self) -> np.ndarray:
+        """ITC vectors of the memory's captions: what photos recall them by."""
+        return self.texts(self.memory.vectors)[0]
+
+    def texts(self, pooled: np.ndarray):
+        """(ITC vectors, sentence vectors) of raw MiniLM pooled vectors, both L2-normalised."""
+        with torch.no_grad():
+            t = torch.as_tensor(np.asarray(pooled, np.float32))
+            return self.space.embed_text(t).numpy(), F.normalize(t, dim=-1).numpy()
+
+    def photos(self, pooled: np.ndarray, logits: np.ndarray, cells: np.ndarray) -> PhotoVectors:
+        with torch.no_grad():
+            args = [torch.as_tensor(np.asarray(a, np.float32)) for a in (pooled, logits, cells)]
+            itc = self.space.embed_image(*args).numpy()
+            label_ids, label_w = self.space.labels(args[1], args[2])
+        n = len(itc)
+        if self.memory is None:
+            ids, w = np.zeros((n, MEMORY_SIZE), np.int32), np.zeros((n, MEMORY_SIZE), np.float32)
+            search = itc
+        else:
+            ids, w = self.memory.recall(itc, self.corpus_itc, MEMORY_SIZE, self.tau)
+            search = itc
+            if self.beta:
+                search = _l2n(itc + self.beta * _l2n((w[:, :, None] * self.corpus_itc[ids]).sum(1)))
+        ev = PhotoEvidence(ids, w, label_ids[:, :LABELS].numpy().astype(np.int32),
+                           label_w[:, :LABELS].numpy().astype(np.float32))
+        return PhotoVectors(search.astype(np.float32), itc.astype(np.float32), ev)
+
+    def evidence(self, itc: np.ndarray, q_itc: np.ndarray, q_sent: np.ndarray, ev: PhotoEvidence) -> np.ndarray:
+        """The reranker's features of queries against their candidates (see reranker.evidence)."""
+        if self.memory is None:
+            blank = np.zeros((1, self.classes.shape[1]), np.float32)
+            return evidence(itc, q_itc, q_sent, ev, blank, blank, self.classes)
+        return evidence(itc, q_itc, q_sent, ev, self.memory.vectors, self.corpus_itc, self.classes)

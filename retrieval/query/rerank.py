@@ -1,0 +1,33 @@
+"""The second stage of a text query: the evidence reranker over ITC's top K, from what the
+library stored per photo at index time (photos are never decoded at query time)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy import select
+
+from retrieval.errors import LibraryError
+from retrieval.model.reranker import PhotoEvidence
+from retrieval.store.meta import PhotoFeatures
+
+
+def stored_evidence(lib, ids) -> PhotoEvidence:
+    """The rerank evidence the indexer stored for `ids`, in that order."""
+    with lib.session() as s:
+        rows = dict(s.execute(select(PhotoFeatures.photo_id, PhotoFeatures.rerank)
+                              .where(PhotoFeatures.photo_id.in_([int(i) for i in ids]))).all())
+    lost = [int(i) for i in ids if len(rows.get(int(i)) or b"") != PhotoEvidence.ROW_BYTES]
+    if lost:
+        raise LibraryError(f"{lib.root / 'library.sqlite'}: rerank features missing for {len(lost)} "
+                           f"photos (e.g. id {lost[0]}); repair with: fusion index PATH")
+    return PhotoEvidence.unpack([rows[int(i)] for i in ids])
+
+
+def match_logits(runtime, lib, ids, itc, query_pooled: np.ndarray) -> np.ndarray:
+    """The reranker's match logit for each candidate photo of one query (raw MiniLM vector)."""
+    emb = runtime.embedder
+    q_itc, q_sent = emb.texts(query_pooled)
+    ev = stored_evidence(lib, ids)
+    ev = PhotoEvidence(*(a[None] for a in (ev.memory_ids, ev.memory_weights, ev.label_ids, ev.label_weights)))
+    feats = emb.evidence(np.asarray(itc, np.float32)[None], q_itc, q_sent, ev)
+    return runtime.checkpoint.reranker.logits(feats)[0]

@@ -1,0 +1,136 @@
+"""Caption memory, the evidence reranker and the open-world maths, on real encoders and the
+real shipped corpus; tiny random models only where a shape or an identity is the point."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval.evaluation.openworld import calibration, projected_recall, recall_at
+from retrieval.evaluation.recall import ranks_of
+from retrieval.model.memory import corpus_path, load_memory, read_corpus
+from retrieval.model.reranker import EVIDENCE, LABELS, MEMORY_SIZE, PhotoEvidence, Reranker, evidence
+from retrieval.training.rerank import Candidates, fit_reranker, nonsense_queries, reranked_ranks
+
+
+def test_memory_holds_no_caption_of_the_demo_photos(demo_dir):
+    # the demo (and every COCO photo we evaluate) must never recall its own captions
+    # (by COCO ids: a few generic sentences, "A herd of cattle grazing on a lush green field.",
+    # were written for other photos too, and those may stay)
+    rows = [line.split("\t") for line in open(corpus_path(), encoding="utf-8")]
+    photos, captions = {int(r[0]) for r in rows}, {int(r[1]) for r in rows}
+    demo = [json.loads(line) for line in open(demo_dir / "captions.jsonl", encoding="utf-8")]
+    assert len(rows) == len(read_corpus()) > 20_000 and len(demo) == 240
+    assert not {d["coco_id"] for d in demo} & photos
+    assert not {d["caption_id"] for d in demo} & captions
+
+
+@pytest.fixture(scope="module")
+def memory(text_encoder):
+    return load_memory(text_encoder, progress=False)
+
+
+def test_memory_vectors_are_cached_and_normalised(memory, text_encoder):
+    again = load_memory(text_encoder, progress=False)
+    np.testing.assert_array_equal(memory.vectors, again.vectors)
+    assert memory.vectors.shape == (len(memory.texts), 384)
+    np.testing.assert_allclose(np.linalg.norm(memory.vectors, axis=1), 1, atol=2e-3)
+    # a caption's own vector recalls that caption first
+    probe = text_encoder.encode(memory.texts[:3], normalize=True).pooled
+    ids, w = memory.recall(probe, memory.vectors, MEMORY_SIZE, 0.05)
+    assert list(ids[:, 0]) == [0, 1, 2]
+    np.testing.assert_allclose(w.sum(1), 1, atol=1e-5)
+    assert (np.diff(w, axis=1) <= 1e-7).all()  # best first
+
+
+def test_recalled_captions_describe_the_photo(memory, image_encoder, demo_dir):
+    from retrieval.model.runtime import Runtime
+
+    rt = Runtime()
+    f = image_encoder.encode([image_encoder.load(demo_dir / "images" / "000000113354.jpg")], normalize=False)
+    recalled = [memory.texts[i].lower() for i in rt.photo_vectors(f).evidence.memory_ids[0][:5]]
+    assert sum("zebra" in t for t in recalled) >= 3, recalled
+
+
+def test_evidence_pack_round_trip():
+    rng = np.random.default_rng(0)
+    ev = PhotoEvidence(rng.integers(0, 23_000, (5, MEMORY_SIZE)).astype(np.int32),
+                       rng.random((5, MEMORY_SIZE)).astype(np.float32),
+                       rng.integers(0, 1000, (5, LABELS)).astype(np.int32), rng.random((5, LABELS)).astype(np.float32))
+    blobs = ev.pack()
+    assert all(len(b) == PhotoEvidence.ROW_BYTES <= 4096 for b in blobs)
+    back = PhotoEvidence.unpack(blobs)
+    np.testing.assert_array_equal(back.memory_ids, ev.memory_ids)
+    np.testing.assert_array_equal(back.label_ids, ev.label_ids)
+    np.testing.assert_allclose(back.memory_weights, ev.memory_weights, atol=1e-3)
+
+
+def test_reranker_is_not_separable():
+    # the same two photos swap places for two different queries: the reranker reads the text
+    rng = np.random.default_rng(1)
+    d = 8
+    memory = np.eye(d, dtype=np.float32)
+    classes = np.eye(d, dtype=np.float32)
+    ev = PhotoEvidence(np.array([[[0] * MEMORY_SIZE, [1] * MEMORY_SIZE]] * 2, np.int32),
+                       np.full((2, 2, MEMORY_SIZE), 1 / MEMORY_SIZE, np.float32),
+                       np.zeros((2, 2, LABELS), np.int32), np.full((2, 2, LABELS), 1 / LABELS, np.float32))
+    q = np.stack([memory[0], memory[1]])
+    feats = evidence(np.full((2, 2), 0.3, np.float32), q, q, ev, memory, memory, classes)
+    assert feats.shape == (2, 2, len(EVIDENCE))
+    rr = Reranker()
+    with torch.no_grad():
+        rr.net[0].weight.copy_(torch.from_numpy(rng.random((1, len(EVIDENCE))).astype(np.float32)))
+    logits = rr.logits(feats)
+    assert logits[0, 0] > logits[0, 1] and logits[1, 1] > logits[1, 0]
+
+
+def test_reranker_learns_a_signal_and_reranks_by_it():
+    rng = np.random.default_rng(0)
+    q, k = 400, 8
+    label = np.zeros((q, k), np.float32)
+    label[np.arange(q), rng.integers(0, k, q)] = 1
+    feats = rng.standard_normal((q, k, len(EVIDENCE))).astype(np.float32)
+    feats[..., 2] += 2.5 * label  # one feature carries the answer, itc (feature 0) does not
+    c = Candidates(feats, label, np.zeros(q, np.int64), k)
+    model = fit_reranker(c, epochs=200)
+    before = recall_at(reranked_ranks(c, feats[..., 0]))["r1"]
+    after = recall_at(reranked_ranks(c, model.logits(feats)))["r1"]
+    assert after > before + 40
+    probs = model.probabilities(model.logits(feats))
+    assert calibration(probs.ravel(), label.ravel())["ece"] < 0.05
+
+
+def test_projection_is_the_identity_at_the_measured_size_and_shrinks_beyond():
+    ranks = np.array([0, 0, 1, 3, 12, 40])
+    measured = recall_at(ranks)
+    same = projected_recall(ranks, gallery=200, size=200)
+    assert all(abs(same[k] - measured[k]) < 12 for k in measured)
+    bigger = projected_recall(ranks, gallery=200, size=2000)
+    assert all(bigger[k] <= same[k] for k in same)
+
+
+def test_projection_matches_a_real_subsample():
+    # rank captions in a random gallery, project a 1/4 subsample up, compare with the whole
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((3000, 800))
+    target = rng.integers(0, 800, 3000)
+    scores[np.arange(3000), target] += 2.0
+    full = recall_at(ranks_of(scores, target))
+    keep = np.sort(np.unique(np.concatenate([target, rng.choice(800, 200, replace=False)])))
+    sub = scores[:, keep]
+    proj = projected_recall(ranks_of(sub, np.searchsorted(keep, target)), len(keep), size=800)
+    assert all(abs(proj[k] - full[k]) < 3 for k in full), (proj, full)
+
+
+def test_calibration_against_brute_force():
+    probs = np.array([0.05, 0.05, 0.95, 0.95, 0.55])
+    labels = np.array([0, 0, 1, 0, 1])
+    c = calibration(probs, labels)
+    want = (2 / 5) * 0.05 + (2 / 5) * abs(0.95 - 0.5) + (1 / 5) * abs(0.55 - 1)
+    assert c["ece"] == pytest.approx(want, abs=1e-4)
+
+
+def test_nonsense_queries_are_made_up_and_repeatable():
+    a, b = nonsense_queries(50, seed=3), nonsense_queries(50, seed=3)
+    assert a == b and len(set(a)) == 50 and all(w.isalpha() for s in a for w in s.split())
