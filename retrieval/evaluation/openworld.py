@@ -1,0 +1,208 @@
+"""The open-world benchmark: k-fold cross-validation over captioned photos, each fold's photos
+hidden among uncaptioned distractor photos, so every figure is on photos the model never saw,
+in a gallery the size of a real library. Each fold trains the whole model with the same code
+as `fusion train` (train_model), on the other folds plus any training-only datasets.
+
+t2i is measured in the real gallery (fold + distractors) and projected to a 5,046-photo
+library: the number of other photos outscoring a caption's photo is beta-binomial given how
+many of the distractors did. i2t ranks each fold photo's captions among the caption memory's
+corpus, which holds no caption of any photo evaluated here (see retrieval.model.memory)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.evaluation.recall import KS, i2t_recall, ranks_of
+from retrieval.model.embedder import Embedder
+from retrieval.model.heads import SharedSpace
+from retrieval.model.reranker import EVIDENCE
+from retrieval.training.features import DatasetFeatures
+from retrieval.training.rerank import ALPHAS, Candidates, Photos, reranked_ranks
+
+PROJECT_TO = 5046  # the photos of the library our users' figures were measured in
+NOT_METHODS = ("calibration", "i2t", "no_match")
+MEASURED_BETA = 0.5  # the memory weight in search vectors measured beside the shipped one
+
+
+def recall_at(ranks: np.ndarray) -> dict:
+    return {f"r{k}": round(100.0 * float(np.mean(ranks < k)), 2) for k in KS}
+
+
+def projected_recall(ranks: np.ndarray, gallery: int, size: int = PROJECT_TO) -> dict:
+    """Expected recall@k in a gallery of `size` photos drawn like this one: with m of the
+    gallery's other photos above the target, the count above among size - 1 others is
+    beta-binomial(size - 1, m + 1/2, others - m + 1/2)."""
+    from scipy.stats import betabinom
+
+    others = gallery - 1
+    a, b = ranks + 0.5, others - ranks + 0.5
+    return {f"r{k}": round(100.0 * float(np.mean(betabinom.cdf(k - 1, size - 1, a, b))), 2) for k in KS}
+
+
+def concat_photos(*parts: Photos) -> Photos:
+    return Photos(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("pooled", "logits", "cells")))
+
+
+def of(f: DatasetFeatures) -> Photos:
+    return Photos(f.pooled, f.logits, f.cells)
+
+
+def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: int,
+                nonsense: np.ndarray | None = None, own_label: str = "reranked at the model's weight") -> dict:
+    """Ranks of every fold caption's photo by each method, in the open gallery (fold photos,
+    then distractors) and in the fold alone; calibration pairs of the shipped pipeline."""
+    untrained = Embedder(SharedSpace(model.config, model.result.space.class_embeddings), None)
+    emb = Embedder(model.result.space, memory)
+    gallery = concat_photos(of(fold), distractors)
+    pv = emb.photos(gallery.pooled, gallery.logits, gallery.cells)
+    q_itc, q_sent = emb.texts(fold.text)
+    target, n = fold.caption_image, len(fold.pooled)
+    bridge = untrained.photos(gallery.pooled, gallery.logits, gallery.cells).itc
+    enhanced = Embedder(model.result.space, memory, beta=MEASURED_BETA).photos(
+        gallery.pooled, gallery.logits, gallery.cells).search
+    sims = {"bridge (no training)": untrained.texts(fold.text)[0] @ bridge.T,
+            "itc": q_itc @ pv.itc.T, f"itc + {MEASURED_BETA:g} memory in the search vector": q_itc @ enhanced.T}
+    out = {}
+    for name, sim in sims.items():
+        out[name] = {"open": ranks_of(sim, target), "small": ranks_of(sim[:, :n], target)}
+    for scope, cols in (("open", len(gallery)), ("small", n)):
+        sim = (q_itc @ pv.search.T)[:, :cols]
+        weights = sorted({model.config.rerank_weight, *ALPHAS[1:]})
+        ranks, probs = _rerank(model, emb, sim, q_itc, q_sent, pv.evidence, target, k, weights)
+        out.setdefault(own_label, {})[scope] = ranks[model.config.rerank_weight]
+        for w in ALPHAS[1:]:
+            out.setdefault(f"reranked at weight {w:g}", {})[scope] = ranks[w]
+        if scope == "open":
+            out["calibration"] = probs
+    out["i2t"] = _i2t(emb, memory, pv.itc[:n], q_itc, target)
+    if nonsense is not None and len(distractors):
+        out["no_match"] = _no_match(model, emb, fold, distractors, nonsense, k)
+    return out
+
+
+def _no_match(model, emb, fold, distractors, nonsense, k) -> dict:
+    """How often search says "no photo matches well": for the fold's captions with their photo
+    in the library (a false alarm), with it left out (the library holds no such photo), and
+    for made-up queries."""
+    from retrieval.training.rerank import top_probabilities
+
+    t = model.config.match_threshold
+    inside = top_probabilities(model.reranker, emb, concat_photos(of(fold), distractors), fold.text, k)
+    outside = top_probabilities(model.reranker, emb, distractors, fold.text, k)
+    made_up = top_probabilities(model.reranker, emb, distractors, nonsense, k)
+    return {"threshold": t, "flagged_in_library": float(np.mean(inside < t)),
+            "flagged_not_in_library": float(np.mean(outside < t)), "flagged_made_up": float(np.mean(made_up < t))}
+
+
+def _rerank(model, emb, sim, q_itc, q_sent, ev, target, k, weights):
+    """Ranks after reranking the top k at each weight, and (probability, label) pairs."""
+    k = min(k, sim.shape[1])
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    itc = np.take_along_axis(sim, top, 1)
+    feats = emb.evidence(itc, q_itc, q_sent, ev.take(top))
+    logit = model.reranker.logits(feats)
+    c = Candidates(feats, (top == target[:, None]).astype(np.float32), ranks_of(sim, target), sim.shape[1])
+    ranks = {w: reranked_ranks(c, itc + w * logit) for w in weights}
+    return ranks, (model.reranker.probabilities(logit).ravel(), c.label.ravel())
+
+
+def _i2t(emb, memory, photo_itc, q_itc, target) -> dict:
+    corpus = np.concatenate([emb.corpus_itc, q_itc])
+    caption_image = np.concatenate([np.full(len(emb.corpus_itc), -1), target])
+    return i2t_recall(photo_itc @ corpus.T, caption_image)
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
+    """Reliability table and expected calibration error of match probabilities."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probs, edges) - 1, 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            conf, acc = float(probs[m].mean()), float(labels[m].mean())
+            ece += m.mean() * abs(conf - acc)
+            table.append({"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "n": int(m.sum()),
+                          "mean_probability": round(conf, 4), "match_rate": round(acc, 4)})
+    return {"ece": round(float(ece), 4), "bins": table}
+
+
+def summarise(folds: list[dict], gallery: int) -> dict:
+    """Mean and std over folds of every method's recall in each gallery."""
+    methods = [m for m in folds[0] if m not in NOT_METHODS]
+    out = {"t2i": {}, "i2t": {}}
+    for m in methods:
+        for scope, fn in (("open", lambda r: recall_at(r)), ("projected", lambda r: projected_recall(r, gallery)),
+                          ("small", lambda r: recall_at(r))):
+            key = "open" if scope == "projected" else scope
+            vals = [fn(f[m][key]) for f in folds]
+            out["t2i"].setdefault(m, {})[scope] = _mean_std(vals)
+    out["i2t"]["itc"] = _mean_std([f["i2t"] for f in folds])
+    probs = np.concatenate([f["calibration"][0] for f in folds])
+    labels = np.concatenate([f["calibration"][1] for f in folds])
+    out["calibration"] = calibration(probs, labels)
+    if "no_match" in folds[0]:
+        out["no_match"] = {k: round(float(np.mean([f["no_match"][k] for f in folds])), 4) for k in folds[0]["no_match"]}
+    return out
+
+
+def _mean_std(rows: list[dict]) -> dict:
+    return {k: {"mean": round(float(np.mean([r[k] for r in rows])), 2),
+                "std": round(float(np.std([r[k] for r in rows])), 2)} for k in rows[0]}
+
+
+def open_world_report(data: list[Path], distractors: Path, train_only: list[Path] = (), folds: int = 5,
+                      seed: int = 0, image_encoder: str = "efficientnet-lite0", cache_dir: Path | None = None,
+                      candidates: int = 32, tc=None, log=None) -> dict:
+    """Cross-validate over the captioned photos of `data`: each fold is held out, the model is
+    trained on the rest (plus `train_only` datasets, never evaluated) and evaluated among
+    every distractor photo. Training candidates for the reranker are ranked among half of
+    the distractors (a fixed half), the evaluation among all of them."""
+    from retrieval.encoders.image_encoder import load_image_encoder
+    from retrieval.encoders.text_encoder import load_text_encoder
+    from retrieval.model.memory import load_memory
+    from retrieval.training.datasets import load_dataset
+    from retrieval.training.features import dataset_features, folder_features
+    from retrieval.training.loop import TrainConfig
+    from retrieval.training.rerank import nonsense_queries
+    from retrieval.training.trainer import class_embeddings, model_config, train_model
+
+    tc = tc or TrainConfig(seed=seed, variants=())
+    ie, te = load_image_encoder(image_encoder), load_text_encoder()
+    evals = DatasetFeatures.concat([dataset_features(load_dataset(d), ie, te, cache_dir) for d in data])
+    evals = evals.subset(np.arange(len(evals.pooled)))
+    extra = [dataset_features(load_dataset(d), ie, te, cache_dir) for d in train_only]
+    extra = [e.subset(np.arange(len(e.pooled))) for e in extra]
+    others = folder_features(distractors, ie, cache_dir)
+    memory = load_memory(te)
+    nonsense = te.encode(nonsense_queries(seed=seed), normalize=False).pooled
+    held_out_nonsense = te.encode(nonsense_queries(seed=seed + 1000), normalize=False).pooled
+    rng = np.random.default_rng(seed)
+    half = np.sort(rng.permutation(len(others))[: len(others) // 2])
+    train_distractors = Photos(others.pooled[half], others.logits[half], others.cells[half])
+    fold_of = rng.permutation(len(evals.pooled)) % folds
+    cfg, class_emb = model_config(image_encoder, te, memory, tc), class_embeddings(te)
+    results = []
+    for f in range(folds):
+        rest = np.flatnonzero(fold_of != f)
+        val = np.sort(rng.permutation(rest)[:50])
+        train = DatasetFeatures.concat([evals.subset(np.setdiff1d(rest, val))] + extra)
+        model = train_model(cfg, class_emb, train, evals.subset(val), memory, replace(tc, seed=seed + f),
+                            train_distractors, nonsense)
+        held = evals.subset(np.flatnonzero(fold_of == f))
+        results.append(fold_scores(model, memory, held, others, candidates, held_out_nonsense,
+                                   "reranked at the weight tuned on its training candidates"))
+        if log:
+            r = results[-1]
+            log({"fold": f, "photos": int(len(held.pooled)), "captions": int(len(held.text)),
+                 **{m: recall_at(r[m]["open"]) for m in r if m not in NOT_METHODS}})
+    gallery = int(np.mean([(fold_of == f).sum() for f in range(folds)])) + len(others)
+    report = summarise(results, gallery)
+    report.update({"folds": folds, "photos": int(len(evals.pooled)), "captions": int(len(evals.text)),
+                   "distractors": len(others), "open_gallery": gallery, "projected_to": PROJECT_TO,
+                   "data": [str(d) for d in data], "train_only": [str(d) for d in train_only],
+                   "memory_captions": len(memory.texts), "candidates": candidates, "evidence": list(EVIDENCE)})
+    return report
