@@ -137,8 +137,9 @@ def crossfit_candidates(cfg, class_emb, train, memory, tc, epochs: int, distract
         parts.append(rank_candidates(emb, photos, sub.text, sub.caption_image, tc.rerank_candidates))
         if log:
             log({"stage": "rerank-crossfit", "fold": fold, "photos": len(photos)})
-    cands = Candidates(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("feats", "label", "first_rank")),
-                       gallery=int(np.mean([p.gallery for p in parts])))
+    k = min(p.label.shape[1] for p in parts)  # tiny folds can hold fewer photos than K
+    cands = Candidates(np.concatenate([p.feats[:, :k] for p in parts]), np.concatenate([p.label[:, :k] for p in parts]),
+                       np.concatenate([p.first_rank for p in parts]), gallery=int(np.mean([p.gallery for p in parts])))
     return cands, emb, photos
 
 
