@@ -42,10 +42,6 @@ def projected_recall(ranks: np.ndarray, gallery: int, size: int = PROJECT_TO) ->
     return {f"r{k}": round(100.0 * float(np.mean(betabinom.cdf(k - 1, size - 1, a, b))), 2) for k in KS}
 
 
-def concat_photos(*parts: Photos) -> Photos:
-    return Photos(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("pooled", "logits", "cells")))
-
-
 def of(f: DatasetFeatures) -> Photos:
     return Photos(f.pooled, f.logits, f.cells)
 
@@ -56,7 +52,7 @@ def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: in
     then distractors) and in the fold alone; calibration pairs of the shipped pipeline."""
     untrained = Embedder(SharedSpace(model.config, model.result.space.class_embeddings), None)
     emb = Embedder(model.result.space, memory)
-    gallery = concat_photos(of(fold), distractors)
+    gallery = Photos.concat(of(fold), distractors)
     pv = emb.photos(gallery.pooled, gallery.logits, gallery.cells)
     q_itc, q_sent = emb.texts(fold.text)
     target, n = fold.caption_image, len(fold.pooled)
@@ -90,7 +86,7 @@ def _no_match(model, emb, fold, distractors, nonsense, k) -> dict:
     from retrieval.training.rerank import top_probabilities
 
     t = model.config.match_threshold
-    inside = top_probabilities(model.reranker, emb, concat_photos(of(fold), distractors), fold.text, k)
+    inside = top_probabilities(model.reranker, emb, Photos.concat(of(fold), distractors), fold.text, k)
     outside = top_probabilities(model.reranker, emb, distractors, fold.text, k)
     made_up = top_probabilities(model.reranker, emb, distractors, nonsense, k)
     return {"threshold": t, "flagged_in_library": float(np.mean(inside < t)),

@@ -132,16 +132,22 @@ def mine(space: SharedSpace, f: DatasetFeatures, k: int, force_positive: bool):
     return caps, photos, sim[caps, photos].astype(np.float32), (photos == f.caption_image[caps]).astype(np.float32)
 
 
-def crossfit_pairs(cfg, class_emb, train: DatasetFeatures, tc: TrainConfig, epochs: int):
-    """Hard-negative pairs for ITM whose ITC scores come from models that never saw the photo,
-    so they look like the scores of unseen photos at query time (seen photos score too well)."""
+def crossfit_spaces(cfg, class_emb, train: DatasetFeatures, tc: TrainConfig, epochs: int, folds: int):
+    """For each of `folds` random folds of the photos: (fold, its photo indices, an ITC space
+    trained on the other folds only, the fold's features). What such a space scores looks like
+    what the shipped one scores for unseen photos (seen photos score too well)."""
     rng = np.random.default_rng(tc.seed)
-    fold_of = rng.permutation(len(train.pooled)) % tc.folds
-    parts = []
-    for fold in range(tc.folds):
+    fold_of = rng.permutation(len(train.pooled)) % folds
+    for fold in range(folds):
         held = np.flatnonzero(fold_of == fold)
         space, _, _ = train_itc(cfg, class_emb, train.subset(np.flatnonzero(fold_of != fold)), None, tc, epochs)
-        sub = train.subset(held)
+        yield fold, held, space, train.subset(held)
+
+
+def crossfit_pairs(cfg, class_emb, train: DatasetFeatures, tc: TrainConfig, epochs: int):
+    """Hard-negative pairs for ITM, mined by ITC spaces that never saw the photo."""
+    parts = []
+    for _, held, space, sub in crossfit_spaces(cfg, class_emb, train, tc, epochs, tc.folds):
         caps, photos, itc, label = mine(space, sub, tc.candidates, force_positive=True)
         cap_global = np.flatnonzero(np.isin(train.caption_image, held))
         parts.append((cap_global[caps], held[photos], itc, label))

@@ -27,6 +27,10 @@ class Photos:
     def __len__(self) -> int:
         return len(self.pooled)
 
+    @staticmethod
+    def concat(*parts: "Photos") -> "Photos":
+        return Photos(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("pooled", "logits", "cells")))
+
 
 @dataclass
 class Candidates:
@@ -120,19 +124,13 @@ def crossfit_candidates(cfg, class_emb, train, memory, tc, epochs: int, distract
     """Candidates of every training caption, each ranked by an ITC model trained on the other
     folds only (with its own memory recall), among its fold's photos and the distractors.
     Also returns the last fold's embedder and gallery, to measure the no-match threshold."""
-    from retrieval.training.loop import train_itc
+    from retrieval.training.loop import crossfit_spaces
 
-    rng = np.random.default_rng(tc.seed)
-    fold_of = rng.permutation(len(train.pooled)) % tc.rerank_folds
     parts = []
-    for fold in range(tc.rerank_folds):
-        held = np.flatnonzero(fold_of == fold)
-        space, _, _ = train_itc(cfg, class_emb, train.subset(np.flatnonzero(fold_of != fold)), None, tc, epochs)
-        sub = train.subset(held)
+    for fold, _, space, sub in crossfit_spaces(cfg, class_emb, train, tc, epochs, tc.rerank_folds):
         photos = Photos(sub.pooled, sub.logits, sub.cells)
         if distractors is not None:
-            photos = Photos(*(np.concatenate([getattr(photos, k), getattr(distractors, k)])
-                              for k in ("pooled", "logits", "cells")))
+            photos = Photos.concat(photos, distractors)
         emb = Embedder(space, memory)
         parts.append(rank_candidates(emb, photos, sub.text, sub.caption_image, tc.rerank_candidates))
         if log:
