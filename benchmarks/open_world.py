@@ -44,11 +44,15 @@ def to_markdown(r: dict, name: str = "Open-world recall") -> str:
     for m, t in r["t2i"].items():
         lines.append(f"| {m} | {fmt(t['open'])} | {fmt(t['projected'])} | {fmt(t['small'])} |")
     lines += ["", f"i2t (ITC, photo → {r['memory_captions']} + own captions): {fmt(r['i2t']['itc'])}", "",
-              f"Calibration of the reranker's match probability over every candidate it scored: "
-              f"expected calibration error {r['calibration']['ece']:.4f}.", "",
-              "| probability | candidates | mean probability | match rate |", "| --- | ---: | ---: | ---: |"]
-    for b in r["calibration"]["bins"]:
-        lines.append(f"| {b['bin']} | {b['n']} | {b['mean_probability']:.3f} | {b['match_rate']:.3f} |")
+              ]
+    for kind, what in (("probability", "the reranker's match probability over every candidate it scored"),
+                       ("share", "the share shown in results (softmax over a query's candidates), over "
+                                 "queries whose photo is among them")):
+        cal = r["calibration"][kind]
+        lines += [f"Calibration of {what}: expected calibration error {cal['ece']:.4f}.", "",
+                  "| predicted | candidates | mean predicted | match rate |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {b['bin']} | {b['n']} | {b['mean_probability']:.3f} | {b['match_rate']:.3f} |" for b in cal["bins"]]
+        lines.append("")
     if "no_match" in r:
         n = r["no_match"]
         lines += ["", f"\"No photo matches well\" (best probability below the threshold measured on made-up "
@@ -97,12 +101,15 @@ def plot(r: dict, path: Path) -> None:
     a.invert_yaxis()
     a.set_xlabel("text→image recall@1 (%), mean ± std over folds")
     a.legend(fontsize=8)
-    bins = r["calibration"]["bins"]
     b.plot([0, 1], [0, 1], "k--", lw=1)
-    b.plot([x["mean_probability"] for x in bins], [x["match_rate"] for x in bins], "o-")
-    b.set_xlabel("predicted match probability")
+    for kind in ("probability", "share"):
+        cal = r["calibration"][kind]
+        b.plot([x["mean_probability"] for x in cal["bins"]], [x["match_rate"] for x in cal["bins"]], "o-",
+               label=f"{kind} (ECE {cal['ece']:.3f})")
+    b.set_xlabel("predicted")
     b.set_ylabel("observed match rate")
-    b.set_title(f"reliability, ECE {r['calibration']['ece']:.3f}")
+    b.set_title("reliability")
+    b.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -165,6 +165,9 @@ def test_match_probability_and_the_no_match_note(searcher):
     assert any("no photo matches well" in n for n in made_up.notes), made_up.notes
     assert not any("no photo matches well" in n for n in real.notes), real.notes
     assert real.hits[0].path.endswith(ZEBRA) and real.hits[0].itm > max(h.itm for h in made_up.hits)
+    # the share is a distribution over the candidates; one clear match takes most of it
+    every = searcher.text("two zebras grazing", k=32, candidates=32).hits
+    assert sum(h.share for h in every) == pytest.approx(1, abs=1e-5) and every[0].share > 0.5
 
 
 def test_rerank_reads_the_query(searcher):

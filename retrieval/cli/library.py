@@ -122,8 +122,8 @@ def print_hits(results, as_json):
             click.echo("no results", err=True)
         for h in results.hits:
             label = getattr(h, "path", None) or getattr(h, "text", "")
-            itm = getattr(h, "itm", None)
-            score = f"{100 * itm:5.1f}%" if itm is not None else f"{h.score:6.3f}"
+            share = getattr(h, "share", None)
+            score = f"{100 * share:5.1f}%" if share is not None else f"{h.score:6.3f}"
             click.echo(f"{h.rank:>3}  {score}  {label}")
 
 
@@ -134,17 +134,19 @@ def print_hits(results, as_json):
               help="ITC top-K that the fusion classifier reranks.")
 @click.option("--no-rerank", is_flag=True, help="Rank by the shared space (ITC) alone.")
 @filter_options
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list with rank, path, score, itc, itm.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list with rank, path, score, itc, itm (match probability), share.")
 @db_option
 @fusion_errors
 def search(query, k, candidates, no_rerank, under, after, before, as_json, db):
     """Find photos by describing them: fusion search "a dog on a beach".
 
     Takes the library's top --candidates photos by the shared space, reranks them with the
-    fusion classifier from stored features (photos are not decoded), and prints rank,
-    match probability (calibrated: of photos shown at 40%, about 40% are what you
-    described) and path; with --no-rerank, the shared-space cosine instead. When even the
-    best photo is unlikely to match, a note says so. Ties break by id, so the order is stable.
+    fusion classifier from stored features (photos are not decoded), and prints rank, the
+    chance that this is the photo you described if it is among the candidates, and path
+    (--json adds the match probability on its own, itm); with --no-rerank, the shared-space
+    cosine instead. When even the best photo's match probability is below what made-up words
+    reach, a note says no photo matches well. Ties break by id, so the order is stable.
     """
     from retrieval.query.search import open_searcher
 

@@ -102,7 +102,11 @@ def _rerank(model, emb, sim, q_itc, q_sent, ev, target, k, weights):
     logit = model.reranker.logits(feats)
     c = Candidates(feats, (top == target[:, None]).astype(np.float32), ranks_of(sim, target), sim.shape[1])
     ranks = {w: reranked_ranks(c, itc + w * logit) for w in weights}
-    return ranks, (model.reranker.probabilities(logit).ravel(), c.label.ravel())
+    share = np.exp(logit - logit.max(1, keepdims=True))
+    share /= share.sum(1, keepdims=True)
+    found = c.label.any(1)  # the share is conditional on the photo being among the candidates
+    return ranks, {"probability": (model.reranker.probabilities(logit).ravel(), c.label.ravel()),
+                   "share": (share[found].ravel(), c.label[found].ravel())}
 
 
 def _i2t(emb, memory, photo_itc, q_itc, target) -> dict:
@@ -137,9 +141,11 @@ def summarise(folds: list[dict], gallery: int) -> dict:
             vals = [fn(f[m][key]) for f in folds]
             out["t2i"].setdefault(m, {})[scope] = _mean_std(vals)
     out["i2t"]["itc"] = _mean_std([f["i2t"] for f in folds])
-    probs = np.concatenate([f["calibration"][0] for f in folds])
-    labels = np.concatenate([f["calibration"][1] for f in folds])
-    out["calibration"] = calibration(probs, labels)
+    out["calibration"] = {}
+    for kind in ("probability", "share"):
+        probs = np.concatenate([f["calibration"][kind][0] for f in folds])
+        labels = np.concatenate([f["calibration"][kind][1] for f in folds])
+        out["calibration"][kind] = calibration(probs, labels)
     if "no_match" in folds[0]:
         out["no_match"] = {k: round(float(np.mean([f["no_match"][k] for f in folds])), 4) for k in folds[0]["no_match"]}
     return out

@@ -41,6 +41,7 @@ class Hit:
     score: float  # what the order is by: itc + weight * the reranker's match logit
     itc: float  # cosine in the shared space
     itm: float | None = None  # the reranker's calibrated match probability, when reranked
+    share: float | None = None  # chance it is the photo described, if that is among the candidates
 
 
 @dataclass
@@ -222,8 +223,10 @@ class Searcher:
             logit = match_logits(self.runtime, self.lib, ids, itc, query_pooled)
             weight = self.runtime.checkpoint.config.rerank_weight
             prob = self.runtime.checkpoint.reranker.probabilities(logit)
-            hits = [Hit(0, int(i), "", float(s) + weight * float(lg), float(s), float(p))
-                    for i, s, lg, p in zip(ids, itc, logit, prob)]
+            share = np.exp(logit - logit.max())
+            share /= share.sum()  # the listwise half of the reranker's loss trains exactly this
+            hits = [Hit(0, int(i), "", float(s) + weight * float(lg), float(s), float(p), float(sh))
+                    for i, s, lg, p, sh in zip(ids, itc, logit, prob, share)]
         hits.sort(key=lambda h: (-h.score, h.id))
         for n, h in enumerate(hits, start=1):
             h.rank = n
@@ -232,7 +235,7 @@ class Searcher:
     def _with_paths(self, hits: list[Hit]) -> list[Hit]:
         with self.lib.session() as s:
             paths = dict(s.execute(select(Photo.id, Photo.path).where(Photo.id.in_([h.id for h in hits]))).all())
-        return [Hit(h.rank, h.id, paths[h.id], h.score, h.itc, h.itm) for h in hits if h.id in paths]
+        return [Hit(h.rank, h.id, paths[h.id], h.score, h.itc, h.itm, h.share) for h in hits if h.id in paths]
 
 
 def open_searcher(db: Path | None = None, runtime: Runtime | None = None) -> Searcher:
