@@ -26,7 +26,8 @@ def test_resnet50_features(weights, demo_photos):
     px = [enc.load(p) for p in demo_photos[:5]]
     f = enc.encode(px, grid=True)
     assert f.pooled.shape == (5, 2048) and f.logits.shape == (5, 1000)
-    assert f.grid.shape == (5, 49, 2048)
+    assert f.grid.shape == (5, 49, 2048) and f.cells.shape == (5, 1000)
+    assert (f.cells >= f.logits - 1e-3).all()  # per-cell logits: their max bounds the mean
     np.testing.assert_allclose(np.linalg.norm(f.pooled, axis=1), 1.0, atol=1e-5)
     alone = enc.encode(px[:1], batch_size=1)
     np.testing.assert_allclose(alone.pooled[0], f.pooled[0], atol=1e-4)

@@ -23,7 +23,7 @@ from retrieval.training.features import DatasetFeatures
 from retrieval.training.rerank import ALPHAS, Candidates, Photos, reranked_ranks
 
 PROJECT_TO = 5046  # the photos of the library our users' figures were measured in
-NOT_METHODS = ("calibration", "i2t", "no_match")
+NOT_METHODS = ("calibration", "i2t", "i2t_small", "no_match")
 MEASURED_BETA = 0.5  # the memory weight in search vectors measured beside the shipped one
 
 
@@ -74,6 +74,7 @@ def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: in
         if scope == "open":
             out["calibration"] = probs
     out["i2t"] = _i2t(emb, memory, pv.itc[:n], q_itc, target)
+    out["i2t_small"] = i2t_recall(pv.itc[:n] @ q_itc.T, target)  # the fold's own captions only
     if nonsense is not None and len(distractors):
         out["no_match"] = _no_match(model, emb, fold, distractors, nonsense, k)
     return out
@@ -141,6 +142,7 @@ def summarise(folds: list[dict], gallery: int) -> dict:
             vals = [fn(f[m][key]) for f in folds]
             out["t2i"].setdefault(m, {})[scope] = _mean_std(vals)
     out["i2t"]["itc"] = _mean_std([f["i2t"] for f in folds])
+    out["i2t"]["itc, fold's own captions only"] = _mean_std([f["i2t_small"] for f in folds])
     out["calibration"] = {}
     for kind in ("probability", "share"):
         probs = np.concatenate([f["calibration"][kind][0] for f in folds])
