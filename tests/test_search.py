@@ -181,3 +181,17 @@ def test_rerank_reads_the_query(searcher):
         q = searcher.runtime.text_encoder.encode([text], normalize=False).pooled
         orders.append(list(np.argsort(-match_logits(searcher.runtime, searcher.lib, ids, itc, q))))
     assert orders[0] != orders[1]
+
+
+def test_describe_reranks_with_the_photo_evidence(searcher, library):
+    from retrieval.query.rerank import caption_logits
+
+    zebra = library / "demo" / "images" / ZEBRA
+    pv = searcher._photo_vectors(zebra)
+    texts = ["Three zebras grazing on the grass.", "A plate of pasta with a fork on a table."]
+    q_itc = searcher.runtime.embed_texts(searcher.runtime.text_encoder.encode(texts, normalize=False).pooled)
+    logit = caption_logits(searcher.runtime, pv.evidence, texts, (q_itc @ pv.itc.T)[:, 0])
+    assert logit[0] > logit[1] + 1
+    plain = [h.text for h in searcher.describe(zebra, k=5, rerank=False).hits]
+    reranked = [h.text for h in searcher.describe(zebra, k=5).hits]
+    assert len(reranked) == 5 and all("zebra" in t.lower() for t in reranked[:3]) and len(plain) == 5

@@ -72,12 +72,16 @@ def encode(paths, batch_size, workers, top, as_json):
 @click.option("--rerank-weight", type=click.FloatRange(0, None),
               help="Weight of the reranker in search's score (itc + weight x logit); default: "
                    "tuned on the training candidates. benchmarks/open_world.py tunes it on held-out folds.")
+@click.option("--describe-weight", default=0.0, show_default=True, type=click.FloatRange(0, None),
+              help="The reranker's weight when fusion describe ranks captions for a photo "
+                   "(benchmarks/open_world.py measures each).")
 @click.option("--seed", default=0, show_default=True, help="Seed for splits, sampling and init.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache folder [default: $FUSION_CACHE or ~/.cache/fusion/features].")
 @image_encoder_options
 @fusion_errors
-def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, cache, image_encoder, image_weights):
+def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, describe_weight, cache, image_encoder,
+          image_weights):
     """Train the shared space (ITC), the fusion-head baselines and the evidence reranker.
 
     Encoders stay frozen; their features are computed once and cached. ITC stops early on
@@ -89,9 +93,10 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, cach
     \b
       fusion train --data ../shared/data/coco --data ../shared/data/coco-extra \\
                    --data ../shared/data/flickr8k --distractors ../shared/data/distractors \\
-                   --exclude data/demo --rerank-weight W --out retrieval/model/checkpoints/default.safetensors
+                   --exclude data/demo --rerank-weight W --describe-weight D \\
+                   --out retrieval/model/checkpoints/default.safetensors
 
-    where W is the weight the open-world folds chose (README, Quality).
+    where W and D are the weights the open-world folds chose (README, Quality).
     """
     from retrieval.training.loop import TrainConfig
     from retrieval.training.trainer import train_checkpoint
@@ -109,7 +114,7 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, cach
             click.echo(f"itc epoch {entry['epoch']}: loss {entry['loss']:.3f}, "
                        f"val t2i {entry['val']['t2i']} i2t {entry['val']['i2t']}", err=True)
 
-    tc = TrainConfig(seed=seed, rerank_weight=rerank_weight)
+    tc = TrainConfig(seed=seed, rerank_weight=rerank_weight, describe_weight=describe_weight)
     record = train_checkpoint(list(data), out, list(exclude), val_photos, seed, image_encoder,
                               image_weights, cache, log=log, tc=tc, distractors=distractors)
     click.echo(f"wrote {out} (hash {record['content_hash']}): {record['train_photos']} training photos, "

@@ -31,3 +31,12 @@ def match_logits(runtime, lib, ids, itc, query_pooled: np.ndarray) -> np.ndarray
     ev = PhotoEvidence(*(a[None] for a in (ev.memory_ids, ev.memory_weights, ev.label_ids, ev.label_weights)))
     feats = emb.evidence(np.asarray(itc, np.float32)[None], q_itc, q_sent, ev)
     return runtime.checkpoint.reranker.logits(feats)[0]
+
+
+def caption_logits(runtime, photo: PhotoEvidence, texts: list[str], itc: np.ndarray) -> np.ndarray:
+    """The reranker's match logit of one photo (its evidence) with each caption in `texts`,
+    each caption in the query's seat; `itc` holds their first-stage cosines."""
+    emb = runtime.embedder
+    q_itc, q_sent = emb.texts(runtime.text_encoder.encode(texts, normalize=False).pooled)
+    pairs = photo.take(np.zeros((len(texts), 1), np.int64))
+    return runtime.checkpoint.reranker.logits(emb.evidence(itc[:, None], q_itc, q_sent, pairs))[:, 0]

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from retrieval.errors import FusionError, LibraryError
 from retrieval.store.library import Library
 from retrieval.model.runtime import Runtime
-from retrieval.query.rerank import match_logits
+from retrieval.query.rerank import caption_logits, match_logits
 from retrieval.store.meta import Caption, Photo
 
 MAX_K = 1000
@@ -124,7 +124,7 @@ class Searcher:
         """Photos like a photo (which may be outside the library); the photo itself is left out."""
         self._check_k(k, k)
         self._need_photos()
-        qvec = self._embed_photo(image)
+        qvec = self._photo_vectors(image).search
         own = str(Path(os.path.abspath(image)))
         ids, itc = self._top(qvec, k + 1, filters)
         hits = self._with_paths(self._rank(ids, itc, None))
@@ -133,16 +133,24 @@ class Searcher:
             h.rank = n
         return Results(hits)
 
-    def describe(self, image: str | os.PathLike, k: int = 5) -> Results:
-        """The nearest captions from the indexed caption corpora for a photo."""
-        self._check_k(k, k)
+    def describe(self, image: str | os.PathLike, k: int = 5, candidates: int = 32, rerank: bool = True) -> Results:
+        """The captions from the indexed caption corpora that fit a photo best: ITC's top
+        `candidates`, rescored by the reranker with each caption in the query's seat."""
+        self._check_k(k, candidates)
         if len(self.lib.captions) == 0:
             raise LibraryError(f"{self.lib.root}: no captions indexed; index a captions file first, "
                                "e.g. fusion index ../shared/data/coco-captions-val2017.jsonl")
-        scores, ids = self.lib.captions.search(self._embed_photo(image, search=False), k)
-        pairs = sorted(((float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0), key=lambda t: (-t[0], t[1]))
+        pv = self._photo_vectors(image)
+        scores, ids = self.lib.captions.search(pv.itc, max(k, candidates))
+        pairs = [(float(sc), int(i)) for sc, i in zip(scores[0], ids[0]) if i >= 0]
         with self.lib.session() as s:
             rows = {c.id: c for c in s.scalars(select(Caption).where(Caption.id.in_([i for _, i in pairs])))}
+        weight = self.runtime.checkpoint.config.describe_weight
+        if rerank and weight and pairs:
+            logit = caption_logits(self.runtime, pv.evidence, [rows[i].text for _, i in pairs],
+                                   np.array([sc for sc, _ in pairs], np.float32))
+            pairs = [(sc + weight * float(lg), i) for (sc, i), lg in zip(pairs, logit)]
+        pairs = sorted(pairs, key=lambda t: (-t[0], t[1]))[:k]
         return Results([CaptionHit(n, i, rows[i].text, sc, rows[i].image_path)
                         for n, (sc, i) in enumerate(pairs, start=1)])
 
@@ -171,13 +179,11 @@ class Searcher:
             raise LibraryError(f"photo {photo_id} changed since it was indexed; run fusion index to update")
         return path
 
-    def _embed_photo(self, image, search: bool = True) -> np.ndarray:
-        """The photo's search vector (as the library holds them), or its plain ITC vector,
-        which is what captions are ranked by: the recalled captions it carries would rank
-        themselves first."""
+    def _photo_vectors(self, image):
+        """Search vector, plain ITC vector (what captions are ranked by: the recalled captions
+        a search vector carries would rank themselves first) and evidence of one photo file."""
         enc = self.runtime.image_encoder
-        pv = self.runtime.photo_vectors(enc.encode([enc.load(image)], normalize=False))
-        return pv.search if search else pv.itc
+        return self.runtime.photo_vectors(enc.encode([enc.load(image)], normalize=False))
 
     def _need_photos(self) -> None:
         if len(self.lib.photos) == 0:

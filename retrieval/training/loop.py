@@ -37,6 +37,7 @@ class TrainConfig:
     rerank_candidates: int = 32  # ITC top-K the reranker learns to sort (search's default)
     reranker_hidden: int = 0  # hidden width of the reranker (0: linear)
     rerank_weight: float | None = None  # fixed weight (e.g. tuned on the open-world folds); None: tune
+    describe_weight: float = 0.0  # the reranker's weight for photo -> caption (tuned on the folds)
 
 
 @dataclass

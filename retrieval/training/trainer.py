@@ -77,7 +77,7 @@ def train_model(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: Datase
     if log:
         log({"stage": "reranker", "alpha": alpha, "crossfit_t2i": table[str(alpha)], "no_match_below": threshold})
     cfg = replace(cfg, rerank="evidence", rerank_weight=alpha, reranker_hidden=tc.reranker_hidden,
-                  match_threshold=round(threshold, 4))
+                  match_threshold=round(threshold, 4), describe_weight=tc.describe_weight)
     record = {"queries": int(len(cands.label)), "gallery": cands.gallery, "crossfit_t2i_by_alpha": table,
               "weights": dict(zip(EVIDENCE, np.round(_linear_weights(reranker), 3).tolist())),
               "match_threshold": threshold}
