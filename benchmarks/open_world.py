@@ -48,6 +48,9 @@ def to_markdown(r: dict, name: str = "Open-world recall") -> str:
     small = r["i2t"].get(SMALL_I2T)
     if small:
         lines.append(f"i2t in the fold alone (its ~430 captions): {fmt(small)}")
+    for m, v in r["i2t"].items():
+        if m.startswith("itc reranked"):
+            lines.append(f"i2t, {m[4:]}: {fmt(v)}")
     lines.append("")
     for kind, what in (("probability", "the reranker's match probability over every candidate it scored"),
                        ("share", "the share shown in results (softmax over a query's candidates), over "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.evaluation.recall import KS, i2t_recall, ranks_of
+from retrieval.evaluation.recall import KS, i2t_recall, ranks_of, rerank
 from retrieval.model.embedder import Embedder
 from retrieval.model.heads import SharedSpace
 from retrieval.model.reranker import EVIDENCE
@@ -23,7 +23,7 @@ from retrieval.training.features import DatasetFeatures
 from retrieval.training.rerank import ALPHAS, Candidates, Photos, reranked_ranks
 
 PROJECT_TO = 5046  # the photos of the library our users' figures were measured in
-NOT_METHODS = ("calibration", "i2t", "i2t_small", "no_match")
+NOT_METHODS = ("calibration", "i2t", "i2t_small", "i2t_reranked", "no_match")
 MEASURED_BETA = 0.5  # the memory weight in search vectors measured beside the shipped one
 
 
@@ -74,6 +74,9 @@ def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: in
         if scope == "open":
             out["calibration"] = probs
     out["i2t"] = _i2t(emb, memory, pv.itc[:n], q_itc, target)
+    if memory is not None and model.reranker is not None:
+        out["i2t_reranked"] = i2t_reranked(model, emb, pv.itc[:n], pv.evidence.take(np.arange(n)),
+                                           q_itc, q_sent, target, k)
     out["i2t_small"] = i2t_recall(pv.itc[:n] @ q_itc.T, target)  # the fold's own captions only
     if nonsense is not None and len(distractors):
         out["no_match"] = _no_match(model, emb, fold, distractors, nonsense, k)
@@ -116,6 +119,25 @@ def _i2t(emb, memory, photo_itc, q_itc, target) -> dict:
     return i2t_recall(photo_itc @ corpus.T, caption_image)
 
 
+def i2t_reranked(model, emb, photo_itc, ev, q_itc, q_sent, target, k: int) -> dict:
+    """i2t after the reranker rescored each photo's top k captions, each caption taking the
+    query's seat (same evidence, the photo fixed), at each rerank weight."""
+    corpus_itc = np.concatenate([emb.corpus_itc, q_itc])
+    corpus_sent = np.concatenate([emb.memory.vectors, q_sent])
+    caption_image = np.concatenate([np.full(len(emb.corpus_itc), -1), target])
+    sim = photo_itc @ corpus_itc.T
+    n, k = len(photo_itc), min(k, sim.shape[1])
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    pairs = ev.take(np.repeat(np.arange(n), k)[:, None])
+    feats = emb.evidence(np.take_along_axis(sim, top, 1).reshape(-1, 1), corpus_itc[top.ravel()],
+                         corpus_sent[top.ravel()], pairs)
+    logit = model.reranker.logits(feats).reshape(n, k)
+    out = {}
+    for w in ALPHAS[1:]:
+        out[f"{w:g}"] = i2t_recall(rerank(sim, k, lambda r, c, w=w: sim[r, c] + w * logit), caption_image)
+    return out
+
+
 def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
     """Reliability table and expected calibration error of match probabilities."""
     edges = np.linspace(0, 1, bins + 1)
@@ -143,6 +165,9 @@ def summarise(folds: list[dict], gallery: int) -> dict:
             out["t2i"].setdefault(m, {})[scope] = _mean_std(vals)
     out["i2t"]["itc"] = _mean_std([f["i2t"] for f in folds])
     out["i2t"]["itc, fold's own captions only"] = _mean_std([f["i2t_small"] for f in folds])
+    if "i2t_reranked" in folds[0]:
+        for w in folds[0]["i2t_reranked"]:
+            out["i2t"][f"itc reranked at weight {w}"] = _mean_std([f["i2t_reranked"][w] for f in folds])
     out["calibration"] = {}
     for kind in ("probability", "share"):
         probs = np.concatenate([f["calibration"][kind][0] for f in folds])
