@@ -134,3 +134,21 @@ def test_calibration_against_brute_force():
 def test_nonsense_queries_are_made_up_and_repeatable():
     a, b = nonsense_queries(50, seed=3), nonsense_queries(50, seed=3)
     assert a == b and len(set(a)) == 50 and all(w.isalpha() for s in a for w in s.split())
+
+
+def test_evidence_from_recalled_rows_equals_the_full_memory(memory, text_encoder):
+    # a search projects only the memory rows its candidates recall; the result must not change
+    from retrieval.model.checkpoint import load_checkpoint
+    from retrieval.model.embedder import Embedder
+
+    rng = np.random.default_rng(0)
+    ev = PhotoEvidence(rng.integers(0, len(memory.texts), (1, 32, MEMORY_SIZE)).astype(np.int32),
+                       rng.random((1, 32, MEMORY_SIZE)).astype(np.float32),
+                       rng.integers(0, 1000, (1, 32, LABELS)).astype(np.int32), rng.random((1, 32, LABELS)).astype(np.float32))
+    emb = Embedder(load_checkpoint().space, memory)
+    q_itc, q_sent = emb.texts(text_encoder.encode(["a dog on a beach"], normalize=False).pooled)
+    itc = rng.random((1, 32)).astype(np.float32)
+    lazy = emb.evidence(itc, q_itc, q_sent, ev)
+    assert "corpus_itc" not in emb.__dict__
+    emb.corpus_itc  # noqa: B018 (project the whole memory)
+    np.testing.assert_allclose(lazy, emb.evidence(itc, q_itc, q_sent, ev), atol=1e-6)

@@ -69,8 +69,17 @@ class Embedder:
         return PhotoVectors(search.astype(np.float32), itc.astype(np.float32), ev)
 
     def evidence(self, itc: np.ndarray, q_itc: np.ndarray, q_sent: np.ndarray, ev: PhotoEvidence) -> np.ndarray:
-        """The reranker's features of queries against their candidates (see reranker.evidence)."""
+        """The reranker's features of queries against their candidates (see reranker.evidence).
+        Only the memory rows the candidates recall are projected, unless all already are (a
+        search needs ~500 of 23k: projecting them all would add a quarter second to a cold
+        search)."""
         if self.memory is None:
             blank = np.zeros((1, self.classes.shape[1]), np.float32)
             return evidence(itc, q_itc, q_sent, ev, blank, blank, self.classes)
-        return evidence(itc, q_itc, q_sent, ev, self.memory.vectors, self.corpus_itc, self.classes)
+        if "corpus_itc" in self.__dict__:
+            return evidence(itc, q_itc, q_sent, ev, self.memory.vectors, self.corpus_itc, self.classes)
+        rows, local = np.unique(ev.memory_ids, return_inverse=True)
+        ev = PhotoEvidence(local.reshape(ev.memory_ids.shape).astype(np.int32), ev.memory_weights,
+                           ev.label_ids, ev.label_weights)
+        sent = self.memory.vectors[rows]
+        return evidence(itc, q_itc, q_sent, ev, sent, self.texts(sent)[0], self.classes)
