@@ -56,7 +56,7 @@ def test_first_index_then_noop(photos, tmp_path, runtime):
     path = sorted(rows)[0]
     px = runtime.image_encoder.load(path)
     f = runtime.image_encoder.encode([px], normalize=False)
-    want = runtime.embed_images(f)[0]
+    want = runtime.photo_vectors(f).search[0]
     np.testing.assert_allclose(lib.photos.vectors([rows[path]])[0], want, atol=1e-4)
     again = index_paths([photos], db, runtime=runtime)
     assert (again["added"], again["updated"], again["renamed"], again["removed"], again["unchanged"]) == (0, 0, 0, 0, 12)

@@ -1,9 +1,10 @@
 """The fusion classifier search reranks with: a small learning-to-rank model over cross-modal
 evidence that sees both sides, the query (its ITC vector and its MiniLM sentence vector) and
 the photo (its ITC vector, the captions it recalls from the caption memory, its ImageNet
-labels from the whole photo and from each grid cell). Its output is a match logit whose
-sigmoid is a calibrated match probability (trained with binary cross-entropy on
-cross-fitted candidates, plus a listwise term for the order).
+labels from the whole photo and from each grid cell). Its output is a match logit, trained
+with binary cross-entropy on cross-fitted candidates plus a listwise softmax term: the
+softmax over one query's candidates is the share search shows, and a Platt-scaled sigmoid
+is the match probability on its own.
 
 Per photo the library stores only ids and weights (`PhotoEvidence`, 176 bytes); everything
 else is computed per query over the K candidates, so a rerank of 32 costs well under 20 ms."""
@@ -18,7 +19,7 @@ from torch import nn
 
 EVIDENCE = (
     "itc",  # the first-stage score: query ITC vector . photo search vector
-    "mem_itc",  # query ITC vector . the ITC mean of the photo's recalled captions
+    "mem_itc",  # query ITC vector . recalled captions' ITC vectors, recall-weighted
     "mem_max",  # best sentence cosine of the query and the photo's recalled captions
     "mem_mean",  # the same, weighted by how strongly the photo recalls each caption
     "mem_top4",  # mean of the 4 best

@@ -73,10 +73,6 @@ class Runtime:
         pv = self.photo_vectors(feats)
         return pv.evidence.pack(), pv.search
 
-    def embed_images(self, feats) -> np.ndarray:
-        """Search vectors of encoded photos."""
-        return self.photo_vectors(feats).search
-
     def embed_texts(self, pooled: np.ndarray) -> np.ndarray:
         import torch
 
