@@ -27,8 +27,7 @@ def match_logits(runtime, lib, ids, itc, query_pooled: np.ndarray) -> np.ndarray
     """The reranker's match logit for each candidate photo of one query (raw MiniLM vector)."""
     emb = runtime.embedder
     q_itc, q_sent = emb.texts(query_pooled)
-    ev = stored_evidence(lib, ids)
-    ev = PhotoEvidence(*(a[None] for a in (ev.memory_ids, ev.memory_weights, ev.label_ids, ev.label_weights)))
+    ev = stored_evidence(lib, ids).take(np.arange(len(ids))[None])  # one query's row of candidates
     feats = emb.evidence(np.asarray(itc, np.float32)[None], q_itc, q_sent, ev)
     return runtime.checkpoint.reranker.logits(feats)[0]
 
