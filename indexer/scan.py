@@ -31,7 +31,8 @@ class Plan:
 
 
 def walk(roots: list[Path], skipped: list[dict]) -> tuple[list[FileStat], list[Path]]:
-    """Photo files under `roots` (files named directly count too). Symlinked folders are not
+    """Photo files under `roots` (files named directly count too, except .jsonl caption
+    files, which are caption corpora, not photos). Symlinked folders are not
     followed (no loops, no escaping the tree); broken links and unreadable entries are skipped
     with a reason. Returns the files and the resolved roots."""
     files: dict[str, FileStat] = {}
@@ -40,7 +41,8 @@ def walk(roots: list[Path], skipped: list[dict]) -> tuple[list[FileStat], list[P
         root = Path(os.path.abspath(root))
         resolved.append(root)
         if root.is_file():
-            _add(root, files, skipped)
+            if root.suffix.lower() != ".jsonl":  # a caption corpus, indexed as captions
+                _add(root, files, skipped)
             continue
         if not root.is_dir():
             skipped.append({"path": str(root), "reason": "no such file or folder"})

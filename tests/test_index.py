@@ -90,6 +90,7 @@ def test_dataset_folder_indexes_captions_and_text_only_corpus(tmp_path, demo_dir
     corpus.write_text("\n".join(json.dumps({"caption": c}) for c in ["a red bus", "two zebras"]) + "\n")
     s = index_paths([demo_dir, corpus], db, runtime=runtime)
     assert s["photos"] == 48 and s["captions_added"] == 242
+    assert s["skipped"] == []  # a caption file is a corpus, never a skipped photo
     lib = Library.open(db, runtime.fingerprint, runtime.dim)
     assert len(lib.captions) == 242
     con = sqlite3.connect(db / "library.sqlite")
@@ -97,6 +98,14 @@ def test_dataset_folder_indexes_captions_and_text_only_corpus(tmp_path, demo_dir
     assert linked == 240
     again = index_paths([demo_dir, corpus], db, runtime=runtime)
     assert again["captions_added"] == 0 and again["unchanged"] == 48
+
+
+def test_caption_file_alone_exits_zero(tmp_path, demo_dir):
+    db = tmp_path / "lib"
+    r = CliRunner().invoke(main, ["index", str(demo_dir / "captions.jsonl"), "--db", str(db), "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert (s["captions_added"], s["photos"], s["skipped"]) == (240, 0, [])
 
 
 def test_model_mismatch_refused_with_the_fix(photos, tmp_path, runtime):
