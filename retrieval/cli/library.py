@@ -128,17 +128,21 @@ def print_hits(results, as_json):
 
 
 @main.command()
-@click.argument("query")
+@click.argument("query", required=False)
 @click.option("-k", "k", default=10, show_default=True, type=K_RANGE, help="Results to show.")
 @click.option("--candidates", default=32, show_default=True, type=K_RANGE,
               help="ITC top-K that the fusion classifier reranks.")
 @click.option("--no-rerank", is_flag=True, help="Rank by the shared space (ITC) alone.")
+@click.option("--like", type=click.Path(dir_okay=False, path_type=Path),
+              help="A photo the results should look like; with QUERY, photos like it that also match the words.")
+@click.option("--add", multiple=True, metavar="WORDS", help="Words the results should also match (repeatable).")
+@click.option("--minus", multiple=True, metavar="WORDS", help="Words the results should not match (repeatable).")
 @filter_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON list with rank, path, score, itc, itm (match probability), share.")
 @db_option
 @fusion_errors
-def search(query, k, candidates, no_rerank, under, after, before, as_json, db):
+def search(query, k, candidates, no_rerank, like, add, minus, under, after, before, as_json, db):
     """Find photos by describing them: fusion search "a dog on a beach".
 
     Takes the library's top --candidates photos by the shared space, reranks them with the
@@ -147,11 +151,23 @@ def search(query, k, candidates, no_rerank, under, after, before, as_json, db):
     (--json adds the match probability on its own, itm); with --no-rerank, the shared-space
     cosine instead. When even the best photo's match probability is below what made-up words
     reach, a note says no photo matches well. Ties break by id, so the order is stable.
+
+    \b
+    Combined queries (the score shown is then the fused z-score):
+      fusion search "at night" --like photo.jpg    photos like photo.jpg, at night
+      fusion search "a beach" --add "dog"          a beach, and a dog too
+      fusion search "a street" --minus "cars"      a street, without cars
+    Each part is searched alone, the candidates pooled, and each part's scores standardised
+    over the pool before they are added (minus parts subtracted).
     """
+    from retrieval.query.combine import Combined
     from retrieval.query.search import open_searcher
 
+    if query is None and like is None and not add:
+        raise click.UsageError("give QUERY, --like PHOTO or --add WORDS, e.g. fusion search \"a dog on a beach\"")
     filters = make_filters(under, after, before)
-    print_hits(open_searcher(db).text(query, k, candidates, not no_rerank, filters), as_json)
+    q = Combined(query, like, tuple(add), tuple(minus))
+    print_hits(open_searcher(db).combined(q, k, candidates, not no_rerank, filters), as_json)
 
 
 @main.command()

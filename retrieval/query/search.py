@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import func, select
@@ -15,6 +16,9 @@ from retrieval.store.library import Library
 from retrieval.model.runtime import Runtime
 from retrieval.query.rerank import caption_logits, match_logits
 from retrieval.store.meta import Caption, Photo
+
+if TYPE_CHECKING:
+    from retrieval.query.combine import Combined
 
 MAX_K = 1000
 
@@ -132,6 +136,37 @@ class Searcher:
         for n, h in enumerate(hits, start=1):
             h.rank = n
         return Results(hits)
+
+    def combined(self, q: "Combined", k: int = 10, candidates: int = 32, rerank: bool = True,
+                 filters: Filters = Filters()) -> Results:
+        """Photos for a photo and words together and/or --add/--minus words (retrieval/query/
+        combine.py says how the parts are fused); a plain text query goes to `text`."""
+        from retrieval.query.combine import Combined, combined_ranking
+
+        text = q.text if q.text and q.text.strip() else None
+        for w in q.add + q.minus:
+            if not w.strip():
+                raise QueryError("an empty --add or --minus; give the words, e.g. --minus \"people\"")
+        q = Combined(text, q.like, q.add, q.minus)
+        if q.is_plain():
+            if text is None:
+                raise QueryError("empty query; describe the photo you are looking for, e.g. \"a dog on a beach\"")
+            return self.text(text, k, candidates, rerank, filters)
+        if text is None and q.like is None and not q.add:
+            raise QueryError("--minus alone finds nothing; say what to look for too, e.g. "
+                             "fusion search \"a street\" --minus \"cars\"")
+        self._check_k(k, candidates)
+        self._need_photos()
+        ids, fused, main, notes = combined_ranking(self, q, max(k, candidates), rerank, filters)
+        hits = [Hit(n, int(i), "", float(f), float(m))
+                for n, (i, f, m) in enumerate(zip(ids[:k], fused[:k], main[:k]), start=1)]
+        return Results(self._with_paths(hits), notes)
+
+    def paths_of(self, ids) -> list[str | None]:
+        """The recorded path of each id (None for an id the library does not hold)."""
+        with self.lib.session() as s:
+            paths = dict(s.execute(select(Photo.id, Photo.path).where(Photo.id.in_([int(i) for i in ids]))).all())
+        return [paths.get(int(i)) for i in ids]
 
     def describe(self, image: str | os.PathLike, k: int = 5, candidates: int = 32, rerank: bool = True) -> Results:
         """The captions from the indexed caption corpora that fit a photo best: ITC's top

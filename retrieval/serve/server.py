@@ -10,9 +10,11 @@ from datetime import date, datetime
 from pathlib import Path
 
 from retrieval.errors import FusionError
-from retrieval.query.search import Filters, Searcher
+from retrieval.query.combine import Combined
+from retrieval.query.search import Filters, QueryError, Searcher
 
 MAX_QUERY_CHARS = 2000
+MAX_PARTS = 8  # add + minus words per query
 
 
 def create_app(searcher: Searcher):
@@ -45,12 +47,19 @@ def create_app(searcher: Searcher):
                 "model": searcher.runtime.fingerprint}
 
     @app.get("/api/search")
-    def search(q: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS),
+    def search(q: str | None = Query(None, max_length=MAX_QUERY_CHARS),
+               like: int | None = Query(None, ge=1, description="id of a library photo the results should look like"),
+               add: list[str] = Query([], max_length=MAX_QUERY_CHARS, description="words to match too"),
+               minus: list[str] = Query([], max_length=MAX_QUERY_CHARS, description="words not to match"),
                k: int = Query(10, ge=1, le=1000), candidates: int = Query(32, ge=1, le=1000),
                rerank: bool = True, under: str | None = Query(None, max_length=4096),
                after: date | None = None, before: date | None = None):
+        if len(add) + len(minus) > MAX_PARTS:
+            raise QueryError(f"{len(add) + len(minus)} add/minus parts: at most {MAX_PARTS}")
         with lock:
-            return hits(fresh().text(q, k, candidates, rerank, filters(under, after, before)))
+            s = fresh()
+            query = Combined(q, None if like is None else s.photo_path(like), tuple(add), tuple(minus))
+            return hits(s.combined(query, k, candidates, rerank, filters(under, after, before)))
 
     @app.get("/api/similar")
     def similar(id: int = Query(..., ge=1), k: int = Query(10, ge=1, le=1000),

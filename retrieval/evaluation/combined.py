@@ -1,0 +1,72 @@
+"""Constructed photo+words cases from a captioned collection: for a photo P and one of its
+visual neighbours N, a word that N's captions use and no caption of P or of P's other
+neighbours does. `--like P` plus that word should then put N first; alone, neither the photo
+(P's neighbours are all alike) nor the word (other photos match it) is enough."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from retrieval.query.combine import Combined
+
+STOP = set("""a an the and or of in on at to with for from by into onto over under near next its it is are
+some two three four one many other his her their this that there while has have being looking sitting
+standing very small large big little top front back side up down out off""".split())
+
+
+@dataclass(frozen=True)
+class Case:
+    like: str  # path of the photo given as --like
+    word: str  # the words given with it
+    target: str  # path of the neighbour the words single out
+
+
+def words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 3 and w not in STOP}
+
+
+def constructed_cases(searcher, captions: dict[str, list[str]], neighbours: int = 10,
+                      support: int = 2, whole_caption: bool = False) -> list[Case]:
+    """One case per (photo, neighbour) pair that has a singling-out word (used by at least
+    `support` of the neighbour's captions), from the library's `similar` neighbours of each
+    captioned photo: the first such word in alphabetical order, or with `whole_caption` the
+    neighbour's first caption that holds one."""
+    cases = []
+    for like in sorted(captions):
+        near = [h.path for h in searcher.similar(like, neighbours).hits if h.path in captions]
+        for target in near:
+            others = set().union(*(words(c) for p in near + [like] if p != target for c in captions[p]))
+            counts: dict[str, int] = {}
+            for c in captions[target]:
+                for w in words(c):
+                    counts[w] = counts.get(w, 0) + 1
+            good = sorted(w for w, n in counts.items() if n >= support and w not in others)
+            if good and whole_caption:
+                cases.append(Case(like, next(c for c in captions[target] if words(c) & set(good)), target))
+            elif good:
+                cases.append(Case(like, good[0], target))
+    return cases
+
+
+def rank_of(results, target: str) -> int | None:
+    return next((h.rank for h in results.hits if h.path == target), None)
+
+
+def evaluate(searcher, cases: list[Case], k: int = 50) -> dict:
+    """Rank of each case's target for the photo alone, the word alone and both together:
+    top-1 rate, recall@5 and mean reciprocal rank (a target outside the top k scores 0)."""
+    out = {}
+    ways = {"photo alone": lambda c: searcher.similar(c.like, k),
+            "words alone": lambda c: searcher.text(c.word, k),
+            "photo + words": lambda c: searcher.combined(Combined(c.word, c.like), k)}
+    for name, run in ways.items():
+        ranks = [rank_of(run(c), c.target) for c in cases]
+        out[name] = {"top1": _rate(ranks, 1), "r5": _rate(ranks, 5),
+                     "mrr": round(sum(1 / r for r in ranks if r) / max(len(ranks), 1), 4),
+                     "ranks": ranks}
+    return out
+
+
+def _rate(ranks, k) -> float:
+    return round(100 * sum(1 for r in ranks if r and r <= k) / max(len(ranks), 1), 1)

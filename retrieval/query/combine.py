@@ -1,0 +1,96 @@
+"""Combined queries: a photo and words together, plus rclip-style `--add` / `--minus` words.
+
+Each part of the query is searched on its own (FAISS top-N per part), the candidates are
+pooled, and every part scores every pooled photo. A photo's query vector lies far closer to
+photos than any text does (the modality gap), so raw cosines are not summed: each part's
+scores are standardised over the pool (z-scores) and the parts are added, minus parts
+subtracted. Text parts are scored by the fusion reranker (ITC + weight x match logit) like a
+plain text search, so the fusion classifier sees both sides here too."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from retrieval.query.rerank import match_logits
+
+
+@dataclass(frozen=True)
+class Combined:
+    text: str | None = None  # the main words
+    like: str | os.PathLike | None = None  # a photo file (in the library or not)
+    add: tuple[str, ...] = ()  # more words that results should also match
+    minus: tuple[str, ...] = ()  # words that results should not match
+
+    def is_plain(self) -> bool:
+        return self.like is None and not self.add and not self.minus
+
+
+@dataclass
+class Part:
+    label: str
+    sign: float  # +1 for what is wanted, -1 for --minus
+    vector: np.ndarray  # (1, dim) query vector in the shared space
+    pooled: np.ndarray | None  # raw MiniLM vector of a text part (for the reranker), None for a photo
+
+
+def parts_of(searcher, q: Combined) -> tuple[list[Part], list[str]]:
+    """The query's parts as vectors, and notes (e.g. a truncated text)."""
+    rt, out, notes = searcher.runtime, [], []
+    texts = [(t, 1.0) for t in ([q.text] if q.text else []) + list(q.add)] + [(t, -1.0) for t in q.minus]
+    if texts:
+        feats = rt.text_encoder.encode([t for t, _ in texts], normalize=False)
+        vecs = rt.embed_texts(feats.pooled)
+        for n, (t, sign) in enumerate(texts):
+            if feats.truncated[n]:
+                notes.append(f"{t[:40]!r}: longer than {rt.text_encoder.config.max_tokens} word pieces, "
+                             "only its beginning was used")
+            out.append(Part(t, sign, vecs[n:n + 1], feats.pooled[n:n + 1]))
+    if q.like is not None:
+        out.append(Part(str(q.like), 1.0, searcher._photo_vectors(q.like).search, None))
+    return out, notes
+
+
+def part_scores(store, part: Part, ids: np.ndarray) -> np.ndarray:
+    """Inner product of one part with the stored vectors of `ids` (an ID selector restricts
+    the search to them, so flat and IVF indexes both answer; a photo that IVF's probed lists
+    miss gets the lowest score seen)."""
+    params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids.astype(np.int64)))
+    scores, got = store.index.search(np.ascontiguousarray(part.vector, np.float32), len(ids), params=params)
+    found = {int(i): float(s) for s, i in zip(scores[0], got[0]) if i >= 0}
+    floor = min(found.values(), default=0.0)
+    return np.array([found.get(int(i), floor) for i in ids], np.float32)
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / max(float(x.std()), 1e-6)
+
+
+def combined_ranking(searcher, q: Combined, n: int, rerank: bool, filters):
+    """(ids, fused scores, main part's cosines, notes) of the n best photos for a combined query."""
+    parts, notes = parts_of(searcher, q)
+    pool: dict[int, None] = {}
+    for p in parts:
+        if p.sign > 0:
+            ids, _ = searcher._top(p.vector, 2 * n, filters)
+            pool.update(dict.fromkeys(ids.tolist()))
+    own = None if q.like is None else str(Path(os.path.abspath(q.like)))
+    ids = np.array(list(pool), np.int64)
+    if own is not None and len(ids):
+        ids = np.array([i for i, path in zip(ids, searcher.paths_of(ids)) if path != own], np.int64)
+    if len(ids) == 0:
+        return ids, np.zeros(0, np.float32), np.zeros(0, np.float32), notes
+    fused, main = np.zeros(len(ids), np.float32), None
+    weight = searcher.runtime.checkpoint.config.rerank_weight
+    for p in parts:
+        s = part_scores(searcher.lib.photos, p, ids)
+        main = s if main is None else main
+        if rerank and p.pooled is not None and weight:
+            s = s + weight * match_logits(searcher.runtime, searcher.lib, ids, s, p.pooled)
+        fused += p.sign * zscore(s)
+    order = np.lexsort((ids, -fused))[:n]
+    return ids[order], fused[order], main[order], notes

@@ -1,0 +1,102 @@
+"""Combined queries on a library of the demo photos: a photo and words together, --add and
+--minus move the photos they name in the expected direction; also through the CLI and HTTP."""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from indexer.run import index_paths
+from retrieval.cli import main
+from retrieval.errors import FusionError
+from retrieval.evaluation.combined import constructed_cases, evaluate, words
+from retrieval.model.runtime import Runtime
+from retrieval.query.combine import Combined
+from retrieval.query.search import open_searcher
+from retrieval.training.datasets import load_dataset
+from tests.serving import get, running_server
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, demo_dir):
+    root = tmp_path_factory.mktemp("c")
+    shutil.copytree(demo_dir, root / "demo")
+    index_paths([root / "demo"], root / "lib", runtime=Runtime())
+    return root
+
+
+@pytest.fixture(scope="module")
+def searcher(library):
+    return open_searcher(library / "lib")
+
+
+@pytest.fixture(scope="module")
+def captions(library):
+    ds = load_dataset(library / "demo")
+    out = {}
+    for c in ds.captions:
+        out.setdefault(str(ds.image_path(c.image).resolve()), []).append(c.text)
+    return out
+
+
+def mentioning(captions, word):
+    return {p for p, cs in captions.items() if sum(word in words(c) for c in cs) >= 2}
+
+
+def best_rank(results, paths):
+    return min(h.rank for h in results.hits if h.path in paths)
+
+
+def test_photo_plus_words_beats_either_alone(searcher, captions):
+    some = dict(list(captions.items())[:8])  # 8 liked photos, each with its neighbours' cases
+    cases = [c for c in constructed_cases(searcher, captions) if c.like in some]
+    assert len(cases) >= 30
+    r = evaluate(searcher, cases, k=48)
+    both = r["photo + words"]["mrr"]
+    assert both > r["photo alone"]["mrr"] and both > r["words alone"]["mrr"], r
+    assert all(rk is not None for rk in r["photo + words"]["ranks"])  # k covers the whole library
+
+
+def test_minus_pushes_down_and_add_pulls_up(searcher, captions):
+    zebras = mentioning(captions, "zebras")
+    assert zebras
+    plain = best_rank(searcher.text("animals", k=48), zebras)
+    minus = best_rank(searcher.combined(Combined("animals", minus=("zebras",)), k=48), zebras)
+    assert minus > plain + 3, (plain, minus)
+    field = best_rank(searcher.text("a grassy field", k=48), zebras)
+    add = best_rank(searcher.combined(Combined("a grassy field", add=("zebras",)), k=48), zebras)
+    assert add < field and add == 1, (field, add)
+
+
+def test_like_leaves_the_photo_itself_out_and_bad_parts_are_refused(searcher, captions):
+    like = sorted(captions)[0]
+    hits = searcher.combined(Combined("at night", like), k=10).hits
+    assert len(hits) == 10 and like not in [h.path for h in hits]
+    assert [h.rank for h in hits] == list(range(1, 11))
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    with pytest.raises(FusionError, match="--minus alone"):
+        searcher.combined(Combined(minus=("cars",)))
+    with pytest.raises(FusionError, match="empty --add"):
+        searcher.combined(Combined("a street", add=(" ",)))
+
+
+def test_cli_and_http(library, captions):
+    like = sorted(captions)[0]
+    db = str(library / "lib")
+    r = CliRunner().invoke(main, ["search", "at night", "--like", like, "--minus", "people", "--db", db, "--json"])
+    assert r.exit_code == 0, r.output
+    assert like not in [h["path"] for h in json.loads(r.stdout)]
+    r = CliRunner().invoke(main, ["search", "--db", db])
+    assert r.exit_code == 2 and "give QUERY, --like PHOTO or --add WORDS" in r.output
+    zebras = mentioning(captions, "zebras")
+    with running_server(library / "lib") as base:
+        status, body = get(base + "/api/search?q=a+grassy+field&add=zebras&k=3")
+        assert status == 200 and json.loads(body)["results"][0]["path"] in zebras
+        first = json.loads(get(base + "/api/search?q=animals&k=1")[1])["results"][0]
+        status, body = get(f"{base}/api/search?like={first['id']}&q=at+night&k=5")
+        assert status == 200 and first["id"] not in [h["id"] for h in json.loads(body)["results"]]
+        status, body = get(base + "/api/search?minus=cars")
+        assert status == 400 and "--minus alone" in json.loads(body)["error"]
+        assert get(base + "/api/search?like=99999&q=x")[0] == 400
+        assert get(base + "/api/search")[0] == 400
