@@ -44,13 +44,13 @@ def build(root: Path, n: int, real: tuple, runtime: Runtime, seed: int = 0, chun
         p = (pooled[src] + NOISE * p_scale * rng.standard_normal((m, pooled.shape[1]))).astype(np.float32)
         lg = (logits[src] + NOISE * l_scale * rng.standard_normal((m, logits.shape[1]))).astype(np.float32)
         cl = (cells[src] + NOISE * c_scale * rng.standard_normal((m, cells.shape[1]))).astype(np.float32)
-        rerank, vec = runtime.index_features(ImageFeatures(p, lg, None, cl))
+        rerank, vec, sig = runtime.index_features(ImageFeatures(p, lg, None, cl))
         ids = np.arange(lo + 1, lo + m + 1)
         photos = [{"id": int(i), "path": f"/synthetic/{i // 1000:04d}/{i:08d}.jpg", "size": 200_000,
                    "mtime_ns": int((now - i * 60) * 1e9), "sha": f"{i:040x}", "width": 640, "height": 480,
                    "taken_at": now - i * 60, "camera": None, "indexed_at": now} for i in ids]
         feats = [{"photo_id": int(i), "vector": vec[k].astype(VECTOR_DTYPE).tobytes(),
-                  "rerank": rerank[k]} for k, i in enumerate(ids)]
+                  "rerank": rerank[k], "signature": sig[k]} for k, i in enumerate(ids)]
         with lib.session() as s, s.begin():
             s.execute(insert(Photo), photos)
             s.execute(insert(PhotoFeatures), feats)

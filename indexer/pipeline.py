@@ -69,9 +69,9 @@ def loaded_photos(stats: list[FileStat], encoder, rename_shas: set, timing: Timi
 
 
 def encode_batch(items: list[Loaded], runtime, timing: Timing, batch_size: int = 4):
-    """Rerank features and ITC vectors for decoded photos."""
+    """Rerank features, search vectors and near-duplicate signatures of decoded photos."""
     start = time.perf_counter()
     feats = runtime.image_encoder.encode([it.pixels for it in items], batch_size, normalize=False)
-    rerank, vectors = runtime.index_features(feats)
+    rows = runtime.index_features(feats)
     timing.forward_s += time.perf_counter() - start
-    return rerank, vectors
+    return rows

@@ -93,8 +93,8 @@ def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size:
 
     def flush():
         if pending:
-            rerank, vectors = encode_batch(pending, runtime, timing, batch_size)
-            writer.write(pending, rerank, vectors, existing)
+            rerank, vectors, signatures = encode_batch(pending, runtime, timing, batch_size)
+            writer.write(pending, rerank, vectors, signatures, existing)
             for it in pending:
                 summary["updated" if it.stat.path in existing else "added"] += 1
             if progress:

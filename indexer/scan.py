@@ -75,7 +75,8 @@ def plan(s: Session, files: list[FileStat], roots: list[Path], skipped: list[dic
     """Compare the files on disk with the photos the library holds under `roots`."""
     out = Plan(skipped=skipped)
     known = {p.path: p for p in s.scalars(select(Photo)).all() if _under(p.path, roots)}
-    with_features = set(s.scalars(select(PhotoFeatures.photo_id).where(PhotoFeatures.rerank.is_not(None))))
+    with_features = set(s.scalars(select(PhotoFeatures.photo_id).where(
+        PhotoFeatures.rerank.is_not(None), PhotoFeatures.signature.is_not(None))))
     for f in files:
         row = known.pop(f.path, None)
         if row is None:

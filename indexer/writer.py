@@ -21,7 +21,8 @@ class Writer:
         self.lib, self.timing = lib, timing
         self._last_save = time.monotonic()
 
-    def write(self, items: list[Loaded], rerank: list[bytes], vectors: np.ndarray, existing: dict[str, int]) -> None:
+    def write(self, items: list[Loaded], rerank: list[bytes], vectors: np.ndarray, signatures: list[bytes],
+              existing: dict[str, int]) -> None:
         """Insert new photos, or update `existing` ones (path -> id) in place, with features."""
         start = time.perf_counter()
         ids = []
@@ -40,7 +41,7 @@ class Writer:
                 else:
                     s.query(Photo).filter(Photo.id == photo_id).update(fields)
                 s.merge(PhotoFeatures(photo_id=photo_id, vector=vectors[n].astype(VECTOR_DTYPE).tobytes(),
-                                      rerank=rerank[n]))
+                                      rerank=rerank[n], signature=signatures[n]))
                 ids.append(photo_id)
         self.lib.photos.add(ids, vectors)
         self._maybe_save()

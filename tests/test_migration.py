@@ -1,5 +1,6 @@
-"""Schema migration, step by step: a version-1 library (raw pooled features) opens as version 2
-(the rerank head's projection), and `fusion index` re-encodes what SQL could not convert."""
+"""Schema migration, step by step: a version-1 library (raw pooled features) opens as version 3
+(the rerank head's projection, near-duplicate signatures), and `fusion index` re-encodes what
+SQL could not convert."""
 
 import shutil
 import sqlite3
@@ -45,8 +46,8 @@ def test_v1_library_migrates_and_is_repaired(tmp_path, demo_photos):
     assert r.exit_code == 0, r.output
     con = sqlite3.connect(db / "library.sqlite")
     cols = [row[1] for row in con.execute("pragma table_info(photo_features)")]
-    assert cols == ["photo_id", "vector", "rerank"] and SCHEMA_VERSION == 2
-    assert con.execute("select value from meta where key='schema_version'").fetchone() == ("2",)
+    assert cols == ["photo_id", "vector", "rerank", "signature"] and SCHEMA_VERSION == 3
+    assert con.execute("select value from meta where key='schema_version'").fetchone() == ("3",)
     con.close()
     r = CliRunner().invoke(main, ["index", str(photos), "--db", str(db), "--json"])
     assert r.exit_code == 0, r.output

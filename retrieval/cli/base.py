@@ -36,6 +36,8 @@ def main():
       fusion index ~/Pictures                 index (and later re-sync) a photo folder
       fusion search "a dog on a beach"        find photos by describing them
       fusion similar photo.jpg                photos that look like this one
+      fusion search "at night" --like p.jpg   a photo and words together (also --add, --minus)
+      fusion duplicates                       groups of near-duplicate photos (never deletes)
       fusion describe photo.jpg               the captions that fit a photo
       fusion info                             what the library holds
       fusion serve                            web page + JSON API on http://127.0.0.1:8765/

@@ -171,6 +171,39 @@ def search(query, k, candidates, no_rerank, like, add, minus, under, after, befo
 
 
 @main.command()
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Cosine of two photos' signatures from which they count as copies of one shot; "
+                   "lower finds more (and more false pairs). [default: 0.85, measured in "
+                   "benchmarks/results/duplicates.md]")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of groups.")
+@db_option
+@fusion_errors
+def duplicates(threshold, as_json, db):
+    """Groups of near-duplicate photos: the same shot resized, recompressed, slightly cropped
+    or recoloured, and bursts. Uses the signature each photo got when it was indexed (no photo
+    is decoded); libraries indexed by an older fusion get signatures on their next index run.
+    Lists only: nothing is ever deleted or moved.
+    """
+    from dataclasses import asdict
+
+    from retrieval.query.duplicates import DEFAULT_THRESHOLD, duplicate_groups
+    from retrieval.query.search import open_searcher
+
+    groups = duplicate_groups(open_searcher(db).lib, DEFAULT_THRESHOLD if threshold is None else threshold)
+    if as_json:
+        click.echo(json.dumps([asdict(g) for g in groups], indent=2))
+        return
+    if not groups:
+        click.echo("no near-duplicates found", err=True)
+    for n, g in enumerate(groups, start=1):
+        click.echo(f"group {n}: {len(g.paths)} photos, similarity {g.similarity:.3f}")
+        for path in g.paths:
+            click.echo(f"  {path}")
+    if groups:
+        click.echo(f"{len(groups)} groups, {sum(len(g.paths) for g in groups)} photos", err=True)
+
+
+@main.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("-k", "k", default=10, show_default=True, type=K_RANGE, help="Results to show.")
 @filter_options

@@ -67,11 +67,13 @@ class Runtime:
         """Search vectors, plain ITC vectors and rerank evidence of encoded photos."""
         return self.embedder.photos(feats.pooled, feats.logits, feats.cells)
 
-    def index_features(self, feats) -> tuple[list[bytes], np.ndarray]:
-        """What the library stores per encoded photo: the reranker's evidence blob and the
-        search vector FAISS holds."""
+    def index_features(self, feats) -> tuple[list[bytes], np.ndarray, list[bytes]]:
+        """What the library stores per encoded photo: the reranker's evidence blob, the
+        search vector FAISS holds and the near-duplicate signature."""
+        from retrieval.encoders import signature
+
         pv = self.photo_vectors(feats)
-        return pv.evidence.pack(), pv.search
+        return pv.evidence.pack(), pv.search, signature.pack(signature.signatures(feats.pooled))
 
     def embed_texts(self, pooled: np.ndarray) -> np.ndarray:
         import torch

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from retrieval.errors import FusionError
 from retrieval.query.combine import Combined
+from retrieval.query.duplicates import DEFAULT_THRESHOLD, duplicate_groups
 from retrieval.query.search import Filters, QueryError, Searcher
 
 MAX_QUERY_CHARS = 2000
@@ -72,6 +73,12 @@ def create_app(searcher: Searcher):
     def describe(id: int = Query(..., ge=1), k: int = Query(5, ge=1, le=100)):
         with lock:
             return hits(fresh().describe(searcher.photo_path(id), k))
+
+    @app.get("/api/duplicates")
+    def duplicates(threshold: float = Query(DEFAULT_THRESHOLD, gt=0, le=1)):
+        with lock:
+            groups = duplicate_groups(fresh().lib, threshold)
+        return {"groups": [asdict(g) for g in groups]}
 
     @app.get("/", include_in_schema=False)
     def page():

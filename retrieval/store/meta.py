@@ -12,7 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from retrieval.errors import LibraryError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Vectors in SQLite are float16: three feature rows fit a 4 KB page (float32 rows fit one,
 # wasting half of it). FAISS gets float32 at index time; a rebuild from SQLite rounds to
 # float16, a relative error of ~1e-3 on cosines.
@@ -52,6 +52,8 @@ class PhotoFeatures(Base):
     photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # ITC embedding, VECTOR_DTYPE
     rerank: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # float16; NULL: encode again
+    # near-duplicate signature (retrieval/encoders/signature.py); NULL: encode again
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class CaptionSource(Base):
@@ -84,6 +86,8 @@ MIGRATIONS: dict[int, list[str]] = {
         "DELETE FROM captions",
         "ALTER TABLE captions DROP COLUMN tokens",
         "UPDATE caption_sources SET size = -1, mtime_ns = -1"],
+    # v3: near-duplicate signatures; photos without one are encoded again on the next index run
+    3: ["ALTER TABLE photo_features ADD COLUMN signature BLOB"],
 }
 
 
