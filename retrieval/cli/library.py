@@ -122,6 +122,8 @@ def print_hits(results, as_json):
             click.echo("no results", err=True)
         for h in results.hits:
             label = getattr(h, "path", None) or getattr(h, "text", "")
+            if getattr(h, "also", None):
+                label += f"  (also {', '.join(h.also)})"
             share = getattr(h, "share", None)
             score = f"{100 * share:5.1f}%" if share is not None else f"{h.score:6.3f}"
             click.echo(f"{h.rank:>3}  {score}  {label}")

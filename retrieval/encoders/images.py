@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from retrieval.encoders.raw import RAW_SUFFIXES, NotRaw, open_raw
 from retrieval.errors import ImageError, ImageTooLargeError
 
 # 64 megapixels covers every camera and phone sold today; a bomb announces far more.
@@ -20,7 +21,19 @@ MAX_PIXELS = 64_000_000
 # with a message that does not name the file.
 Image.MAX_IMAGE_PIXELS = None
 
-PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+try:  # HEIC/HEIF (iPhone photos) through libheif, bundled in the pillow-heif wheel
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener(thumbnails=False)
+    HEIF = True
+except ImportError:
+    HEIF = False
+
+# AVIF is read by Pillow itself (11.3+ wheels bundle libavif); RAW by rawpy (raw.py)
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
+                            ".heic", ".heif", ".avif"}) | RAW_SUFFIXES
+# formats a browser may not display: the server sends a JPEG rendition of these
+NOT_FOR_BROWSERS = frozenset({".heic", ".heif", ".tif", ".tiff"}) | RAW_SUFFIXES
 
 
 def open_image(path: str | os.PathLike, min_side: int = 0, max_pixels: int = MAX_PIXELS,
@@ -34,6 +47,12 @@ def open_image(path: str | os.PathLike, min_side: int = 0, max_pixels: int = MAX
     width, height and EXIF capture time and camera.
     """
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in RAW_SUFFIXES:
+        try:
+            return open_raw(path, data, min_side, max_pixels, info, open_image)
+        except NotRaw:
+            pass  # not a RAW LibRaw knows: PIL may still read it (a JPEG named .nef)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about odd EXIF/ICC; the photo is still fine
@@ -49,6 +68,8 @@ def open_image(path: str | os.PathLike, min_side: int = 0, max_pixels: int = MAX
     except ImageError:
         raise
     except UnidentifiedImageError:
+        if suffix in (".heic", ".heif") and not HEIF:
+            raise ImageError(path, "HEIC needs pillow-heif: pip install pillow-heif") from None
         raise ImageError(path, "not an image file PIL can read") from None
     except FileNotFoundError:
         raise ImageError(path, "no such file") from None

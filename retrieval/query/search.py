@@ -15,6 +15,7 @@ from retrieval.errors import FusionError, LibraryError
 from retrieval.store.library import Library
 from retrieval.model.runtime import Runtime
 from retrieval.query.rerank import caption_logits, match_logits
+from retrieval.query.shots import one_per_shot
 from retrieval.store.meta import Caption, Photo
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class Hit:
     itc: float  # cosine in the shared space
     itm: float | None = None  # the reranker's calibrated match probability, when reranked
     share: float | None = None  # chance it is the photo described, if that is among the candidates
+    also: list[str] = field(default_factory=list)  # the same shot's other files (a RAW beside its JPEG)
 
 
 @dataclass
@@ -116,13 +118,13 @@ class Searcher:
                          "only its beginning was used")
         qvec = self.runtime.embed_texts(feats.pooled)
         ids, itc = self._top(qvec, max(k, candidates), filters)
-        hits = self._rank(ids, itc, feats.pooled if rerank else None)[:k]
+        hits = one_per_shot(self._with_paths(self._rank(ids, itc, feats.pooled if rerank else None)))[:k]
         threshold = self.runtime.checkpoint.config.match_threshold
         best = max((h.itm for h in hits if h.itm is not None), default=None)
         if best is not None and best < threshold:
             notes.append(f"no photo matches well: the best match probability is {100 * best:.0f}%, "
                          f"below the {100 * threshold:.0f}% that made-up words reach")
-        return Results(self._with_paths(hits), notes)
+        return Results(hits, notes)
 
     def similar(self, image: str | os.PathLike, k: int = 10, filters: Filters = Filters()) -> Results:
         """Photos like a photo (which may be outside the library); the photo itself is left out."""
@@ -130,9 +132,9 @@ class Searcher:
         self._need_photos()
         qvec = self._photo_vectors(image).search
         own = str(Path(os.path.abspath(image)))
-        ids, itc = self._top(qvec, k + 1, filters)
+        ids, itc = self._top(qvec, 2 * k + 1, filters)  # room for RAW+JPEG pairs shown once
         hits = self._with_paths(self._rank(ids, itc, None))
-        hits = [h for h in hits if h.path != own][:k]
+        hits = one_per_shot([h for h in hits if h.path != own])[:k]
         for n, h in enumerate(hits, start=1):
             h.rank = n
         return Results(hits)
@@ -158,9 +160,8 @@ class Searcher:
         self._check_k(k, candidates)
         self._need_photos()
         ids, fused, main, notes = combined_ranking(self, q, max(k, candidates), rerank, filters)
-        hits = [Hit(n, int(i), "", float(f), float(m))
-                for n, (i, f, m) in enumerate(zip(ids[:k], fused[:k], main[:k]), start=1)]
-        return Results(self._with_paths(hits), notes)
+        hits = [Hit(n, int(i), "", float(f), float(m)) for n, (i, f, m) in enumerate(zip(ids, fused, main), start=1)]
+        return Results(one_per_shot(self._with_paths(hits))[:k], notes)
 
     def paths_of(self, ids) -> list[str | None]:
         """The recorded path of each id (None for an id the library does not hold)."""
@@ -277,6 +278,7 @@ class Searcher:
         with self.lib.session() as s:
             paths = dict(s.execute(select(Photo.id, Photo.path).where(Photo.id.in_([h.id for h in hits]))).all())
         return [Hit(h.rank, h.id, paths[h.id], h.score, h.itc, h.itm, h.share) for h in hits if h.id in paths]
+
 
 
 def open_searcher(db: Path | None = None, runtime: Runtime | None = None) -> Searcher:

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from datetime import date, datetime
 from pathlib import Path
 
+from retrieval.encoders.images import NOT_FOR_BROWSERS
 from retrieval.errors import FusionError
 from retrieval.query.combine import Combined
 from retrieval.query.duplicates import DEFAULT_THRESHOLD, duplicate_groups
@@ -16,6 +17,7 @@ from retrieval.query.search import Filters, QueryError, Searcher
 
 MAX_QUERY_CHARS = 2000
 MAX_PARTS = 8  # add + minus words per query
+RENDITION = 2048  # longer side of the JPEG sent for photos browsers cannot show
 
 
 def create_app(searcher: Searcher):
@@ -96,6 +98,9 @@ def create_app(searcher: Searcher):
         # only files the library records, by id: no path from the request reaches the disk
         with lock:
             path = fresh().servable_photo(photo_id)
+        if Path(path).suffix.lower() in NOT_FOR_BROWSERS:  # HEIC, TIFF, RAW: a JPEG rendition
+            return FileResponse(thumbnail(searcher.lib.root, photo_id, path, RENDITION), media_type="image/jpeg",
+                                headers={"Cache-Control": "private, max-age=3600"})
         return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
     return app

@@ -1,0 +1,26 @@
+"""One result per shot: a camera RAW and the JPEG beside it are one photo to a user."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retrieval.encoders.raw import RAW_SUFFIXES
+
+
+def one_per_shot(hits: list) -> list:
+    """A camera RAW and the JPEG (or HEIC...) of the same shot, same folder and name stem, show
+    once: the better-ranked file, with the other in `also`. Ranks are renumbered."""
+    first: dict = {}
+    out = []
+    for h in hits:
+        p = Path(h.path)
+        key = (str(p.parent), p.stem.lower())
+        kept = first.get(key)
+        if kept is not None and (p.suffix.lower() in RAW_SUFFIXES or Path(kept.path).suffix.lower() in RAW_SUFFIXES):
+            kept.also.append(h.path)
+            continue
+        first.setdefault(key, h)
+        out.append(h)
+    for n, h in enumerate(out, start=1):
+        h.rank = n
+    return out
