@@ -195,3 +195,18 @@ def test_describe_reranks_with_the_photo_evidence(searcher, library):
     plain = [h.text for h in searcher.describe(zebra, k=5, rerank=False).hits]
     reranked = [h.text for h in searcher.describe(zebra, k=5).hits]
     assert len(reranked) == 5 and all("zebra" in t.lower() for t in reranked[:3]) and len(plain) == 5
+
+
+def test_readers_map_the_index_read_only_and_find_the_same(searcher, library):
+    from retrieval.errors import LibraryError
+    from retrieval.store.library import Library
+
+    assert searcher.lib.photos.mapped  # the cold path maps photos.faiss instead of reading it
+    rt = searcher.runtime
+    whole = Library.open(library / "lib", rt.fingerprint, rt.dim)
+    assert not whole.photos.mapped
+    q = rt.embed_texts(rt.text_encoder.encode(["two zebras grazing"], normalize=False).pooled)
+    a, b = searcher.lib.photos.search(q, 10), whole.photos.search(q, 10)
+    assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
+    with pytest.raises(LibraryError, match="memory-mapped"):  # FAISS would abort the process
+        searcher.lib.photos.add([10 ** 6], q)

@@ -93,7 +93,7 @@ class Searcher:
         stamp = self._files_stamp()
         if stamp == self._stamp:
             return False
-        fresh = Library.open(self.lib.root, self.runtime.fingerprint, self.runtime.dim)
+        fresh = Library.open(self.lib.root, self.runtime.fingerprint, self.runtime.dim, mmap=True)
         self.lib.engine.dispose()
         self.lib, self._stamp = fresh, stamp
         return True
@@ -285,4 +285,4 @@ def open_searcher(db: Path | None = None, runtime: Runtime | None = None) -> Sea
     from retrieval.store.library import library_dir
 
     runtime = runtime or Runtime()
-    return Searcher(Library.open(library_dir(db), runtime.fingerprint, runtime.dim), runtime)
+    return Searcher(Library.open(library_dir(db), runtime.fingerprint, runtime.dim, mmap=True), runtime)

@@ -42,10 +42,12 @@ class Library:
         self.root, self.engine, self.photos, self.captions = root, engine, photos, captions
 
     @classmethod
-    def open(cls, root: Path, fingerprint: str, dim: int, create: bool = False, writer: bool = False) -> "Library":
+    def open(cls, root: Path, fingerprint: str, dim: int, create: bool = False, writer: bool = False,
+             mmap: bool = False) -> "Library":
         """Open the library at `root` for the model `fingerprint`. Refuses another model's
         library (ModelMismatchError naming the fix); with `create`, makes a new one. A reader
-        repairs stale FAISS indexes in memory only; a `writer` also saves the repair."""
+        repairs stale FAISS indexes in memory only; a `writer` also saves the repair. `mmap`
+        (readers only) maps the FAISS files instead of reading them whole."""
         check_root(root)
         if not (root / DB_FILE).is_file():
             if not create:
@@ -61,8 +63,9 @@ class Library:
                 raise ModelMismatchError(
                     f"{root}: built with model {stored}, but the model in use is {fingerprint}; "
                     f"re-index with: fusion index --rebuild PATH --db {root}")
-        lib = cls(root, engine, VectorStore.load(root / PHOTO_INDEX, dim),
-                  VectorStore.load(root / CAPTION_INDEX, dim))
+        mmap = mmap and not writer
+        lib = cls(root, engine, VectorStore.load(root / PHOTO_INDEX, dim, mmap),
+                  VectorStore.load(root / CAPTION_INDEX, dim, mmap))
         lib.reconcile(save=writer)
         return lib
 
@@ -79,11 +82,10 @@ class Library:
                 (self.captions, CAPTION_INDEX, lambda: s.execute(select(Caption.id, Caption.vector))),
             ):
                 table = PhotoFeatures.photo_id if store is self.photos else Caption.id
-                sql_ids = np.array(sorted(s.scalars(select(table))), dtype=np.int64)
-                if np.array_equal(np.sort(store.ids()), sql_ids):
+                if _same_ids(s, table, store.ids()):
                     continue
                 ids, vecs = self._vectors(rows())
-                store.index = VectorStore.build(store.kind, store.dim, ids, vecs).index
+                store.index, store.mapped = VectorStore.build(store.kind, store.dim, ids, vecs).index, False
                 if save:
                     store.save(self.root / name)
                 changed = True
@@ -135,3 +137,19 @@ class Library:
             "model": model, "schema_version": int(schema), "bytes_on_disk": disk,
             "bytes_per_photo": round(disk / photos) if photos else 0,
         }
+
+
+def _same_ids(s: Session, column, faiss_ids: np.ndarray) -> bool:
+    """Whether FAISS holds exactly SQLite's ids. Count, sum, min and max come from the id-only
+    index in one aggregate instead of reading a million ids into Python; when all four agree
+    the sets are taken as equal. SQLite gives a new row an id above every id kept, so the
+    additions and removals of an interrupted run change the count, the sum or the extremes
+    (equal sums need removed ids above the added ones, which moves the maximum)."""
+    n, total, lo, hi = s.execute(select(func.count(column), func.sum(column), func.min(column),
+                                        func.max(column))).one()
+    if n != len(faiss_ids):
+        return False
+    if n == 0:
+        return True
+    return (int(total), int(lo), int(hi)) == (int(faiss_ids.sum()), int(faiss_ids.min()), int(faiss_ids.max()))
+

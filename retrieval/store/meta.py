@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine, event, text
+from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -49,6 +49,9 @@ class PhotoFeatures(Base):
     float16 values; grid cells x 256 for a cross-attention head), computed at index time."""
 
     __tablename__ = "photo_features"
+    # the ids alone, in a b-tree of ~12 bytes a row: opening a library checks them against
+    # FAISS without reading the 1.5 KB rows (retrieval/store/library.py, reconcile)
+    __table_args__ = (Index("ix_photo_features_ids", "photo_id"),)
     photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # ITC embedding, VECTOR_DTYPE
     rerank: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # float16; NULL: encode again
@@ -66,6 +69,7 @@ class CaptionSource(Base):
 
 class Caption(Base):
     __tablename__ = "captions"
+    __table_args__ = (Index("ix_captions_ids", "id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)  # = its FAISS id (caption index)
     source_id: Mapped[int] = mapped_column(ForeignKey("caption_sources.id", ondelete="CASCADE"), index=True)
     line: Mapped[int] = mapped_column(Integer)
@@ -87,7 +91,10 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE captions DROP COLUMN tokens",
         "UPDATE caption_sources SET size = -1, mtime_ns = -1"],
     # v3: near-duplicate signatures; photos without one are encoded again on the next index run
-    3: ["ALTER TABLE photo_features ADD COLUMN signature BLOB"],
+    # and id-only indexes, so opening a library checks FAISS ids without reading whole rows
+    3: ["ALTER TABLE photo_features ADD COLUMN signature BLOB",
+        "CREATE INDEX IF NOT EXISTS ix_photo_features_ids ON photo_features (photo_id)",
+        "CREATE INDEX IF NOT EXISTS ix_captions_ids ON captions (id)"],
 }
 
 

@@ -36,9 +36,14 @@ class VectorStore:
     """Vectors under explicit ids (IndexIDMap2) in an exact IndexFlatIP, or an IVF index with
     8-bit scalar-quantised codes for large libraries (both support adds and removals)."""
 
-    def __init__(self, dim: int, index=None):
+    def __init__(self, dim: int, index=None, mapped: bool = False):
         self.dim = dim
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.mapped = mapped  # memory-mapped from its file: read-only
+
+    def _writable(self) -> None:
+        if self.mapped:  # FAISS would abort the process, not raise
+            raise LibraryError("this vector index is memory-mapped read-only; open the library as a writer")
 
     @classmethod
     def build(cls, kind: str, dim: int, ids, vectors: np.ndarray, seed: int = 0) -> "VectorStore":
@@ -68,12 +73,15 @@ class VectorStore:
         return "exact inner product (Flat)"
 
     @classmethod
-    def load(cls, path: Path, dim: int) -> "VectorStore":
-        """Read `path`, or an empty store when it does not exist; LibraryError if damaged."""
+    def load(cls, path: Path, dim: int, mmap: bool = False) -> "VectorStore":
+        """Read `path`, or an empty store when it does not exist; LibraryError if damaged.
+        With `mmap`, the vectors stay in the file and the OS pages in what searches touch (a
+        cold start at 1M photos reads ids, not 400 MB); such a store is read-only: adding to or
+        removing from it aborts inside FAISS, so only readers map, never the indexer."""
         if not path.exists():
             return cls(dim)
         try:
-            index = faiss.read_index(str(path))
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)  # maps flat and IVF codes
         except Exception as e:
             raise LibraryError(f"{path}: damaged vector index ({str(e).splitlines()[0][:120]}); "
                                "rebuild it with `fusion index --rebuild`") from None
@@ -83,7 +91,7 @@ class VectorStore:
         sub = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
         if sub is None:
             raise LibraryError(f"{path}: not a vector index of ours; rebuild with `fusion index --rebuild`")
-        return cls(dim, index)
+        return cls(dim, index, mapped=mmap)
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -99,12 +107,14 @@ class VectorStore:
         return faiss.vector_to_array(self.index.id_map).astype(np.int64)
 
     def add(self, ids, vectors: np.ndarray) -> None:
+        self._writable()
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids):
             self.remove(ids)  # re-adding an id replaces its vector
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
 
     def remove(self, ids) -> None:
+        self._writable()
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) and self.index.ntotal:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
