@@ -30,7 +30,12 @@ from retrieval.cli.base import K_RANGE, db_option, fusion_errors, main
 def index(paths, db, rebuild, workers, batch_size, index_type, as_json):
     """Index photos under PATHS into the library; run it again whenever they change.
 
-    Finds jpg, jpeg, png, webp, bmp, tif(f) and gif files recursively. Unchanged files (same
+    Finds jpg, jpeg, png, webp, bmp, tif(f), gif, heic/heif (iPhone), avif and camera RAW
+    files (dng, cr2, cr3, nef, arw, raf, orf, rw2: the embedded JPEG preview, else a half-size
+    demosaic) recursively; other files (videos, sidecars, .txt) are left alone. A file that
+    cannot be read as a photo is skipped with its reason: empty, truncated or damaged, not an
+    image, a decompression bomb (over 64 megapixels announced), unreadable. A RAW and a JPEG of
+    the same shot are both indexed and show once in results. Unchanged files (same
     size and mtime) are not read, changed ones are re-encoded, moved or renamed ones are
     recognised by content and not re-encoded, deleted ones leave the library. A PATH holding
     captions.jsonl (or a .jsonl file) also indexes its captions, for `fusion describe`.
