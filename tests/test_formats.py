@@ -164,3 +164,18 @@ def test_suffixes_include_phone_and_camera_formats():
     for name in ("a.HEIC", "b.heif", "c.avif", "d.DNG", "e.cr2", "f.cr3", "g.nef", "h.arw", "i.raf", "j.orf", "k.rw2"):
         assert is_photo_name(name), name
     assert not is_photo_name("notes.txt") and not is_photo_name("clip.mov")
+
+
+def test_heic_embedded_thumbnail_is_decoded_when_large_enough(tmp_path, demo_photos):
+    src = Image.open(demo_photos[0]).convert("RGB")
+    big = src.resize((1280, 960), Image.BICUBIC)
+    path = tmp_path / "phone.heic"
+    big.save(path, quality=85, thumbnails=[320], exif=exif_bytes(6))  # as an iPhone stores a photo
+    info = {}
+    small = open_image(path, min_side=224, info=info)
+    assert small.size == (240, 320)  # the upright 320x240 thumbnail, not the 1280x960 photo
+    assert (info["width"], info["height"]) == (960, 1280)  # the photo's own size is recorded
+    want = pixels(src.transpose(Image.Transpose.ROTATE_270), (90, 120))
+    assert np.abs(pixels(small, (90, 120)) - want).mean() < 8
+    assert open_image(path, min_side=400).size == (960, 1280)  # too small a thumbnail: full decode
+    assert open_image(path).size == (960, 1280)

@@ -24,7 +24,7 @@ Image.MAX_IMAGE_PIXELS = None
 try:  # HEIC/HEIF (iPhone photos) through libheif, bundled in the pillow-heif wheel
     from pillow_heif import register_heif_opener
 
-    register_heif_opener(thumbnails=False)
+    register_heif_opener(thumbnails=True)  # phones embed a ~320 px thumbnail: see _draft
     HEIF = True
 except ImportError:
     HEIF = False
@@ -60,7 +60,7 @@ def open_image(path: str | os.PathLike, min_side: int = 0, max_pixels: int = MAX
                 _check_pixels(path, im, max_pixels)
                 if info is not None:
                     info.update(_exif_info(im))
-                if min_side and im.format == "JPEG":
+                if min_side and im.format in ("JPEG", "HEIF"):
                     _draft(im, min_side)
                 im.seek(0)  # first frame of an animation
                 im.load()
@@ -110,10 +110,13 @@ def _check_pixels(path: Path, im: Image.Image, max_pixels: int) -> None:
 
 
 def _draft(im: Image.Image, min_side: int) -> None:
-    # draft() picks the smallest DCT scale (1/2, 1/4, 1/8) whose result is still >= the
+    # JPEG: draft() picks the smallest DCT scale (1/2, 1/4, 1/8) whose result is still >= the
     # requested size; asking for twice the network input keeps resampling quality.
+    # HEIF: draft() decodes the smallest embedded thumbnail at least that large (an iPhone
+    # photo carries a 320x240 one: 10 ms instead of ~170 ms for the 12 MP image), if any.
     w, h = im.size
-    scale = max(1.0, min(w, h) / (2 * min_side))
+    factor = 2 if im.format == "JPEG" else 1
+    scale = max(1.0, min(w, h) / (factor * min_side))
     im.draft("RGB", (int(w / scale), int(h / scale)))
 
 
