@@ -25,17 +25,17 @@ def get(url):
 
 
 @contextlib.contextmanager
-def running_server(db, timeout: float = 60.0):
-    """Yield the base URL of a server on `db` once /api/health answers; stop it after."""
+def running_server(db, timeout: float = 60.0, args=(), health: str = "/api/health"):
+    """Yield the base URL of a server on `db` once `health` answers; stop it after."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--db", str(db), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--db", str(db), "--port", str(port),
+                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if get(base + "/api/health")[0] == 200:
+                if get(base + health)[0] == 200:
                     break
             except OSError:
                 pass

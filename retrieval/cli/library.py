@@ -243,18 +243,30 @@ def describe(image, k, as_json, db):
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; the default answers this machine only.")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--allow-host", multiple=True, metavar="NAME",
+              help="Another name this server may be reached by (Host header), e.g. photos.local.")
+@click.option("--token", help="Require this token (default: one is made and printed whenever --host "
+                              "is not loopback; optional on loopback).")
 @fusion_errors
-def serve(db, host, port):
+def serve(db, host, port, allow_host, token):
     """Keep the model and library loaded and answer JSON requests over HTTP:
 
     \b
       GET /api/search?q=a+dog+on+a+beach&k=10&candidates=32&rerank=true
       GET /api/similar?id=ID&k=10      GET /api/describe?id=ID&k=5
       GET /api/photo/ID                GET /api/health      (API docs: /api/docs)
+
+    Web pages you visit cannot use it to read your photos: requests naming another host
+    (DNS rebinding) are refused, no CORS headers are sent, and beyond loopback every request
+    needs the token printed at start (the printed URL sets it as a cookie).
     """
     from retrieval.query.search import open_searcher
+    from retrieval.serve.guard import Guard
     from retrieval.serve.server import serve as run
 
+    guard = Guard.for_address(host, port, allow_host, token)
     searcher = open_searcher(db)
-    click.echo(f"serving {searcher.lib.root} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    run(searcher, host, port)
+    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    url = f"http://{shown}:{port}/" + (f"?token={guard.token}" if guard.token else "")
+    click.echo(f"serving {searcher.lib.root} on {url} (Ctrl-C stops)", err=True)
+    run(searcher, host, port, guard)

@@ -14,17 +14,19 @@ from retrieval.errors import FusionError
 from retrieval.query.combine import Combined
 from retrieval.query.duplicates import DEFAULT_THRESHOLD, duplicate_groups
 from retrieval.query.search import Filters, QueryError, Searcher
+from retrieval.serve.guard import Guard, install
 
 MAX_QUERY_CHARS = 2000
 MAX_PARTS = 8  # add + minus words per query
 RENDITION = 2048  # longer side of the JPEG sent for photos browsers cannot show
 
 
-def create_app(searcher: Searcher):
+def create_app(searcher: Searcher, guard: Guard | None = None):
     from fastapi import FastAPI, Query
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
     app = FastAPI(title="Fusion Retrieval", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    install(app, guard or Guard.for_address("127.0.0.1", 8765))  # Host check, token; no CORS headers
     lock = threading.Lock()  # one query at a time: 2 cores, and torch already uses both
 
     def fresh() -> Searcher:
@@ -131,10 +133,10 @@ def thumbnail(root: Path, photo_id: int, path: str, size: int) -> Path:
     return out
 
 
-def serve(searcher: Searcher, host: str = "127.0.0.1", port: int = 8765) -> None:
+def serve(searcher: Searcher, host: str = "127.0.0.1", port: int = 8765, guard: Guard | None = None) -> None:
     import uvicorn
 
     searcher.text("warm up", 1)  # load the text model before the first request
     # bounded: few connections at once, short keep-alive; GET with bounded query strings only
-    uvicorn.run(create_app(searcher), host=host, port=port, log_level="warning",
+    uvicorn.run(create_app(searcher, guard or Guard.for_address(host, port)), host=host, port=port, log_level="warning",
                 limit_concurrency=32, timeout_keep_alive=5, h11_max_incomplete_event_size=16_384)
