@@ -24,9 +24,12 @@ def exif_bytes(orientation: int = 1, taken: str | None = None, camera: str | Non
 
 
 def save_as(src: Path, dst: Path, quality: int = 85, exif: bytes | None = None) -> Path:
-    """`src` re-encoded in the format named by `dst`'s suffix (jpg, png, heic, avif, dng)."""
+    """`src` re-encoded in the format named by `dst`'s suffix (jpg, png, heic, avif, dng; a name
+    ending in .preview.dng gets a JPEG preview inside, as cameras write)."""
     img = Image.open(src).convert("RGB")
     fmt = dst.suffix.lower()
+    if dst.name.endswith(".preview.dng"):
+        return write_dng_with_preview(np.asarray(img), dst)
     if fmt == ".dng":
         return write_dng(np.asarray(img), dst)
     if fmt == ".heic":
@@ -80,3 +83,27 @@ def claim_size(data: bytes, width: int, height: int) -> bytes:
         out[at + 12:at + 16] = height.to_bytes(4, "big")
         at = out.find(b"ispe", at + 4)
     return bytes(out)
+
+
+def write_dng_with_preview(rgb: np.ndarray, dst: Path, taken: str = "2022:01:02 03:04:05",
+                           model: str = "Fusion Preview") -> Path:
+    """A DNG as cameras and converters write them: IFD 0 a full-size JPEG preview, its SubIFD
+    the 12-bit RGGB mosaic (written by tifffile; its JPEG codec comes from imagecodecs)."""
+    import tifffile
+
+    h, w = (rgb.shape[0] // 2) * 2, (rgb.shape[1] // 2) * 2
+    rgb = np.ascontiguousarray(rgb[:h, :w])
+    lin = (rgb.astype(np.float64) / 255.0) ** 2.2
+    bayer = np.empty((h, w), np.uint16)
+    bayer[0::2, 0::2], bayer[0::2, 1::2] = lin[0::2, 0::2, 0] * 4095, lin[0::2, 1::2, 1] * 4095
+    bayer[1::2, 0::2], bayer[1::2, 1::2] = lin[1::2, 0::2, 1] * 4095, lin[1::2, 1::2, 2] * 4095
+    matrix = [v for row in XYZ_TO_SRGB for x in row for v in (round(x * 10000), 10000)]
+    with tifffile.TiffWriter(dst) as tif:
+        tif.write(rgb, photometric="rgb", compression="jpeg", rowsperstrip=h, subfiletype=1, subifds=1,
+                  extratags=[(50706, "B", 4, (1, 4, 0, 0), True), (271, "s", 0, "Fusion", True),
+                             (272, "s", 0, model, True), (306, "s", 0, taken, True),
+                             (50721, "2i", 9, matrix, True), (50778, "H", 1, 21, True)])
+        tif.write(bayer, photometric=32803, subfiletype=0,
+                  extratags=[(33421, "H", 2, (2, 2), True), (33422, "B", 4, (0, 1, 1, 2), True),
+                             (50717, "I", 1, 4095, True)])
+    return dst

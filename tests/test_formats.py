@@ -51,6 +51,15 @@ def test_exif_orientation_and_capture_time(tmp_path, demo_photos, suffix):
     assert info["taken_at"] == datetime(2023, 5, 6, 7, 8, 9).timestamp() and info["camera"] == "Phone 15"
 
 
+def test_dng_preview_is_decoded_instead_of_the_mosaic(tmp_path, demo_photos):
+    src = demo_photos[0]
+    info = {}
+    img = open_image(save_as(src, tmp_path / "p.preview.dng"), min_side=224, info=info)
+    assert img.size == Image.open(src).size  # the full-size preview, not a half-size demosaic
+    assert np.abs(pixels(img, (160, 120)) - pixels(Image.open(src), (160, 120))).mean() < 6
+    assert info["taken_at"] == datetime(2022, 1, 2, 3, 4, 5).timestamp() and info["camera"] == "Fusion Preview"
+
+
 def test_dng_is_demosaicked_with_its_capture_time(tmp_path, demo_photos):
     src = demo_photos[0]
     info = {}

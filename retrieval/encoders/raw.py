@@ -49,10 +49,15 @@ def open_raw(path: Path, data: bytes | None, min_side: int, max_pixels: int, inf
     except (rawpy.LibRawError, OSError, ValueError, MemoryError) as e:
         raise ImageError(path, f"damaged or truncated RAW file ({type(e).__name__}: {e})") from None
     if info is not None:
-        if meta["taken_at"] is None or meta["camera"] is None:
-            _tiff_meta(data if data is not None else path.read_bytes()[:1 << 20], meta)
-        info.update(meta)
+        own = {"taken_at": None, "camera": None}  # the file's own tags first: LibRaw's preview
+        _tiff_meta(data if data is not None else _head(path), own)  # EXIF shortens the model
+        info.update(meta, **{k: v for k, v in own.items() if v is not None})
     return img
+
+
+def _head(path: Path, size: int = 1 << 20) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
 
 
 def _preview(raw, path, min_side, max_pixels, meta, open_image, flip):
