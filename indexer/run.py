@@ -14,7 +14,7 @@ from indexer.pipeline import Timing, encode_batch, loaded_photos
 from indexer.scan import plan, walk
 from indexer.writer import Writer
 from retrieval.training.datasets import is_dataset
-from retrieval.errors import LibraryError
+from retrieval.errors import DiskFullError, LibraryError, disk_full, is_disk_full
 from retrieval.store.library import CAPTION_INDEX, DB_FILE, PHOTO_INDEX, Library, check_root, library_dir
 from retrieval.model.runtime import Runtime
 
@@ -65,7 +65,14 @@ def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool =
     root = library_dir(db)
     check_root(root)  # before the lock file is made in it
     with writer_lock(root):
-        return _index(paths, root, rebuild_first, runtime, batch_size, workers, bar, index_type)
+        try:
+            return _index(paths, root, rebuild_first, runtime, batch_size, workers, bar, index_type)
+        except DiskFullError:
+            raise
+        except Exception as e:  # the batch in flight rolls back; committed photos stay
+            if is_disk_full(e):
+                raise disk_full(root, e, "run fusion index again") from None
+            raise
 
 
 def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size: int, workers: int,

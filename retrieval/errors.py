@@ -36,3 +36,25 @@ class LibraryError(FusionError):
 
 class ModelMismatchError(LibraryError):
     """The library was built with another encoder or checkpoint than the one in use."""
+
+
+class DiskFullError(LibraryError):
+    """A write failed because the disk (or the file size limit) is full; nothing committed is lost."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` is a write that failed for lack of space: ENOSPC, EDQUOT, EFBIG (a file
+    size limit), SQLite's "database or disk is full" or "disk I/O error" (how SQLite reports
+    EFBIG), or FAISS's write error naming one of these."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("database or disk is full", "disk I/O error", "No space left on device",
+                                   "File too large", "Disk quota exceeded"))
+
+
+def disk_full(path, exc: BaseException, what: str = "run it again") -> DiskFullError:
+    return DiskFullError(f"{path}: the disk is full ({type(exc).__name__}: {str(exc).splitlines()[0][:100]}); "
+                         f"free some space, then {what}: nothing already written is lost")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from retrieval.errors import CheckpointError
+from retrieval.errors import CheckpointError, disk_full, is_disk_full
 from retrieval.model.heads import FusionHead, ModelConfig, SharedSpace
 from retrieval.model.reranker import Reranker
 
@@ -69,9 +69,15 @@ def save_checkpoint(path: str | os.PathLike, config: ModelConfig, space: SharedS
             "content_hash": digest}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"fusion": json.dumps(meta)})
-    os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    try:
+        save_file(tensors, str(tmp), metadata={"fusion": json.dumps(meta)})
+        os.replace(tmp, path)
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    except BaseException as e:  # an existing checkpoint at `path` stays whole
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise disk_full(path, e, "run fusion train again") from None
+        raise
     return digest
 
 

@@ -10,7 +10,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from retrieval.encoders.images import NOT_FOR_BROWSERS
-from retrieval.errors import FusionError
+from retrieval.errors import FusionError, is_disk_full
 from retrieval.query.combine import Combined
 from retrieval.query.duplicates import DEFAULT_THRESHOLD, duplicate_groups
 from retrieval.query.search import Filters, QueryError, Searcher
@@ -92,8 +92,7 @@ def create_app(searcher: Searcher, guard: Guard | None = None):
     def thumb(photo_id: int, size: int = Query(256, ge=32, le=1024)):
         with lock:
             path = fresh().servable_photo(photo_id)
-        return FileResponse(thumbnail(searcher.lib.root, photo_id, path, size), media_type="image/jpeg",
-                            headers={"Cache-Control": "private, max-age=86400"})
+        return jpeg_response(thumbnail(searcher.lib.root, photo_id, path, size), 86400)
 
     @app.get("/api/photo/{photo_id}")
     def photo(photo_id: int):
@@ -101,8 +100,7 @@ def create_app(searcher: Searcher, guard: Guard | None = None):
         with lock:
             path = fresh().servable_photo(photo_id)
         if Path(path).suffix.lower() in NOT_FOR_BROWSERS:  # HEIC, TIFF, RAW: a JPEG rendition
-            return FileResponse(thumbnail(searcher.lib.root, photo_id, path, RENDITION), media_type="image/jpeg",
-                                headers={"Cache-Control": "private, max-age=3600"})
+            return jpeg_response(thumbnail(searcher.lib.root, photo_id, path, RENDITION), 3600)
         return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
     return app
@@ -114,9 +112,21 @@ def _page() -> str:
     return resources.files("retrieval.serve").joinpath("web/index.html").read_text("utf-8")
 
 
-def thumbnail(root: Path, photo_id: int, path: str, size: int) -> Path:
+def jpeg_response(thumb: "Path | bytes", max_age: int):
+    from fastapi.responses import FileResponse, Response
+
+    headers = {"Cache-Control": f"private, max-age={max_age}"}
+    if isinstance(thumb, bytes):
+        return Response(thumb, media_type="image/jpeg", headers=headers)
+    return FileResponse(thumb, media_type="image/jpeg", headers=headers)
+
+
+def thumbnail(root: Path, photo_id: int, path: str, size: int) -> "Path | bytes":
     """A JPEG thumbnail cached under the library folder (never beside the user's photos),
-    keyed by photo id, file mtime and size so an edited photo gets a new one."""
+    keyed by photo id, file mtime and size so an edited photo gets a new one. When the disk
+    is full it is made in memory and not cached: the page keeps working."""
+    import io
+
     from PIL import Image
 
     from retrieval.encoders.images import open_image
@@ -124,12 +134,21 @@ def thumbnail(root: Path, photo_id: int, path: str, size: int) -> Path:
     mtime = os.stat(path).st_mtime_ns
     out = root / "thumbs" / f"{photo_id}-{mtime}-{size}.jpg"
     if not out.is_file():
-        out.parent.mkdir(exist_ok=True)
         img = open_image(path, min_side=size)
         img.thumbnail((size, size), Image.BICUBIC)
+        buf = io.BytesIO()  # encoded in memory: PIL's encoder can cut a file short on a full disk
+        img.save(buf, "JPEG", quality=85)
         tmp = out.with_name(out.name + ".tmp")
-        img.save(tmp, "JPEG", quality=85)
-        os.replace(tmp, out)
+        try:
+            out.parent.mkdir(exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(buf.getvalue())
+            os.replace(tmp, out)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if not is_disk_full(e):
+                raise
+            return buf.getvalue()
     return out
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, T
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from retrieval.errors import LibraryError
+from retrieval.errors import LibraryError, disk_full, is_disk_full
 
 SCHEMA_VERSION = 3
 # Vectors in SQLite are float16: three feature rows fit a 4 KB page (float32 rows fit one,
@@ -123,6 +123,8 @@ def open_db(path: Path) -> Engine:
     except LibraryError:
         raise
     except Exception as e:
+        if is_disk_full(e):  # never advise --rebuild for a full disk
+            raise disk_full(path, e, "run again") from None
         raise LibraryError(f"{path}: not a readable library database ({type(e).__name__}: "
                            f"{str(e).splitlines()[0]}); rebuild it with `fusion index --rebuild`") from None
     return engine

@@ -9,7 +9,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval.errors import LibraryError
+from retrieval.errors import LibraryError, disk_full, is_disk_full
 
 
 # Exact search scans every vector: one single-threaded query measured 10.9 ms at 200k and
@@ -95,10 +95,16 @@ class VectorStore:
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            faiss.write_index(self.index, str(tmp))
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as e:  # the old file stays whole; the next open rebuilds from SQLite
+            tmp.unlink(missing_ok=True)
+            if is_disk_full(e):
+                raise disk_full(path, e, "run fusion index again") from None
+            raise
 
     def __len__(self) -> int:
         return self.index.ntotal
