@@ -77,8 +77,9 @@ def open_image(path: str | os.PathLike, min_side: int = 0, max_pixels: int = MAX
         raise ImageError(path, "is a directory, not a photo") from None
     except PermissionError:
         raise ImageError(path, "permission denied") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        # PIL reports truncation and corrupt streams as OSError/SyntaxError/ValueError
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError, Image.DecompressionBombError) as e:
+        # PIL reports truncation and corrupt streams as OSError/SyntaxError/ValueError; its
+        # AVIF decoder and pillow-heif as RuntimeError (found by tests/test_fuzz.py)
         raise ImageError(path, f"damaged or truncated image ({e})") from None
 
 

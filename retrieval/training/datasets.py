@@ -63,8 +63,13 @@ def load_dataset(path: str | os.PathLike, check_images: bool = True) -> Dataset:
     images: list[str] = []
     index: dict[str, int] = {}
     captions: list[Caption] = []
-    with open(source, encoding="utf-8") as f:
-        for n, raw in enumerate(f, start=1):
+    with open(source, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            try:
+                raw = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"{source}:{n}: not UTF-8 text (byte {e.start + 1} of the line); "
+                                   "save the file as UTF-8") from None
             if not raw.strip():
                 continue
             obj = _parse(source, n, raw)
