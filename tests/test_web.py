@@ -98,3 +98,30 @@ def test_page_has_no_external_resources(server):
     status, body = get(base + "/")
     html = body.decode()
     assert status == 200 and "http://" not in html and "https://" not in html
+
+
+def test_refine_a_photo_with_words_and_the_duplicates_view(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    base, _ = server
+    b = browser
+    b.get(base + "/?q=two+zebras+grazing")
+    zebra = wait_for(lambda: [t for t in tiles(b) if t.get_attribute("data-path").endswith(ZEBRA)])[0]
+    zebra_id = zebra.get_attribute("data-id")
+    zebra.click()
+    wait_for(lambda: "open" in b.find_element(By.ID, "viewer").get_attribute("class"))
+    b.find_element(By.ID, "refineq").send_keys("on a road", Keys.ENTER)
+    wait_for(lambda: f"like={zebra_id}" in b.current_url and "q=on+a+road" in b.current_url)
+    wait_for(lambda: "like the photo you picked" in b.find_element(By.ID, "status").text)
+    assert b.find_element(By.ID, "likechip").is_displayed()
+    assert zebra_id not in [t.get_attribute("data-id") for t in wait_for(lambda: tiles(b))]
+    b.find_element(By.ID, "unlike").click()  # back to the words alone
+    wait_for(lambda: "like=" not in b.current_url and "for “on a road”" in b.find_element(By.ID, "status").text)
+    box = b.find_element(By.ID, "q")
+    box.clear()
+    box.send_keys("animals -zebras", Keys.ENTER)  # take away with -
+    wait_for(lambda: "animals" in b.find_element(By.ID, "status").text and tiles(b))
+    assert not any(t.get_attribute("data-path").endswith(ZEBRA) for t in tiles(b)[:3])
+    b.get(base + "/?view=duplicates")
+    wait_for(lambda: "near-duplicate" in b.find_element(By.ID, "status").text.lower())
