@@ -3,6 +3,7 @@ on localhost (FastAPI on uvicorn)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import asdict
@@ -27,7 +28,9 @@ def create_app(searcher: Searcher, guard: Guard | None = None):
 
     app = FastAPI(title="Fusion Retrieval", docs_url="/api/docs", openapi_url="/api/openapi.json")
     install(app, guard or Guard.for_address("127.0.0.1", 8765))  # Host check, token; no CORS headers
-    lock = threading.Lock()  # one query at a time: 2 cores, and torch already uses both
+    # One query at a time: torch already uses every core for one query. FUSION_SERVE_PARALLEL=1
+    # lets reads overlap instead, only for benchmarks/serve_load.py to measure the difference.
+    lock = contextlib.nullcontext() if os.environ.get("FUSION_SERVE_PARALLEL") == "1" else threading.Lock()
 
     def fresh() -> Searcher:
         searcher.refresh()  # a stat of four files; reopens only after an index run
@@ -156,6 +159,7 @@ def serve(searcher: Searcher, host: str = "127.0.0.1", port: int = 8765, guard: 
     import uvicorn
 
     searcher.text("warm up", 1)  # load the text model before the first request
-    # bounded: few connections at once, short keep-alive; GET with bounded query strings only
+    # bounded: at most 128 requests in flight (past that 503; 32 clients measured without one in
+    # benchmarks/results/serve_load.md), short keep-alive, GET with bounded query strings only
     uvicorn.run(create_app(searcher, guard or Guard.for_address(host, port)), host=host, port=port, log_level="warning",
-                limit_concurrency=32, timeout_keep_alive=5, h11_max_incomplete_event_size=16_384)
+                limit_concurrency=128, timeout_keep_alive=5, h11_max_incomplete_event_size=16_384)
