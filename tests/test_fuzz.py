@@ -208,3 +208,13 @@ def test_http_parameters(server, db):
 @pytest.mark.slow
 def test_http_parameters_many(server, db):
     make_http_test(3000)(db)
+
+
+@pytest.mark.parametrize("line", [b'{"caption": "x", "image": [1]}', b'{"caption": "x", "image": {"a": 1}}',
+                                  b'{"caption": "x", "image": 3}', b'{"caption": "\\u00e9t\\u00e9"}\n\x80\n'])
+def test_caption_lines_found_by_fuzzing(tmp_path, line):
+    """Inputs the fuzzer found raising untyped errors (unhashable image, bytes not UTF-8)."""
+    path = tmp_path / "captions.jsonl"
+    path.write_bytes(line + b"\n")
+    with pytest.raises(DatasetError, match=r"captions.jsonl:\d+: "):
+        load_dataset(path, check_images=False)

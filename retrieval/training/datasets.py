@@ -80,6 +80,8 @@ def load_dataset(path: str | os.PathLike, check_images: bool = True) -> Dataset:
                 raise DatasetError(f"{source}:{n}: empty caption")
             image = obj.get("image")
             slot = None
+            if image is not None and not isinstance(image, str):  # a list or object: unhashable too
+                raise DatasetError(f"{source}:{n}: \"image\" must be a non-empty relative path")
             if image is not None:
                 slot = index.get(image)
                 if slot is None:
