@@ -33,9 +33,8 @@ FAST = dict(derandomize=True, print_blob=True, database=None, deadline=None,
 
 
 def seed_bytes(demo_photos) -> dict:
-    """Small real photos (96x72) in each format: mutations of real structure, decoded fast."""
-    import pillow_heif  # noqa: F401
-
+    """Small real photos (96x72) in each format: mutations of real structure, decoded fast.
+    (HEIF saving is registered by retrieval.encoders.images, imported above.)"""
     img = Image.open(demo_photos[0]).convert("RGB").resize((96, 72))
     out = {}
     for fmt in FORMATS:
