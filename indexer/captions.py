@@ -11,7 +11,7 @@ from sqlalchemy import delete, select
 
 from retrieval.training.datasets import load_dataset
 from retrieval.store.library import Library
-from retrieval.store.meta import VECTOR_DTYPE, Caption, CaptionSource
+from retrieval.store.meta import VECTOR_DTYPE, Caption, CaptionSource, new_ids
 
 CHUNK = 512
 
@@ -39,13 +39,12 @@ def index_captions(lib: Library, dataset: Path, runtime, progress=None) -> tuple
         chunk = caps[start:start + CHUNK]
         pooled = runtime.text_encoder.encode([c.text for c in chunk], normalize=False).pooled
         vectors = runtime.embed_texts(pooled)
-        rows = [Caption(source_id=source_id, line=c.line, text=c.text, vector=v.astype(VECTOR_DTYPE).tobytes(),
-                        image_path=None if c.image is None else str(root / ds.images[c.image]))
-                for c, v in zip(chunk, vectors)]
         with lib.session() as s, s.begin():
-            s.add_all(rows)
-            s.flush()
-            ids = [r.id for r in rows]
+            ids = new_ids(s, Caption.id, len(chunk))
+            s.add_all([Caption(id=i, source_id=source_id, line=c.line, text=c.text,
+                               vector=v.astype(VECTOR_DTYPE).tobytes(),
+                               image_path=None if c.image is None else str(root / ds.images[c.image]))
+                       for i, c, v in zip(ids, chunk, vectors)])
         lib.captions.add(ids, vectors)
         if progress:
             progress(len(chunk))

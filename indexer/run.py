@@ -15,11 +15,11 @@ from indexer.scan import plan, walk
 from indexer.writer import Writer
 from retrieval.training.datasets import is_dataset
 from retrieval.errors import DiskFullError, LibraryError, disk_full, is_disk_full
-from retrieval.store.library import CAPTION_INDEX, DB_FILE, PHOTO_INDEX, Library, check_root, library_dir
+from retrieval.store.library import CAPTION_INDEX, DB_FILE, LOCK_FILE, PHOTO_INDEX, Library, check_root, library_dir
 from retrieval.model.runtime import Runtime
 
 WRITE_BATCH = 32  # photos per SQLite transaction
-LOCK_FILE = "index.lock"
+LOCK_TRIES = 40  # x 50 ms before "another fusion index is writing"
 
 
 def rebuild(root: Path, runtime: Runtime) -> None:
@@ -42,13 +42,17 @@ def writer_lock(root: Path):
     kernel however the process ends (kill -9 included), so it never needs cleaning up."""
     root.mkdir(parents=True, exist_ok=True)
     with open(root / LOCK_FILE, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "?"
-            raise LibraryError(f"{root}: another fusion index (pid {holder}) is writing this library; "
-                               "wait for it to finish, then run again") from None
+        for attempt in range(LOCK_TRIES):  # a server's probe (index_running) holds it for an instant
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == LOCK_TRIES - 1:
+                    f.seek(0)
+                    holder = f.read().strip() or "?"
+                    raise LibraryError(f"{root}: another fusion index (pid {holder}) is writing this library; "
+                                       "wait for it to finish, then run again") from None
+                time.sleep(0.05)
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))

@@ -11,7 +11,7 @@ from sqlalchemy import delete
 
 from indexer.pipeline import Loaded, Timing
 from retrieval.store.library import Library
-from retrieval.store.meta import VECTOR_DTYPE, Photo, PhotoFeatures
+from retrieval.store.meta import VECTOR_DTYPE, Photo, PhotoFeatures, new_ids
 
 SAVE_EVERY_S = 30.0  # bound on FAISS work redone after a crash
 
@@ -27,6 +27,7 @@ class Writer:
         start = time.perf_counter()
         ids = []
         with self.lib.session() as s, s.begin():
+            fresh = iter(new_ids(s, Photo.id, sum(it.stat.path not in existing for it in items)))
             for n, it in enumerate(items):
                 fields = dict(path=it.stat.path, size=it.stat.size, mtime_ns=it.stat.mtime_ns, sha=it.sha,
                               width=it.info.get("width", 0), height=it.info.get("height", 0),
@@ -34,10 +35,9 @@ class Writer:
                               indexed_at=time.time())
                 photo_id = existing.get(it.stat.path)
                 if photo_id is None:
-                    row = Photo(**fields)
-                    s.add(row)
+                    photo_id = next(fresh)
+                    s.add(Photo(id=photo_id, **fields))
                     s.flush()
-                    photo_id = row.id
                 else:
                     s.query(Photo).filter(Photo.id == photo_id).update(fields)
                 s.merge(PhotoFeatures(photo_id=photo_id, vector=vectors[n].astype(VECTOR_DTYPE).tobytes(),

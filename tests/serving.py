@@ -25,8 +25,9 @@ def get(url):
 
 
 @contextlib.contextmanager
-def running_server(db, timeout: float = 60.0, args=(), health: str = "/api/health"):
-    """Yield the base URL of a server on `db` once `health` answers; stop it after."""
+def running_server(db, timeout: float = 60.0, args=(), health: str = "/api/health", process: bool = False):
+    """Yield the base URL of a server on `db` once `health` answers (with `process`, the pair
+    (URL, Popen)); stop it after."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "serve", "--db", str(db), "--port", str(port),
                              *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -42,7 +43,7 @@ def running_server(db, timeout: float = 60.0, args=(), health: str = "/api/healt
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
             time.sleep(0.1)
-        yield base
+        yield (base, proc) if process else base
     finally:
         proc.terminate()
         proc.wait(timeout=10)

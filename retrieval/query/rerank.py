@@ -16,11 +16,14 @@ def stored_evidence(lib, ids) -> PhotoEvidence:
     with lib.session() as s:
         rows = dict(s.execute(select(PhotoFeatures.photo_id, PhotoFeatures.rerank)
                               .where(PhotoFeatures.photo_id.in_([int(i) for i in ids]))).all())
-    lost = [int(i) for i in ids if len(rows.get(int(i)) or b"") != PhotoEvidence.ROW_BYTES]
+    lost = [int(i) for i in ids if int(i) in rows and len(rows[int(i)] or b"") != PhotoEvidence.ROW_BYTES]
     if lost:
         raise LibraryError(f"{lib.root / 'library.sqlite'}: rerank features missing for {len(lost)} "
                            f"photos (e.g. id {lost[0]}); repair with: fusion index PATH")
-    return PhotoEvidence.unpack([rows[int(i)] for i in ids])
+    # a photo an index run deleted since this query's FAISS search: zeros here, and the path
+    # lookup after ranking drops it (Searcher._with_paths)
+    blank = bytes(PhotoEvidence.ROW_BYTES)
+    return PhotoEvidence.unpack([rows.get(int(i), blank) for i in ids])
 
 
 def match_logits(runtime, lib, ids, itc, query_pooled: np.ndarray) -> np.ndarray:

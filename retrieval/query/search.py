@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from retrieval.errors import FusionError, LibraryError
-from retrieval.store.library import Library
+from retrieval.store.library import Library, index_running
 from retrieval.model.runtime import Runtime
 from retrieval.query.rerank import caption_logits, match_logits
 from retrieval.query.shots import one_per_shot
@@ -73,6 +73,7 @@ class Searcher:
 
         self.lib, self.runtime = lib, runtime
         self._stamp = self._files_stamp()
+        self._lagging = False  # SQLite may hold rows newer than the FAISS snapshot (lib.as_of)
         # One query's FAISS scan is small; its OpenMP threads would spin-wait after each search
         # and steal both cores from the torch steps around it (measured: 36 -> 20 ms per query).
         faiss.omp_set_num_threads(1)
@@ -89,13 +90,22 @@ class Searcher:
 
     def refresh(self) -> bool:
         """Reopen the library if the indexer changed it since (a long-running server's view
-        follows `fusion index` runs); True when it did."""
+        follows `fusion index` runs); True when it did. While an index run is writing, only its
+        FAISS saves (every 30 s, and at the end) are taken up, as they are: rebuilding FAISS
+        from SQLite after every batch would stall every query. Rows SQLite gained since the
+        snapshot are hidden meanwhile (`_lagging`), so no answer mixes two library states."""
         stamp = self._files_stamp()
-        if stamp == self._stamp:
+        if stamp == self._stamp and not self._lagging:
             return False
-        fresh = Library.open(self.lib.root, self.runtime.fingerprint, self.runtime.dim, mmap=True)
+        busy = index_running(self.lib.root)
+        if stamp == self._stamp and busy:
+            return False
+        self._lagging = True
+        if busy and stamp[2:] == self._stamp[2:]:  # SQLite moved, FAISS not saved since
+            return False
+        fresh = Library.open(self.lib.root, self.runtime.fingerprint, self.runtime.dim, mmap=True, reconcile=not busy)
         self.lib.engine.dispose()
-        self.lib, self._stamp = fresh, stamp
+        self.lib, self._stamp, self._lagging = fresh, stamp, busy
         return True
 
     def _check_k(self, k: int, candidates: int) -> None:
@@ -181,6 +191,7 @@ class Searcher:
         pairs = [(float(sc), int(i)) for sc, i in zip(scores[0], ids[0]) if i >= 0]
         with self.lib.session() as s:
             rows = {c.id: c for c in s.scalars(select(Caption).where(Caption.id.in_([i for _, i in pairs])))}
+        pairs = [(sc, i) for sc, i in pairs if i in rows]  # an index run removed the rest since
         weight = self.runtime.checkpoint.config.describe_weight
         if rerank and weight and pairs:
             logit = caption_logits(self.runtime, pv.evidence, [rows[i].text for _, i in pairs],
@@ -230,12 +241,13 @@ class Searcher:
         """The n best ids by ITC that pass the filters, over-fetching from FAISS until n pass
         or the whole index was seen."""
         total = len(self.lib.photos)
-        fetch = min(total, n if not filters.active() else 4 * n)
+        check = filters.active() or self._lagging
+        fetch = min(total, n if not check else 4 * n)
         while True:
             scores, ids = self.lib.photos.search(qvec, fetch)
             keep = ids[0] >= 0
             ids, scores = ids[0][keep], scores[0][keep]
-            if filters.active():
+            if check:
                 allowed = self._allowed(ids.tolist(), filters)
                 mask = np.array([i in allowed for i in ids], bool)
                 ids, scores = ids[mask], scores[mask]
@@ -247,6 +259,8 @@ class Searcher:
     def _allowed(self, ids: list[int], f: Filters) -> set:
         when = func.coalesce(Photo.taken_at, Photo.mtime_ns / 1e9)
         q = select(Photo.id).where(Photo.id.in_(ids))
+        if self._lagging:  # deleted rows are gone; re-indexed ones would pair an old vector with new rows
+            q = q.where(Photo.indexed_at <= self.lib.as_of)
         if f.under:
             q = q.where(Photo.path.startswith(f.under.rstrip(os.sep) + os.sep, autoescape=True))
         if f.after is not None:
@@ -275,8 +289,11 @@ class Searcher:
         return hits
 
     def _with_paths(self, hits: list[Hit]) -> list[Hit]:
+        q = select(Photo.id, Photo.path).where(Photo.id.in_([h.id for h in hits]))
+        if self._lagging:
+            q = q.where(Photo.indexed_at <= self.lib.as_of)
         with self.lib.session() as s:
-            paths = dict(s.execute(select(Photo.id, Photo.path).where(Photo.id.in_([h.id for h in hits]))).all())
+            paths = dict(s.execute(q).all())
         return [Hit(h.rank, h.id, paths[h.id], h.score, h.itc, h.itm, h.share) for h in hits if h.id in paths]
 
 

@@ -4,7 +4,9 @@ whenever their ids disagree with SQLite (after a crash, or a lost file)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from retrieval.store.vectors import RETRAIN_GROWTH, VectorStore, wanted_kind
 DB_FILE = "library.sqlite"
 PHOTO_INDEX = "photos.faiss"
 CAPTION_INDEX = "captions.faiss"
+LOCK_FILE = "index.lock"  # flock'd by `fusion index` while it writes (indexer/run.py)
 
 
 def library_dir(db: str | os.PathLike | None = None) -> Path:
@@ -37,18 +40,42 @@ def check_root(root: Path) -> None:
         raise LibraryError(f"{root}: is a file, not a library folder; pass --db a folder")
 
 
+def index_running(root: Path) -> bool:
+    """Whether a `fusion index` holds this library's writer lock now. The probe takes a shared
+    flock for an instant (the writer retries its own for a while, so the probe never turns an
+    index run away) and never creates or writes a file."""
+    try:
+        f = open(root / LOCK_FILE, "rb")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
 class Library:
-    def __init__(self, root: Path, engine, photos: VectorStore, captions: VectorStore):
+    def __init__(self, root: Path, engine, photos: VectorStore, captions: VectorStore, as_of: float = float("inf")):
         self.root, self.engine, self.photos, self.captions = root, engine, photos, captions
+        # FAISS holds every photo SQLite had at this time (epoch s): a row indexed later may be
+        # missing, or stored here with its old vector (readers hide such rows; see Searcher)
+        self.as_of = as_of
 
     @classmethod
     def open(cls, root: Path, fingerprint: str, dim: int, create: bool = False, writer: bool = False,
-             mmap: bool = False) -> "Library":
+             mmap: bool = False, reconcile: bool = True) -> "Library":
         """Open the library at `root` for the model `fingerprint`. Refuses another model's
         library (ModelMismatchError naming the fix); with `create`, makes a new one. A reader
         repairs stale FAISS indexes in memory only; a `writer` also saves the repair. `mmap`
-        (readers only) maps the FAISS files instead of reading them whole."""
+        (readers only) maps the FAISS files instead of reading them whole. Without `reconcile`
+        (a reader while an index run is writing), the FAISS files are taken as the indexer last
+        saved them, a consistent snapshot as of that save, instead of rebuilding from SQLite
+        rows that move on every batch."""
         check_root(root)
+        started = time.time()
         if not (root / DB_FILE).is_file():
             if not create:
                 raise LibraryError(f"{root}: no library here yet; index photos first: "
@@ -64,9 +91,13 @@ class Library:
                     f"{root}: built with model {stored}, but the model in use is {fingerprint}; "
                     f"re-index with: fusion index --rebuild PATH --db {root}")
         mmap = mmap and not writer
+        if not reconcile and not writer:
+            saved = [(root / n).stat().st_mtime for n in (PHOTO_INDEX, CAPTION_INDEX) if (root / n).exists()]
+            started = min(saved, default=0.0)  # each save follows the SQLite commits it holds
         lib = cls(root, engine, VectorStore.load(root / PHOTO_INDEX, dim, mmap),
-                  VectorStore.load(root / CAPTION_INDEX, dim, mmap))
-        lib.reconcile(save=writer)
+                  VectorStore.load(root / CAPTION_INDEX, dim, mmap), started)
+        if reconcile or writer:
+            lib.reconcile(save=writer)
         return lib
 
     def session(self) -> Session:
@@ -142,9 +173,9 @@ class Library:
 def _same_ids(s: Session, column, faiss_ids: np.ndarray) -> bool:
     """Whether FAISS holds exactly SQLite's ids. Count, sum, min and max come from the id-only
     index in one aggregate instead of reading a million ids into Python; when all four agree
-    the sets are taken as equal. SQLite gives a new row an id above every id kept, so the
-    additions and removals of an interrupted run change the count, the sum or the extremes
-    (equal sums need removed ids above the added ones, which moves the maximum)."""
+    the sets are taken as equal. A new row gets an id above every id ever used (meta.new_ids),
+    so the additions and removals of an interrupted run change the count, the sum or the
+    extremes (equal sums need removed ids above the added ones, which moves the maximum)."""
     n, total, lo, hi = s.execute(select(func.count(column), func.sum(column), func.min(column),
                                         func.max(column))).one()
     if n != len(faiss_ids):

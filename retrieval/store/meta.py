@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, create_engine, event, text
+from sqlalchemy import (Float, ForeignKey, Index, Integer, LargeBinary, String, Text, create_engine, event, func,
+                        select, text)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -143,6 +144,16 @@ def _migrate(s: Session, version: int, path: Path) -> None:
 def get_meta(s: Session, key: str) -> str | None:
     row = s.get(Meta, key)
     return None if row is None else row.value
+
+
+def new_ids(s: Session, column, n: int) -> list[int]:
+    """`n` ids for new rows of `column`'s table that no row ever had, deleted ones included
+    (a plain SQLite rowid reuses the highest after it is deleted). A server can still hold a
+    FAISS snapshot with a deleted id: it must never find another photo or caption under it."""
+    key = f"last_id.{column.table.name}"
+    last = max(int(get_meta(s, key) or 0), s.scalar(select(func.max(column))) or 0)
+    set_meta(s, key, str(last + n))
+    return list(range(last + 1, last + n + 1))
 
 
 def set_meta(s: Session, key: str, value: str) -> None:
