@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retrieval.encoders.minilm_numpy import rename
+
 
 class _Layer(nn.Module):
     def __init__(self, d: int, heads: int, inner: int, eps: float):
@@ -63,23 +65,5 @@ class MiniLM(nn.Module):
         from safetensors.torch import load_file
 
         model = cls(json.loads((folder / "config.json").read_text()))
-        model.load_state_dict(_rename(load_file(str(folder / "model.safetensors"))))
+        model.load_state_dict(rename(load_file(str(folder / "model.safetensors"))))
         return model.eval()
-
-
-def _rename(state: dict) -> dict:
-    """transformers' BertModel names -> ours (the pooler and position_ids are not used)."""
-    table = {"embeddings.word_embeddings.": "word.", "embeddings.position_embeddings.": "position.",
-             "embeddings.token_type_embeddings.": "token_type.", "embeddings.LayerNorm.": "norm.",
-             "attention.self.query.": "query.", "attention.self.key.": "key.", "attention.self.value.": "value.",
-             "attention.output.dense.": "attn_out.", "attention.output.LayerNorm.": "attn_norm.",
-             "intermediate.dense.": "inner.", "output.dense.": "out.", "output.LayerNorm.": "out_norm.",
-             "encoder.layer.": "layers."}
-    out = {}
-    for name, tensor in state.items():
-        if name.startswith("pooler.") or name.endswith("position_ids"):
-            continue
-        for old, new in table.items():
-            name = name.replace(old, new)
-        out[name] = tensor
-    return out

@@ -4,24 +4,18 @@ it. The default checkpoint ships inside the package and is loaded by every comma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from dataclasses import dataclass, fields
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from retrieval.errors import CheckpointError, disk_full, is_disk_full
 from retrieval.model.heads import FusionHead, ModelConfig, SharedSpace
+from retrieval.model.query_side import (FORMAT, config_of, content_hash, default_checkpoint_path,  # noqa: F401
+                                        read_checkpoint)
 from retrieval.model.reranker import Reranker
-
-FORMAT = "fusion-checkpoint/1"
-
-
-def default_checkpoint_path() -> Path:
-    return Path(str(resources.files("retrieval.model").joinpath("checkpoints/default.safetensors")))
 
 
 @dataclass
@@ -47,14 +41,6 @@ def _tensors(space: SharedSpace, heads: dict, reranker: Reranker | None) -> dict
     if reranker is not None:
         out.update({f"reranker.{k}": v for k, v in reranker.state_dict().items()})
     return {k: v.detach().to(torch.float16).contiguous() for k, v in out.items()}
-
-
-def content_hash(tensors: dict) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def save_checkpoint(path: str | os.PathLike, config: ModelConfig, space: SharedSpace, heads: dict,
@@ -85,24 +71,8 @@ def load_checkpoint(path: str | os.PathLike | None = None, image_encoder: str | 
                     text_encoder: str | None = None) -> Checkpoint:
     """Load a checkpoint (the shipped default when `path` is None). Refuses, naming the fix,
     one made for other encoders than those given, and one whose tensors fail their hash."""
-    from safetensors import safe_open
-
-    path = Path(path) if path else default_checkpoint_path()
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found; train one with "
-                              "`fusion train --data DIR --out FILE`")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("fusion", "null"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a Fusion Retrieval checkpoint (no {FORMAT} metadata)")
-    if content_hash(tensors) != meta["content_hash"]:
-        raise CheckpointError(f"{path}: damaged checkpoint (content hash mismatch); re-train it")
-    known = {f.name for f in fields(ModelConfig)}
-    config = ModelConfig(**{k: v for k, v in meta["config"].items() if k in known})
+    path, meta, tensors = read_checkpoint(path, "pt")
+    config = config_of(meta)
     _check_encoders(path, config, image_encoder, text_encoder)
     return _build(path, config, meta, tensors)
 

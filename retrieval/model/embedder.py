@@ -8,13 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Callable
 
-from retrieval.model.heads import SharedSpace
+import numpy as np
+
+from retrieval.model.evidence import LABELS, MEMORY_SIZE, PhotoEvidence, evidence
 from retrieval.model.memory import CaptionMemory
-from retrieval.model.reranker import LABELS, MEMORY_SIZE, PhotoEvidence, evidence
+
+if TYPE_CHECKING:
+    from retrieval.model.heads import SharedSpace
+    from retrieval.model.query_side import QuerySide
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -29,15 +32,30 @@ class PhotoVectors:
 
 
 class Embedder:
-    """A trained space plus the caption memory (None: no memory, the search vector is ITC)."""
+    """A trained space plus the caption memory (None: no memory, the search vector is ITC).
+    With `query` (the checkpoint's numpy query side), texts are embedded in numpy and torch is
+    imported only when photos are, and `space` may be a function that loads it then; without,
+    everything runs on the torch `space` (training and evaluation)."""
 
-    def __init__(self, space: SharedSpace, memory: CaptionMemory | None, beta: float | None = None):
-        self.space, self.memory = space.eval(), memory
-        cfg = space.config
+    def __init__(self, space: "SharedSpace | Callable[[], SharedSpace]", memory: CaptionMemory | None,
+                 beta: float | None = None, query: "QuerySide | None" = None):
+        self._space, self.memory, self.query = space, memory, query
+        cfg = query.config if query is not None else space.config
         self.beta = cfg.memory_beta if beta is None else beta  # override: measure other weights
         self.tau = cfg.memory_tau
-        with torch.no_grad():
-            self.classes = F.normalize(space.class_embeddings, dim=-1).numpy()
+        if query is not None:
+            self.classes = query.classes
+        else:
+            import torch
+            import torch.nn.functional as F
+
+            with torch.no_grad():
+                self.classes = F.normalize(space.class_embeddings, dim=-1).numpy()
+
+    @cached_property
+    def space(self) -> "SharedSpace":
+        space = self._space if hasattr(self._space, "embed_image") else self._space()
+        return space.eval()
 
     @cached_property
     def corpus_itc(self) -> np.ndarray:
@@ -46,11 +64,18 @@ class Embedder:
 
     def texts(self, pooled: np.ndarray):
         """(ITC vectors, sentence vectors) of raw MiniLM pooled vectors, both L2-normalised."""
+        if self.query is not None:
+            return self.query.texts(pooled)
+        import torch
+        import torch.nn.functional as F
+
         with torch.no_grad():
             t = torch.as_tensor(np.asarray(pooled, np.float32))
             return self.space.embed_text(t).numpy(), F.normalize(t, dim=-1).numpy()
 
     def photos(self, pooled: np.ndarray, logits: np.ndarray, cells: np.ndarray) -> PhotoVectors:
+        import torch
+
         with torch.no_grad():
             args = [torch.as_tensor(np.asarray(a, np.float32)) for a in (pooled, logits, cells)]
             itc = self.space.embed_image(*args).numpy()

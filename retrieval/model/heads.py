@@ -10,36 +10,13 @@ working zero-shot model instead of from noise, which matters with ~1k training p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retrieval.model.config import ModelConfig  # noqa: E402,F401  (defined there, torch-free)
+
 FUSION_VARIANTS = ("additive", "multiplicative", "concat-mlp", "cross-attention")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    image_encoder: str = "efficientnet-lite0"  # image tower the heads were trained on
-    image_dim: int = 1280  # pooled / grid-cell feature size of that tower
-    text_encoder: str = "all-MiniLM-L6-v2"  # text tower
-    text_dim: int = 384  # its hidden size; also the shared space's size
-    bridge_top: int = 20  # ImageNet classes mixed into a photo's bridge vector
-    bridge_temperature: float = 2.0  # softmax temperature on the ImageNet logits
-    bridge_cells: bool = False  # bridge from the mean of pooled and per-cell-max logits
-    memory_beta: float = 0.0  # weight of the recalled captions in a photo's search vector (0: off)
-    memory_tau: float = 0.05  # softmax temperature of a photo's recall weights over its captions
-    fusion_dim: int = 256  # hidden width of the fusion heads
-    rerank: str = "cross-attention"  # what search reranks with: "evidence" or a fusion variant
-    rerank_weight: float = 0.0  # alpha in score = itc + alpha * itm, tuned on validation
-    reranker_hidden: int = 0  # hidden width of the evidence reranker (0: linear)
-    describe_weight: float = 0.0  # the reranker's weight when ranking captions for a photo
-    memory_digest: str = ""  # content hash of the caption memory the model was trained with
-    match_threshold: float = 0.0  # best match probability below which search says none matches well
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class SharedSpace(nn.Module):

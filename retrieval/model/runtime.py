@@ -1,14 +1,20 @@
 """The model in use: the checkpoint plus its encoders, each loaded on first use (a text query
-never loads the image network), and the fingerprint that libraries record."""
+never loads the image network, nor torch: its side of the model runs in numpy), and the
+fingerprint that libraries record."""
 
 from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from retrieval.model.checkpoint import Checkpoint, load_checkpoint
+from retrieval.model.config import ModelConfig
+from retrieval.model.query_side import QuerySide
+
+if TYPE_CHECKING:
+    from retrieval.model.checkpoint import Checkpoint
 
 
 class Runtime:
@@ -17,30 +23,42 @@ class Runtime:
         self.image_weights = image_weights
 
     @cached_property
-    def checkpoint(self) -> Checkpoint:
+    def checkpoint(self) -> "Checkpoint":
+        """The torch modules (photos, training); a text search needs only `query`."""
+        from retrieval.model.checkpoint import load_checkpoint
+
         return load_checkpoint(self.checkpoint_path)
+
+    @cached_property
+    def query(self) -> QuerySide:
+        """The checkpoint's query side in numpy: text_fc, class names, the reranker."""
+        return QuerySide.load(self.checkpoint_path)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.query.config
 
     @property
     def fingerprint(self) -> str:
-        c = self.checkpoint.config
+        c = self.config
         memory = f"+memory-{c.memory_digest}" if c.memory_digest else ""
-        return f"{c.image_encoder}+{c.text_encoder}+{self.checkpoint.content_hash}{memory}"
+        return f"{c.image_encoder}+{c.text_encoder}+{self.query.content_hash}{memory}"
 
     @property
     def dim(self) -> int:
-        return self.checkpoint.config.text_dim
+        return self.config.text_dim
 
     @cached_property
     def image_encoder(self):
         from retrieval.encoders.image_encoder import load_image_encoder
 
-        return load_image_encoder(self.checkpoint.config.image_encoder, self.image_weights)
+        return load_image_encoder(self.config.image_encoder, self.image_weights)
 
     @cached_property
     def text_encoder(self):
         from retrieval.encoders.text_encoder import load_text_encoder
 
-        return load_text_encoder(self.checkpoint.config.text_encoder)
+        return load_text_encoder(self.config.text_encoder)
 
     @cached_property
     def memory(self):
@@ -48,12 +66,12 @@ class Runtime:
         from retrieval.errors import CheckpointError
         from retrieval.model.memory import load_memory
 
-        cfg = self.checkpoint.config
+        cfg = self.config
         if not cfg.memory_digest:
             return None
         memory = load_memory(self.text_encoder)
         if memory.digest != cfg.memory_digest:
-            raise CheckpointError(f"{self.checkpoint.path}: trained with caption memory {cfg.memory_digest}, "
+            raise CheckpointError(f"{self.query.path}: trained with caption memory {cfg.memory_digest}, "
                                   f"but the installed one is {memory.digest}; retrain with fusion train")
         return memory
 
@@ -61,7 +79,7 @@ class Runtime:
     def embedder(self):
         from retrieval.model.embedder import Embedder
 
-        return Embedder(self.checkpoint.space, self.memory)
+        return Embedder(lambda: self.checkpoint.space, self.memory, query=self.query)
 
     def photo_vectors(self, feats):
         """Search vectors, plain ITC vectors and rerank evidence of encoded photos."""
@@ -76,7 +94,5 @@ class Runtime:
         return pv.evidence.pack(), pv.search, signature.pack(signature.signatures(feats.pooled))
 
     def embed_texts(self, pooled: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            return self.checkpoint.space.embed_text(torch.from_numpy(pooled)).numpy()
+        """ITC vectors of raw MiniLM pooled vectors (numpy: a search never imports torch)."""
+        return self.query.embed_text(pooled)

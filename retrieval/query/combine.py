@@ -85,7 +85,7 @@ def combined_ranking(searcher, q: Combined, n: int, rerank: bool, filters):
     if len(ids) == 0:
         return ids, np.zeros(0, np.float32), np.zeros(0, np.float32), notes
     fused, main = np.zeros(len(ids), np.float32), None
-    weight = searcher.runtime.checkpoint.config.rerank_weight
+    weight = searcher.runtime.config.rerank_weight
     for p in parts:
         s = part_scores(searcher.lib.photos, p, ids)
         main = s if main is None else main

@@ -7,7 +7,7 @@ import numpy as np
 from sqlalchemy import select
 
 from retrieval.errors import LibraryError
-from retrieval.model.reranker import PhotoEvidence
+from retrieval.model.evidence import PhotoEvidence
 from retrieval.store.meta import PhotoFeatures
 
 
@@ -32,7 +32,7 @@ def match_logits(runtime, lib, ids, itc, query_pooled: np.ndarray) -> np.ndarray
     q_itc, q_sent = emb.texts(query_pooled)
     ev = stored_evidence(lib, ids).take(np.arange(len(ids))[None])  # one query's row of candidates
     feats = emb.evidence(np.asarray(itc, np.float32)[None], q_itc, q_sent, ev)
-    return runtime.checkpoint.reranker.logits(feats)[0]
+    return runtime.query.logits(feats)[0]
 
 
 def caption_logits(runtime, photo: PhotoEvidence, texts: list[str], itc: np.ndarray) -> np.ndarray:
@@ -41,4 +41,4 @@ def caption_logits(runtime, photo: PhotoEvidence, texts: list[str], itc: np.ndar
     emb = runtime.embedder
     q_itc, q_sent = emb.texts(runtime.text_encoder.encode(texts, normalize=False).pooled)
     pairs = photo.take(np.zeros((len(texts), 1), np.int64))
-    return runtime.checkpoint.reranker.logits(emb.evidence(itc[:, None], q_itc, q_sent, pairs))[:, 0]
+    return runtime.query.logits(emb.evidence(itc[:, None], q_itc, q_sent, pairs))[:, 0]

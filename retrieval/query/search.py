@@ -129,7 +129,7 @@ class Searcher:
         qvec = self.runtime.embed_texts(feats.pooled)
         ids, itc = self._top(qvec, max(k, candidates), filters)
         hits = one_per_shot(self._with_paths(self._rank(ids, itc, feats.pooled if rerank else None)))[:k]
-        threshold = self.runtime.checkpoint.config.match_threshold
+        threshold = self.runtime.config.match_threshold
         best = max((h.itm for h in hits if h.itm is not None), default=None)
         if best is not None and best < threshold:
             notes.append(f"no photo matches well: the best match probability is {100 * best:.0f}%, "
@@ -192,7 +192,7 @@ class Searcher:
         with self.lib.session() as s:
             rows = {c.id: c for c in s.scalars(select(Caption).where(Caption.id.in_([i for _, i in pairs])))}
         pairs = [(sc, i) for sc, i in pairs if i in rows]  # an index run removed the rest since
-        weight = self.runtime.checkpoint.config.describe_weight
+        weight = self.runtime.config.describe_weight
         if rerank and weight and pairs:
             logit = caption_logits(self.runtime, pv.evidence, [rows[i].text for _, i in pairs],
                                    np.array([sc for sc, _ in pairs], np.float32))
@@ -277,8 +277,8 @@ class Searcher:
             hits = [Hit(0, int(i), "", float(s), float(s)) for i, s in zip(ids, itc)]
         else:
             logit = match_logits(self.runtime, self.lib, ids, itc, query_pooled)
-            weight = self.runtime.checkpoint.config.rerank_weight
-            prob = self.runtime.checkpoint.reranker.probabilities(logit)
+            weight = self.runtime.config.rerank_weight
+            prob = self.runtime.query.probabilities(logit)
             share = np.exp(logit - logit.max())
             share /= share.sum()  # the listwise half of the reranker's loss trains exactly this
             hits = [Hit(0, int(i), "", float(s) + weight * float(lg), float(s), float(p), float(sh))

@@ -1,0 +1,120 @@
+"""The query side of a checkpoint in numpy: `text_fc`, the class-name vectors and the evidence
+reranker, read straight from the safetensors file. A text search needs nothing else from the
+model, and `import torch` alone takes 1.5 s of a 3.3 s cold search at 1M photos
+(benchmarks/results/cold_start.md). The torch modules (retrieval/model/checkpoint.py) load the
+same file for indexing and training; tests/test_query_side.py holds the two equal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.errors import CheckpointError
+from retrieval.model.config import ModelConfig
+
+FORMAT = "fusion-checkpoint/1"
+
+
+def default_checkpoint_path() -> Path:
+    return Path(str(resources.files("retrieval.model").joinpath("checkpoints/default.safetensors")))
+
+
+def content_hash(tensors: dict) -> str:
+    """sha256 prefix over the sorted names and float16 bytes (torch tensors or numpy arrays)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(np.asarray(tensors[name]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def read_checkpoint(path: Path | None, framework: str) -> tuple[Path, dict, dict]:
+    """(path, metadata, tensors) of a checkpoint file, checked: format and content hash."""
+    from safetensors import safe_open
+
+    path = Path(path) if path else default_checkpoint_path()
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; train one with "
+                              "`fusion train --data DIR --out FILE`")
+    try:
+        with safe_open(str(path), framework=framework) as f:
+            meta = json.loads((f.metadata() or {}).get("fusion", "null"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a Fusion Retrieval checkpoint (no {FORMAT} metadata)")
+    if content_hash(tensors) != meta["content_hash"]:
+        raise CheckpointError(f"{path}: damaged checkpoint (content hash mismatch); re-train it")
+    return path, meta, tensors
+
+
+def config_of(meta: dict) -> ModelConfig:
+    known = {f.name for f in fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in meta["config"].items() if k in known})
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact (erf) GELU as torch's nn.GELU(); erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7,
+    so the GELU is off by under |x| * 1e-7), in float64."""
+    dtype, x = x.dtype, x.astype(np.float64)
+    z = np.abs(x) / np.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * z)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    erf = np.sign(x) * (1.0 - poly * np.exp(-z * z))
+    return (0.5 * x * (1.0 + erf)).astype(dtype)
+
+
+@dataclass
+class QuerySide:
+    config: ModelConfig
+    content_hash: str
+    path: Path
+    text_w: np.ndarray  # text_fc: (d, d) weight and (d,) bias
+    text_b: np.ndarray
+    classes: np.ndarray  # (1000, d) ImageNet class-name vectors, L2-normalised
+    rerank: dict | None  # the evidence reranker's arrays (None: the checkpoint has none)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> "QuerySide":
+        path, meta, t = read_checkpoint(path, "numpy")
+        t = {k: v.astype(np.float32) for k, v in t.items()}
+        rerank = {k[len("reranker."):]: v for k, v in t.items() if k.startswith("reranker.")} or None
+        return cls(config_of(meta), meta["content_hash"], path, t["space.text_fc.weight"], t["space.text_fc.bias"],
+                   _l2n(t["space.class_embeddings"]), rerank)
+
+    def embed_text(self, pooled: np.ndarray) -> np.ndarray:
+        """A text's ITC vector from its raw MiniLM pooled vector (SharedSpace.embed_text)."""
+        t = _l2n(np.asarray(pooled, np.float32))
+        return _l2n(t + t @ self.text_w.T + self.text_b).astype(np.float32)
+
+    def texts(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ITC vectors, sentence vectors) of raw MiniLM pooled vectors, both L2-normalised."""
+        pooled = np.asarray(pooled, np.float32)
+        return self.embed_text(pooled), _l2n(pooled).astype(np.float32)
+
+    def logits(self, feats: np.ndarray) -> np.ndarray:
+        """The evidence reranker's match logits (Reranker.forward)."""
+        if self.rerank is None:
+            raise CheckpointError(f"{self.path}: this checkpoint has no evidence reranker; search with rerank off")
+        r = self.rerank
+        x = (np.asarray(feats, np.float32) - r["mean"]) / r["std"]
+        if "net.2.weight" in r:  # one hidden layer
+            x = gelu(x @ r["net.0.weight"].T + r["net.0.bias"])
+            return (x @ r["net.2.weight"].T + r["net.2.bias"])[..., 0]
+        return (x @ r["net.0.weight"].T + r["net.0.bias"])[..., 0]
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated match probabilities of `logits` (Reranker.probabilities)."""
+        r = self.rerank
+        z = float(r["prob_scale"]) * np.asarray(logits, np.float64) + float(r["prob_bias"])
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))

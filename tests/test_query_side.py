@@ -1,0 +1,51 @@
+"""A text search runs the query side of the model in numpy, never importing torch: equal to the
+torch modules on the shipped checkpoint, and a cold `fusion search` in a fresh process imports
+no torch."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from indexer.run import index_paths
+from retrieval.model.checkpoint import load_checkpoint
+from retrieval.model.query_side import QuerySide, gelu
+from retrieval.model.runtime import Runtime
+
+
+def test_query_side_equals_the_torch_checkpoint():
+    ck, q = load_checkpoint(), QuerySide.load()
+    assert (q.content_hash, q.config) == (ck.content_hash, ck.config)
+    pooled = np.random.default_rng(0).normal(size=(5, q.config.text_dim)).astype(np.float32)
+    with torch.no_grad():
+        want = ck.space.embed_text(torch.from_numpy(pooled)).numpy()
+    np.testing.assert_allclose(q.embed_text(pooled), want, atol=1e-6)
+    feats = np.random.default_rng(1).normal(size=(3, 32, 7)).astype(np.float32)
+    np.testing.assert_allclose(q.logits(feats), ck.reranker.logits(feats), atol=1e-4)
+    np.testing.assert_allclose(q.probabilities(q.logits(feats)), ck.reranker.probabilities(ck.reranker.logits(feats)),
+                               atol=1e-5)
+
+
+def test_gelu_is_the_exact_one():
+    x = np.linspace(-8, 8, 2001, dtype=np.float32)
+    want = torch.nn.functional.gelu(torch.from_numpy(x).double()).numpy()
+    assert np.abs(gelu(x) - want).max() < 1e-6  # Abramowitz-Stegun's bound: |x| * 1e-7 at most
+    assert np.abs(gelu(x.astype(np.float64)) - want).max() < 8e-7
+
+
+def test_a_text_search_imports_no_torch(tmp_path, demo_photos):
+    db = tmp_path / "lib"
+    index_paths(demo_photos[:6], db, runtime=Runtime())
+    code = ("import sys; from retrieval.cli import main\n"
+            "try:\n"
+            f"    main(['search', 'a zebra', '--db', {str(db)!r}, '--json'])\n"
+            "except SystemExit as e:\n"
+            "    assert e.code == 0, e.code\n"
+            "print('torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == "False False"
+    hits = json.loads(run.stdout)
+    assert sorted(h["path"] for h in hits) == sorted(str(p) for p in demo_photos[:6])
