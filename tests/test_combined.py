@@ -100,3 +100,29 @@ def test_cli_and_http(library, captions):
         assert status == 400 and "--minus alone" in json.loads(body)["error"]
         assert get(base + "/api/search?like=99999&q=x")[0] == 400
         assert get(base + "/api/search")[0] == 400
+        # a photo from outside the library, sent as bytes (a dropped file): a copy of a library
+        # photo finds that photo first; the words then move the rest
+        photo = open(like, "rb").read()
+        status, body = post(base + "/api/search?k=5", photo)
+        assert status == 200 and json.loads(body)["results"][0]["path"] == like
+        status, body = post(base + "/api/search?k=5&q=" + "zebras", photo)
+        with_words = [h["path"] for h in json.loads(body)["results"]]
+        assert status == 200 and sum(p in zebras for p in with_words) > 0
+        status, body = post(base + "/api/search?q=x", b"not a photo at all")
+        assert status == 400 and "the photo you sent" in json.loads(body)["error"]
+        status, body = post(base + "/api/search?q=x", b"")
+        assert status == 400 and "no photo" in json.loads(body)["error"]
+        status, body = post(base + "/api/search?q=x", bytes(65 << 20))
+        assert status == 413 and "over 64 MB" in json.loads(body)["error"]
+
+
+def post(url, data: bytes):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()

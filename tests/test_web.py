@@ -123,5 +123,16 @@ def test_refine_a_photo_with_words_and_the_duplicates_view(server, browser):
     box.send_keys("animals -zebras", Keys.ENTER)  # take away with -
     wait_for(lambda: "animals" in b.find_element(By.ID, "status").text and tiles(b))
     assert not any(t.get_attribute("data-path").endswith(ZEBRA) for t in tiles(b)[:3])
+    # a photo from this computer: picked (or dropped), then refined with words
+    b.get(base + "/")
+    picker = b.find_element(By.ID, "photofile")
+    b.execute_script("arguments[0].hidden = false;", picker)  # what the "By photo…" button opens
+    picker.send_keys(str(Path(__file__).resolve().parent.parent / "data" / "demo" / "images" / ZEBRA))
+    wait_for(lambda: "like your photo" in b.find_element(By.ID, "status").text)
+    assert tiles(b)[0].get_attribute("data-path").endswith(ZEBRA)  # the same photo, in the library
+    assert b.find_element(By.ID, "likechip").is_displayed() and "like=dropped" in b.current_url
+    box = b.find_element(By.ID, "q")
+    box.send_keys("on a road", Keys.ENTER)
+    wait_for(lambda: "like your photo, for “on a road”" in b.find_element(By.ID, "status").text)
     b.get(base + "/?view=duplicates")
     wait_for(lambda: "near-duplicate" in b.find_element(By.ID, "status").text.lower())

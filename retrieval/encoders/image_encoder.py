@@ -74,9 +74,10 @@ class ImageEncoder:
         size = self.config.image_size
         return np.asarray(ImageOps.fit(image, (size, size), Image.BICUBIC), dtype=np.uint8)
 
-    def load(self, path: str | os.PathLike) -> np.ndarray:
-        """Open a photo safely (raises ImageError) and preprocess it."""
-        return self.preprocess(open_image(path, min_side=self.config.image_size))
+    def load(self, path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:
+        """Open a photo safely (raises ImageError) and preprocess it; `data`: its bytes,
+        already in memory (`path` then only names it)."""
+        return self.preprocess(open_image(path, min_side=self.config.image_size, data=data))
 
     @cached_property
     def network(self):

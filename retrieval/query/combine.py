@@ -10,7 +10,7 @@ plain text search, so the fusion classifier sees both sides here too."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
@@ -20,9 +20,16 @@ from retrieval.query.rerank import match_logits
 
 
 @dataclass(frozen=True)
+class Upload:
+    """A photo sent as bytes (dropped on the page), not a file on this machine."""
+    name: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Combined:
     text: str | None = None  # the main words
-    like: str | os.PathLike | None = None  # a photo file (in the library or not)
+    like: "str | os.PathLike | Upload | None" = None  # a photo file (in the library or not), or an upload
     add: tuple[str, ...] = ()  # more words that results should also match
     minus: tuple[str, ...] = ()  # words that results should not match
 
@@ -51,7 +58,8 @@ def parts_of(searcher, q: Combined) -> tuple[list[Part], list[str]]:
                              "only its beginning was used")
             out.append(Part(t, sign, vecs[n:n + 1], feats.pooled[n:n + 1]))
     if q.like is not None:
-        out.append(Part(str(q.like), 1.0, searcher._photo_vectors(q.like).search, None))
+        label = q.like.name if isinstance(q.like, Upload) else str(q.like)
+        out.append(Part(label, 1.0, searcher._photo_vectors(q.like).search, None))
     return out, notes
 
 
@@ -78,7 +86,7 @@ def combined_ranking(searcher, q: Combined, n: int, rerank: bool, filters):
         if p.sign > 0:
             ids, _ = searcher._top(p.vector, 2 * n, filters)
             pool.update(dict.fromkeys(ids.tolist()))
-    own = None if q.like is None else str(Path(os.path.abspath(q.like)))
+    own = None if q.like is None or isinstance(q.like, Upload) else str(Path(os.path.abspath(q.like)))
     ids = np.array(list(pool), np.int64)
     if own is not None and len(ids):
         ids = np.array([i for i, path in zip(ids, searcher.paths_of(ids)) if path != own], np.int64)

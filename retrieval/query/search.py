@@ -230,7 +230,9 @@ class Searcher:
         """Search vector, plain ITC vector (what captions are ranked by: the recalled captions
         a search vector carries would rank themselves first) and evidence of one photo file."""
         enc = self.runtime.image_encoder
-        return self.runtime.photo_vectors(enc.encode([enc.load(image)], normalize=False))
+        data = getattr(image, "data", None)  # an Upload (retrieval/query/combine.py): bytes, no file
+        pixels = enc.load(image.name, data) if data is not None else enc.load(image)
+        return self.runtime.photo_vectors(enc.encode([pixels], normalize=False))
 
     def _need_photos(self) -> None:
         if len(self.lib.photos) == 0:

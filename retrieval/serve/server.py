@@ -10,9 +10,11 @@ from dataclasses import asdict
 from datetime import date, datetime
 from pathlib import Path
 
+from starlette.requests import Request  # module level: FastAPI resolves the annotation here
+
 from retrieval.encoders.images import NOT_FOR_BROWSERS
 from retrieval.errors import FusionError, is_disk_full
-from retrieval.query.combine import Combined
+from retrieval.query.combine import Combined, Upload
 from retrieval.query.duplicates import DEFAULT_THRESHOLD, duplicate_groups
 from retrieval.query.search import Filters, QueryError, Searcher
 from retrieval.serve.guard import Guard, install
@@ -20,11 +22,13 @@ from retrieval.serve.guard import Guard, install
 MAX_QUERY_CHARS = 2000
 MAX_PARTS = 8  # add + minus words per query
 RENDITION = 2048  # longer side of the JPEG sent for photos browsers cannot show
+MAX_UPLOAD = 64 << 20  # bytes of a photo sent to search by (POST /api/search)
 
 
 def create_app(searcher: Searcher, guard: Guard | None = None):
     from fastapi import FastAPI, Query
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+    from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title="Fusion Retrieval", docs_url="/api/docs", openapi_url="/api/openapi.json")
     install(app, guard or Guard.for_address("127.0.0.1", 8765))  # Host check, token; no CORS headers
@@ -68,6 +72,35 @@ def create_app(searcher: Searcher, guard: Guard | None = None):
             s = fresh()
             query = Combined(q, None if like is None else s.photo_path(like), tuple(add), tuple(minus))
             return hits(s.combined(query, k, candidates, rerank, filters(under, after, before)))
+
+    @app.post("/api/search")
+    async def search_by_photo(request: Request, q: str | None = Query(None, max_length=MAX_QUERY_CHARS),
+                              add: list[str] = Query([], max_length=MAX_QUERY_CHARS),
+                              minus: list[str] = Query([], max_length=MAX_QUERY_CHARS),
+                              k: int = Query(10, ge=1, le=1000), candidates: int = Query(32, ge=1, le=1000),
+                              rerank: bool = True, under: str | None = Query(None, max_length=4096),
+                              after: date | None = None, before: date | None = None):
+        """A photo that is not in the library (the request body: its bytes, as a browser sends
+        a dropped file), with the same words and filters as GET /api/search."""
+        if len(add) + len(minus) > MAX_PARTS:
+            raise QueryError(f"{len(add) + len(minus)} add/minus parts: at most {MAX_PARTS}")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_UPLOAD:
+                return JSONResponse({"error": f"the photo is over {MAX_UPLOAD >> 20} MB; send a smaller one"},
+                                    status_code=413)
+        if not data:
+            raise QueryError("no photo: send its bytes as the request body (POST, e.g. a dropped file)")
+        upload = Upload("the photo you sent", bytes(data))
+
+        def work():
+            with lock:
+                s = fresh()
+                return hits(s.combined(Combined(q, upload, tuple(add), tuple(minus)), k, candidates, rerank,
+                                       filters(under, after, before)))
+
+        return await run_in_threadpool(work)
 
     @app.get("/api/similar")
     def similar(id: int = Query(..., ge=1), k: int = Query(10, ge=1, le=1000),
