@@ -33,14 +33,20 @@ def _id_paths(db) -> dict[int, str]:
     return out
 
 
-def test_a_deleted_photos_id_is_never_given_to_a_new_one(tmp_path, demo_photos):
+def _indexed(tmp_path, photos_to_copy, rt):
+    """A folder with copies of `photos_to_copy`, indexed: (folder, library)."""
     photos = tmp_path / "p"
     photos.mkdir()
-    for p in demo_photos[:3]:
+    for p in photos_to_copy:
         shutil.copy(p, photos)
     db = tmp_path / "lib"
-    rt = Runtime()
     index_paths([photos], db, runtime=rt)
+    return photos, db
+
+
+def test_a_deleted_photos_id_is_never_given_to_a_new_one(tmp_path, demo_photos):
+    rt = Runtime()
+    photos, db = _indexed(tmp_path, demo_photos[:3], rt)
     before = _id_paths(db)
     top = max(before)
     os.remove(before[top])
@@ -53,13 +59,8 @@ def test_a_deleted_photos_id_is_never_given_to_a_new_one(tmp_path, demo_photos):
 
 
 def test_a_reader_during_an_index_run_keeps_a_consistent_snapshot(tmp_path, demo_photos):
-    photos = tmp_path / "p"
-    photos.mkdir()
-    for p in demo_photos[:6]:
-        shutil.copy(p, photos)
-    db = tmp_path / "lib"
     rt = Runtime()
-    index_paths([photos], db, runtime=rt)
+    photos, db = _indexed(tmp_path, demo_photos[:6], rt)
     ids = {v: k for k, v in _id_paths(db).items()}
     edited, gone = str(photos / demo_photos[0].name), str(photos / demo_photos[1].name)
     saved, saved_at = (db / "photos.faiss").read_bytes(), time.time()  # FAISS as the first run saved it
