@@ -14,14 +14,11 @@ import numpy as np
 
 from retrieval.model.evidence import LABELS, MEMORY_SIZE, PhotoEvidence, evidence
 from retrieval.model.memory import CaptionMemory
+from retrieval.model.query_side import l2n
 
 if TYPE_CHECKING:
     from retrieval.model.heads import SharedSpace
     from retrieval.model.query_side import QuerySide
-
-
-def _l2n(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -88,7 +85,7 @@ class Embedder:
             ids, w = self.memory.recall(itc, self.corpus_itc, MEMORY_SIZE, self.tau)
             search = itc
             if self.beta:
-                search = _l2n(itc + self.beta * _l2n((w[:, :, None] * self.corpus_itc[ids]).sum(1)))
+                search = l2n(itc + self.beta * l2n((w[:, :, None] * self.corpus_itc[ids]).sum(1)))
         ev = PhotoEvidence(ids, w, label_ids[:, :LABELS].numpy().astype(np.int32),
                            label_w[:, :LABELS].numpy().astype(np.float32))
         return PhotoVectors(search.astype(np.float32), itc.astype(np.float32), ev)

@@ -59,7 +59,8 @@ def config_of(meta: dict) -> ModelConfig:
     return ModelConfig(**{k: v for k, v in meta["config"].items() if k in known})
 
 
-def _l2n(x: np.ndarray) -> np.ndarray:
+def l2n(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
@@ -90,17 +91,17 @@ class QuerySide:
         t = {k: v.astype(np.float32) for k, v in t.items()}
         rerank = {k[len("reranker."):]: v for k, v in t.items() if k.startswith("reranker.")} or None
         return cls(config_of(meta), meta["content_hash"], path, t["space.text_fc.weight"], t["space.text_fc.bias"],
-                   _l2n(t["space.class_embeddings"]), rerank)
+                   l2n(t["space.class_embeddings"]), rerank)
 
     def embed_text(self, pooled: np.ndarray) -> np.ndarray:
         """A text's ITC vector from its raw MiniLM pooled vector (SharedSpace.embed_text)."""
-        t = _l2n(np.asarray(pooled, np.float32))
-        return _l2n(t + t @ self.text_w.T + self.text_b).astype(np.float32)
+        t = l2n(np.asarray(pooled, np.float32))
+        return l2n(t + t @ self.text_w.T + self.text_b).astype(np.float32)
 
     def texts(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ITC vectors, sentence vectors) of raw MiniLM pooled vectors, both L2-normalised."""
         pooled = np.asarray(pooled, np.float32)
-        return self.embed_text(pooled), _l2n(pooled).astype(np.float32)
+        return self.embed_text(pooled), l2n(pooled).astype(np.float32)
 
     def logits(self, feats: np.ndarray) -> np.ndarray:
         """The evidence reranker's match logits (Reranker.forward)."""
