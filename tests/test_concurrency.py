@@ -186,3 +186,31 @@ def test_memory_stays_flat_over_10000_requests(tmp_path, demo_dir):
 
 
 REQUESTS = 10_000
+
+
+def test_the_same_thumbnail_asked_for_at_once_by_many_threads(tmp_path, demo_photos):
+    # the page and a client asking for one thumbnail together once wrote and renamed the same
+    # temporary file: the loser's rename found it gone and the server answered 500
+    from retrieval.serve.server import thumbnail
+
+    rounds, threads_per_round = 20, 8
+    failures = []
+    for r in range(rounds):
+        barrier = threading.Barrier(threads_per_round)
+
+        def ask(r=r, barrier=barrier):
+            barrier.wait()
+            try:
+                out = thumbnail(tmp_path, r, str(demo_photos[r % len(demo_photos)]), 64)
+                assert out.read_bytes()[:2] == b"\xff\xd8"  # a whole JPEG, not a half-written one
+            except Exception as e:  # noqa: BLE001 - every failure is collected and reported
+                failures.append(repr(e))
+
+        threads = [threading.Thread(target=ask) for _ in range(threads_per_round)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert not list((tmp_path / "thumbs").glob("*.tmp"))  # no temporary file left behind
+    assert len(list((tmp_path / "thumbs").glob("*.jpg"))) == rounds

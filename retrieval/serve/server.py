@@ -4,6 +4,7 @@ on localhost (FastAPI on uvicorn)."""
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import date, datetime
@@ -176,7 +177,9 @@ def thumbnail(root: Path, photo_id: int, path: str, size: int) -> "Path | bytes"
         img.thumbnail((size, size), Image.BICUBIC)
         buf = io.BytesIO()  # encoded in memory: PIL's encoder can cut a file short on a full disk
         img.save(buf, "JPEG", quality=85)
-        tmp = out.with_name(out.name + ".tmp")
+        # a name of its own per call: two requests for the same thumbnail at once (the page asks
+        # for it while a client does too) must not write and rename the same temporary file
+        tmp = out.with_name(f"{out.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         try:
             out.parent.mkdir(exist_ok=True)
             with open(tmp, "wb") as f:
