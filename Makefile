@@ -31,10 +31,15 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
 
-test: install browser
+# The Ray extra (ray[data], ~600 MB with pyarrow and pandas) only for the tests of fusion index --ray.
+$(VENV)/.ray-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[ray]'
+	touch $@
+
+test: install browser $(VENV)/.ray-installed
 	$(BIN)/pytest -q -m 'not resnet'
 
-test-fast: install browser
+test-fast: install browser $(VENV)/.ray-installed
 	$(BIN)/pytest -q -m 'not resnet and not slow'
 
 # The optional torchvision path, in a second environment (CI runs this too).

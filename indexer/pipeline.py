@@ -1,5 +1,6 @@
 """Read → decode → preprocess in worker threads, overlapped with the forward pass in the
-caller's thread; each stage timed."""
+caller's thread; each stage timed. `photo_stream` is what the writer consumes, in-process here
+and on Ray Data workers in indexer/on_ray.py."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ class Loaded:
     sha: str  # content hash of the file's bytes
     pixels: np.ndarray | None  # preprocessed photo; None for a rename candidate (not decoded)
     info: dict = field(default_factory=dict)  # width, height, taken_at, camera
+
+
+@dataclass
+class Encoded:
+    """Photos ready for the writer: per photo its rerank evidence, search vector, signature."""
+    items: list[Loaded]  # pixels dropped once encoded
+    rerank: list[bytes]
+    vectors: np.ndarray
+    signatures: list[bytes]
 
 
 @dataclass
@@ -75,3 +85,26 @@ def encode_batch(items: list[Loaded], runtime, timing: Timing, batch_size: int =
     rows = runtime.index_features(feats)
     timing.forward_s += time.perf_counter() - start
     return rows
+
+
+def photo_stream(stats: list[FileStat], runtime, rename_shas: set, timing: Timing, workers: int = 1,
+                 batch_size: int = 4, write_batch: int = 32):
+    """Yield, in input order, an ImageError per skipped file, a Loaded without pixels per
+    rename candidate, and an Encoded per `write_batch` decoded photos."""
+    pending: list[Loaded] = []
+
+    def encoded() -> Encoded:
+        rerank, vectors, signatures = encode_batch(pending, runtime, timing, batch_size)
+        items = [Loaded(it.stat, it.sha, None, it.info) for it in pending]
+        pending.clear()
+        return Encoded(items, rerank, vectors, signatures)
+
+    for _stat, result in loaded_photos(stats, runtime.image_encoder, rename_shas, timing, workers):
+        if isinstance(result, Exception) or result.pixels is None:
+            yield result
+            continue
+        pending.append(result)
+        if len(pending) >= write_batch:
+            yield encoded()
+    if pending:
+        yield encoded()

@@ -8,15 +8,19 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from indexer.captions import index_captions
-from indexer.pipeline import Timing, encode_batch, loaded_photos
+from indexer.pipeline import Encoded, Timing, photo_stream
 from indexer.scan import plan, walk
 from indexer.writer import Writer
 from retrieval.training.datasets import is_dataset
 from retrieval.errors import DiskFullError, LibraryError, disk_full, is_disk_full
 from retrieval.store.library import CAPTION_INDEX, DB_FILE, LOCK_FILE, PHOTO_INDEX, Library, check_root, library_dir
 from retrieval.model.runtime import Runtime
+
+if TYPE_CHECKING:
+    from indexer.on_ray import RayOptions
 
 WRITE_BATCH = 32  # photos per SQLite transaction
 LOCK_TRIES = 40  # x 50 ms before "another fusion index is writing"
@@ -62,15 +66,17 @@ def writer_lock(root: Path):
 
 def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool = False,
                 runtime: Runtime | None = None, batch_size: int = 4, workers: int = 1,
-                bar=None, index_type: str | None = None) -> dict:
+                bar=None, index_type: str | None = None, ray: "RayOptions | None" = None) -> dict:
     """Bring the library up to date with `paths`. `bar(total)` may return a progress object
-    with update(n) and set_postfix_str(s). Returns the summary (see `fusion index --help`)."""
+    with update(n) and set_postfix_str(s). With `ray`, photos are read, decoded and encoded
+    on Ray Data workers (indexer/on_ray.py); everything else is the same. Returns the summary
+    (see `fusion index --help`)."""
     runtime = runtime or Runtime()
     root = library_dir(db)
     check_root(root)  # before the lock file is made in it
     with writer_lock(root):
         try:
-            return _index(paths, root, rebuild_first, runtime, batch_size, workers, bar, index_type)
+            return _index(paths, root, rebuild_first, runtime, batch_size, workers, bar, index_type, ray)
         except DiskFullError:
             raise
         except Exception as e:  # the batch in flight rolls back; committed photos stay
@@ -80,7 +86,7 @@ def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool =
 
 
 def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size: int, workers: int,
-           bar, index_type) -> dict:
+           bar, index_type, ray) -> dict:
     start = time.perf_counter()
     if rebuild_first and root.is_dir():
         rebuild(root, runtime)
@@ -97,44 +103,17 @@ def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size:
     renames = {sha: pid for pid, (_path, sha) in todo.missing.items()}
     work = todo.new + [f for _pid, f in todo.changed]
     progress = bar(len(work)) if (bar and work) else None
-    pending = []
-    if work:
-        _ = runtime.image_encoder.network  # load before timing the photos
     photo_start = time.perf_counter()
+    if ray is not None and work:
+        from indexer.on_ray import ray_photo_stream  # Ray is imported only with --ray
 
-    def flush():
-        if pending:
-            rerank, vectors, signatures = encode_batch(pending, runtime, timing, batch_size)
-            writer.write(pending, rerank, vectors, signatures, existing)
-            for it in pending:
-                summary["updated" if it.stat.path in existing else "added"] += 1
-            if progress:
-                progress.update(len(pending))
-            pending.clear()
-
-    for stat, result in loaded_photos(work, runtime.image_encoder, set(renames), timing, workers):
-        if isinstance(result, Exception):
-            skipped.append({"path": result.path, "reason": result.reason})
-            if progress:
-                progress.update(1)
-            continue
-        if result.pixels is None:
-            pid = renames.pop(result.sha, None)
-            if pid is not None:
-                writer.rename(pid, result)
-                summary["renamed"] += 1
-                if progress:
-                    progress.update(1)
-                continue
-            # a second copy of a renamed photo: decode it as a new one
-            result = next(loaded_photos([stat], runtime.image_encoder, set(), timing))[1]
-            if isinstance(result, Exception):
-                skipped.append({"path": result.path, "reason": result.reason})
-                continue
-        pending.append(result)
-        if len(pending) >= WRITE_BATCH:
-            flush()
-    flush()
+        stream = ray_photo_stream(work, runtime, set(renames), timing, ray, batch_size, WRITE_BATCH)
+    else:
+        if work:
+            _ = runtime.image_encoder.network  # load before timing the photos
+            photo_start = time.perf_counter()
+        stream = photo_stream(work, runtime, set(renames), timing, workers, batch_size, WRITE_BATCH)
+    _write_photos(stream, writer, existing, renames, summary, skipped, progress, runtime, batch_size)
     photo_s = time.perf_counter() - photo_start
     writer.remove(list(renames.values()))  # missing and not renamed: deleted from disk
     summary["removed"] = len(renames)
@@ -154,3 +133,48 @@ def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size:
                    photos_per_s=round(encoded / photo_s, 1) if encoded else 0.0,
                    timing=timing.as_dict(), library=str(root))
     return summary
+
+
+def _write_photos(stream, writer: Writer, existing: dict, renames: dict, summary: dict, skipped: list,
+                  progress, runtime: Runtime, batch_size: int) -> None:
+    """Commit what `stream` yields (see pipeline.photo_stream), in its order. A path is taken
+    once: were Ray ever to hand back a task's results twice, nothing is written twice."""
+    seen: set[str] = set()
+    copies = []
+    for event in stream:
+        if isinstance(event, Encoded):
+            keep = [n for n, it in enumerate(event.items) if it.stat.path not in seen]
+            if keep:
+                items = [event.items[n] for n in keep]
+                writer.write(items, [event.rerank[n] for n in keep], event.vectors[keep],
+                             [event.signatures[n] for n in keep], existing)
+                for it in items:
+                    seen.add(it.stat.path)
+                    summary["updated" if it.stat.path in existing else "added"] += 1
+            done = len(keep)
+        elif (event.path if isinstance(event, Exception) else event.stat.path) in seen:
+            continue
+        elif isinstance(event, Exception):
+            seen.add(event.path)
+            skipped.append({"path": event.path, "reason": event.reason})
+            done = 1
+        else:  # same content as a photo gone from its old path
+            seen.add(event.stat.path)
+            pid = renames.pop(event.sha, None)
+            if pid is None:  # a second copy of a renamed photo: encoded as a new one below
+                copies.append(event.stat)
+                continue
+            writer.rename(pid, event)
+            summary["renamed"] += 1
+            done = 1
+        if progress:
+            progress.update(done)
+    if copies:  # rare: encoded here, in-process
+        for event in photo_stream(copies, runtime, set(), writer.timing, 1, batch_size, WRITE_BATCH):
+            if isinstance(event, Exception):
+                skipped.append({"path": event.path, "reason": event.reason})
+            else:
+                writer.write(event.items, event.rerank, event.vectors, event.signatures, existing)
+                summary["added"] += len(event.items)
+            if progress:
+                progress.update(1 if isinstance(event, Exception) else len(event.items))

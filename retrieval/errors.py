@@ -13,6 +13,9 @@ class ImageError(FusionError):
         self.path = str(path)
         self.reason = reason
 
+    def __reduce__(self):  # pickled as it was made (fusion index --ray sends skips back from workers)
+        return type(self), (self.path, self.reason)
+
 
 class ImageTooLargeError(ImageError):
     """The header announces more pixels than we agree to decode (decompression bomb guard)."""

@@ -13,7 +13,7 @@ from retrieval.cli.base import K_RANGE, db_option, fusion_errors, main
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @db_option
 @click.option("--rebuild", is_flag=True,
               help="Rebuild from what remains: FAISS from an intact SQLite of this model, else "
@@ -25,9 +25,17 @@ from retrieval.cli.base import K_RANGE, db_option, fusion_errors, main
 @click.option("--index-type", type=click.Choice(["auto", "flat", "ivf"]),
               help="Photo vector index: exact (flat), IVF with 8-bit codes (ivf), or by library size "
                    "(auto: ivf from 200,000 photos). Remembered by the library. [default: auto]")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Read, decode and encode the photos on Ray Data workers (pip install "
+                   "'fusion-retrieval[ray]'): --ray alone starts a local Ray on this machine's CPUs; "
+                   "--ray=ADDRESS joins a running cluster (auto, HOST:6379 or ray://HOST:10001). "
+                   "Every node needs the same fusion-retrieval installed and must read the photos at "
+                   "the same paths (a shared filesystem). This machine still plans the run and "
+                   "writes the one library (files are listed here, read and hashed only on the "
+                   "workers); the result is the same library as without --ray.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @fusion_errors
-def index(paths, db, rebuild, workers, batch_size, index_type, as_json):
+def index(paths, db, rebuild, workers, batch_size, index_type, ray_address, as_json):
     """Index photos under PATHS into the library; run it again whenever they change.
 
     Finds jpg, jpeg, png, webp, bmp, tif(f), gif, heic/heif (iPhone), avif and camera RAW
@@ -48,11 +56,19 @@ def index(paths, db, rebuild, workers, batch_size, index_type, as_json):
 
     from indexer.run import index_paths
 
+    paths, ray = list(paths), None
+    if ray_address is not None:
+        if ray_address != "local" and Path(ray_address).exists():  # `--ray ~/Photos`: a folder, not an address
+            paths, ray_address = [Path(ray_address)] + paths, "local"
+        ray = _ray_options(ray_address)
+    if not paths:
+        raise click.UsageError("give at least one photo folder, photo or captions file to index")
+
     def bar(total):
         return tqdm(total=total, unit="photo", file=sys.stderr, disable=as_json or None)
 
-    s = index_paths(list(paths), db, rebuild, batch_size=batch_size, workers=workers, bar=bar,
-                    index_type=index_type)
+    s = index_paths(paths, db, rebuild, batch_size=batch_size, workers=workers, bar=bar,
+                    index_type=index_type, ray=ray)
     if as_json:
         click.echo(json.dumps(s, indent=2))
     else:
@@ -68,6 +84,15 @@ def index(paths, db, rebuild, workers, batch_size, index_type, as_json):
                        f"{t['forward_s']} s, writes {t['write_s']} s); total {s['seconds']} s")
     if s["skipped"]:
         sys.exit(3)
+
+
+def _ray_options(address: str):
+    try:
+        from indexer.on_ray import RayOptions
+        import ray  # noqa: F401
+    except ImportError:
+        raise click.UsageError("--ray needs Ray Data: pip install 'fusion-retrieval[ray]'") from None
+    return RayOptions(address=None if address == "local" else address)
 
 
 @main.command()

@@ -1,0 +1,148 @@
+"""`fusion index --ray`: the photos are read, hashed, decoded and encoded by an actor pool on
+Ray Data (the model loaded once per actor), and each task's results stream back, in order, to
+the one writer in the driver, which commits them exactly as the in-process indexer does
+(indexer/run.py). The driver only lists and stats files; a file's bytes are read once, on the
+worker that encodes it, where its content hash is taken too. Imported only with --ray."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import pickle
+import sys
+from dataclasses import dataclass
+
+from indexer.pipeline import Timing, photo_stream
+from indexer.scan import FileStat
+from retrieval.errors import FusionError, LibraryError
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # a running cluster ("auto", "ray://host:10001", "host:6379"); None: start one here
+    actors: int | None = None  # actor pool size [default: the cluster's CPUs / cpus_per_actor]
+    cpus_per_actor: float = 1.0  # each actor runs torch on this many threads
+    photos_per_task: int = 32  # one task = one actor call = one SQLite transaction in the driver
+
+
+def connect(opts: RayOptions) -> bool:
+    """Join `opts.address`, or start a local Ray on this machine's CPUs. True when this call
+    started or joined it (and the caller shuts it down); False when the process was already
+    connected (a test session, a notebook)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's notices stay in its log files
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
+    if opts.address not in (None, "auto"):
+        _reachable(opts.address)  # Ray itself retries an unreachable address for minutes
+    try:
+        with _stderr_to_devnull():  # Ray's C++ core prints a line about that very setting
+            if opts.address is None:
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+            else:
+                ray.init(address=opts.address, **quiet)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise FusionError(f"--ray{'=' + opts.address if opts.address else ''}: cannot start or reach Ray ({str(e).splitlines()[0][:160]}); "
+                          "on the head node use --ray=auto; from elsewhere the address `ray status` prints and the cluster's auth token (RAY_AUTH_TOKEN)") from None
+    return True
+
+
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise FusionError(f"--ray={address}: not a Ray address; use auto, HOST:6379 or ray://HOST:10001")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise FusionError(f"--ray={address}: nothing answers there ({e.strerror or e}); start the cluster "
+                          "(ray start --head) or check the address `ray status` prints") from None
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class PhotoEncoder:
+    """The Ray Data actor: one model per actor, loaded once, then a task of stats at a time."""
+
+    def __init__(self, checkpoint, image_weights, rename_shas: set, threads: int, batch_size: int):
+        import torch
+
+        from retrieval.model.runtime import Runtime
+
+        torch.set_num_threads(threads)
+        self.runtime = Runtime(checkpoint, image_weights)
+        _ = self.runtime.image_encoder.network
+        self.fingerprint = self.runtime.fingerprint
+        self.rename_shas, self.batch_size = rename_shas, batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        stats = [FileStat(str(p), int(s), int(m)) for p, s, m in zip(batch["path"], batch["size"], batch["mtime_ns"])]
+        timing = Timing()
+        events = list(photo_stream(stats, self.runtime, self.rename_shas, timing, 1, self.batch_size, len(stats)))
+        return {"events": [pickle.dumps(events, protocol=5)], "fingerprint": [self.fingerprint],
+                "decode_s": [timing.decode_s], "forward_s": [timing.forward_s]}
+
+
+def ray_photo_stream(stats: list[FileStat], runtime, rename_shas: set, timing: Timing, opts: RayOptions,
+                     batch_size: int = 4, write_batch: int = 32):
+    """What pipeline.photo_stream yields, computed on Ray: skips, rename candidates and
+    encoded photos, in the order of `stats`."""
+    import ray
+
+    started = connect(opts)
+    try:
+        yield from _stream(stats, runtime, rename_shas, timing, opts, batch_size)
+    except ray.exceptions.RayError as e:  # committed photos stay; a rerun goes on from there
+        raise FusionError(f"--ray: a worker failed ({str(e).strip().splitlines()[-1][:200]}); "
+                          "what was committed stays, run fusion index again") from None
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _stream(stats, runtime, rename_shas, timing, opts: RayOptions, batch_size):
+    import ray
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the driver's own progress bar counts committed photos
+    ctx.print_on_execution_start = False
+    ctx.execution_options.preserve_order = True  # ids are given in the same order as in-process
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    per_actor = max(opts.cpus_per_actor, 1.0)
+    per_task = max(1, opts.photos_per_task)
+    tasks = math.ceil(len(stats) / per_task)
+    actors = min(opts.actors or max(1, int(cpus // per_actor)), tasks)
+    rows = [{"path": s.path, "size": s.size, "mtime_ns": s.mtime_ns} for s in stats]
+    ds = ray.data.from_items(rows, override_num_blocks=tasks).map_batches(
+        PhotoEncoder, batch_size=per_task, batch_format="numpy",
+        fn_constructor_kwargs=dict(checkpoint=runtime.checkpoint_path, image_weights=runtime.image_weights,
+                                   rename_shas=rename_shas, threads=max(1, int(per_actor)), batch_size=batch_size),
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=per_actor)
+    mine = runtime.fingerprint
+    for row in ds.iter_rows():
+        if row["fingerprint"] != mine:
+            raise LibraryError(f"a Ray worker encodes with model {row['fingerprint']}, this library's is {mine}; "
+                               "install the same fusion-retrieval (and --checkpoint) on every node")
+        timing.decode_s += float(row["decode_s"])
+        timing.forward_s += float(row["forward_s"])
+        yield from pickle.loads(row["events"])

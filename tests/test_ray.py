@@ -1,0 +1,147 @@
+"""`fusion index --ray`: the same library as in-process (demo photos and the hostile battery),
+kill -9 of the driver mid-run then a rerun, and a Ray worker killed mid-run: nothing lost or
+duplicated. A real local Ray (2 CPUs, no dashboard) and the real model; needs the `ray` extra."""
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from indexer.run import index_paths
+from retrieval.model.runtime import Runtime
+from retrieval.query.search import open_searcher
+from retrieval.store.library import Library
+from tests.test_crash import count
+from tests.test_hostile import battery
+
+pytestmark = pytest.mark.ray
+
+
+def rows(db) -> dict[str, tuple]:
+    """path -> (sha, width, height, taken_at, camera, search vector) of every indexed photo."""
+    con = sqlite3.connect(db / "library.sqlite")
+    out = {p: (sha, w, h, t, c, np.frombuffer(v, "<f2").astype(np.float32)) for p, sha, w, h, t, c, v in con.execute(
+        "select path, sha, width, height, taken_at, camera, vector from photos join photo_features "
+        "on photo_features.photo_id = photos.id")}
+    con.close()
+    return out
+
+
+def assert_same_library(a, b):
+    ra, rb = rows(a), rows(b)
+    assert sorted(ra) == sorted(rb)
+    for path in ra:
+        assert ra[path][:5] == rb[path][:5], path
+        np.testing.assert_allclose(ra[path][5], rb[path][5], atol=2e-3, err_msg=path)
+    rt = Runtime()
+    for db in (a, b):  # FAISS holds exactly SQLite's photos
+        lib = Library.open(db, rt.fingerprint, rt.dim)
+        assert sorted(lib.photos.ids().tolist()) == sorted(i for (i,) in sqlite3.connect(db / "library.sqlite")
+                                                           .execute("select id from photos"))
+        lib.engine.dispose()
+
+
+def top(db, query, k=8):
+    return [(h.path, round(h.score, 3)) for h in open_searcher(db).text(query, k=k).hits]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from indexer.on_ray import connect, RayOptions
+
+    assert connect(RayOptions())  # what `--ray` starts, once for the module's in-process runs
+    yield
+    ray.shutdown()
+
+
+def test_killing_the_driver_mid_run_then_rerunning_completes_the_library(tmp_path, demo_photos):
+    # first in the module: its `fusion index --ray` processes start their own local Ray
+    photos = tmp_path / "p"
+    photos.mkdir()
+    for n in range(3):
+        for p in demo_photos:
+            shutil.copy(p, photos / f"{n}-{p.name}")
+    db = tmp_path / "lib"
+    cmd = [sys.executable, "-m", "retrieval.cli", "index", str(photos), "--db", str(db), "--ray", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while proc.poll() is None and time.monotonic() < deadline and count(db, "select count(*) from photos") == 0:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = count(db, "select count(*) from photos")
+    assert 0 < left < 144  # killed in the middle of the run
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    s = json.loads(done.stdout)
+    assert s["added"] == 144 - left and s["unchanged"] == left
+    assert count(db, "select count(*) from photos") == 144
+    assert count(db, "select count(distinct path) from photos") == 144
+    rt = Runtime()
+    lib = Library.open(db, rt.fingerprint, rt.dim)
+    assert sorted(lib.photos.ids().tolist()) == sorted(i for (i,) in sqlite3.connect(db / "library.sqlite")
+                                                       .execute("select id from photos"))
+
+
+def test_ray_gives_the_same_library_on_the_demo_collection_and_the_battery(tmp_path, demo_dir, demo_photos,
+                                                                         local_ray):
+    from indexer.on_ray import RayOptions
+
+    photos = tmp_path / "photos"
+    shutil.copytree(demo_dir, photos)
+    battery(photos / "messy", demo_photos)
+    here, there = tmp_path / "in-process", tmp_path / "ray"
+    a = index_paths([photos], here)
+    b = index_paths([photos], there, ray=RayOptions(photos_per_task=8))
+    for key in ("added", "updated", "renamed", "removed", "photos", "captions", "captions_added"):
+        assert a[key] == b[key], key
+    assert a["added"] > 48 and len(a["skipped"]) >= 8
+    assert sorted((d["path"], d["reason"]) for d in a["skipped"]) == sorted((d["path"], d["reason"])
+                                                                          for d in b["skipped"])
+    assert_same_library(here, there)
+    for q in ("two zebras grazing", "a plate of food on a table", "a man riding a wave on a surfboard"):
+        assert top(here, q) == top(there, q)
+    # a moved photo and a deleted one, seen the same way by both: renamed without re-encoding
+    os.rename(photos / "images" / demo_photos[0].name, photos / "moved.jpg")
+    os.remove(photos / "images" / demo_photos[1].name)
+    a = index_paths([photos], here)
+    b = index_paths([photos], there, ray=RayOptions(photos_per_task=8))
+    assert (a["renamed"], a["removed"], a["added"]) == (b["renamed"], b["removed"], b["added"]) == (1, 1, 0)
+    assert_same_library(here, there)
+
+
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, demo_dir, local_ray):
+    from indexer.on_ray import RayOptions
+
+    killed = []
+
+    class KillAWorker:  # the progress bar: at the first committed batch, kill -9 one encoding actor
+        def update(self, n):
+            if not killed:
+                out = subprocess.run(["pgrep", "-f", "PhotoEncoder"], capture_output=True, text=True).stdout.split()
+                pids = [int(p) for p in out if int(p) != os.getpid()]
+                assert pids, "no Ray actor process found to kill"
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+
+        def close(self):
+            pass
+
+    db = tmp_path / "lib"
+    s = index_paths([demo_dir], db, ray=RayOptions(actors=2, photos_per_task=4), bar=lambda total: KillAWorker())
+    assert killed
+    assert s["added"] == 48 and not s["skipped"]
+    assert count(db, "select count(*) from photos") == 48
+    assert count(db, "select count(distinct path) from photos") == 48
+    reference = tmp_path / "in-process"
+    index_paths([demo_dir], reference)
+    assert_same_library(reference, db)
