@@ -33,13 +33,13 @@ def connect(opts: RayOptions) -> bool:
     connected (a test session, a notebook)."""
     import ray
 
+    if opts.address not in (None, "auto"):
+        _reachable(opts.address)  # Ray itself retries an unreachable address for minutes
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's notices stay in its log files
     logging.getLogger("ray").setLevel(logging.ERROR)
     quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
-    if opts.address not in (None, "auto"):
-        _reachable(opts.address)  # Ray itself retries an unreachable address for minutes
     try:
         with _stderr_to_devnull():  # Ray's C++ core prints a line about that very setting
             if opts.address is None:
@@ -47,8 +47,10 @@ def connect(opts: RayOptions) -> bool:
             else:
                 ray.init(address=opts.address, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as e:
-        raise FusionError(f"--ray{'=' + opts.address if opts.address else ''}: cannot start or reach Ray ({str(e).splitlines()[0][:160]}); "
-                          "on the head node use --ray=auto; from elsewhere the address `ray status` prints and the cluster's auth token (RAY_AUTH_TOKEN)") from None
+        name = f"--ray={opts.address}" if opts.address else "--ray"
+        raise FusionError(f"{name}: cannot start or reach Ray ({str(e).splitlines()[0][:160]}); on the head node "
+                          "use --ray=auto, from elsewhere the address `ray status` prints with the cluster's "
+                          "auth token in RAY_AUTH_TOKEN") from None
     return True
 
 
@@ -139,10 +141,12 @@ def _stream(stats, runtime, rename_shas, timing, opts: RayOptions, batch_size):
                                    rename_shas=rename_shas, threads=max(1, int(per_actor)), batch_size=batch_size),
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=per_actor)
     mine = runtime.fingerprint
-    for row in ds.iter_rows():
-        if row["fingerprint"] != mine:
-            raise LibraryError(f"a Ray worker encodes with model {row['fingerprint']}, this library's is {mine}; "
-                               "install the same fusion-retrieval (and --checkpoint) on every node")
-        timing.decode_s += float(row["decode_s"])
-        timing.forward_s += float(row["forward_s"])
-        yield from pickle.loads(row["events"])
+    # whole blocks as they come (iter_rows held results back until several tasks had finished)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        for n in range(len(batch["events"])):  # a row per actor call, in input order
+            if batch["fingerprint"][n] != mine:
+                raise LibraryError(f"a Ray worker encodes with model {batch['fingerprint'][n]}, this library's is "
+                                   f"{mine}; install the same fusion-retrieval (and --checkpoint) on every node")
+            timing.decode_s += float(batch["decode_s"][n])
+            timing.forward_s += float(batch["forward_s"][n])
+            yield from pickle.loads(batch["events"][n])

@@ -145,3 +145,32 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, demo_dir
     reference = tmp_path / "in-process"
     index_paths([demo_dir], reference)
     assert_same_library(reference, db)
+
+
+def test_without_ray_nothing_imports_it(tmp_path, demo_photos):
+    photos = tmp_path / "p"
+    photos.mkdir()
+    for p in demo_photos[:4]:
+        shutil.copy(p, photos)
+    code = ("import sys; from pathlib import Path; from indexer.run import index_paths; "
+            f"s = index_paths([Path({str(photos)!r})], Path({str(tmp_path / 'lib')!r})); "
+            "assert s['added'] == 4, s; print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_ray_errors_name_the_address_and_the_fix(tmp_path, demo_photos):
+    from click.testing import CliRunner
+
+    from retrieval.cli import main
+
+    photos = tmp_path / "p"
+    photos.mkdir()
+    shutil.copy(demo_photos[0], photos)
+    runner = CliRunner()
+    r = runner.invoke(main, ["index", str(photos), "--db", str(tmp_path / "lib"), "--ray=127.0.0.1:1"])
+    assert r.exit_code == 1 and "--ray=127.0.0.1:1: nothing answers there" in r.output and "ray start" in r.output
+    r = runner.invoke(main, ["index", str(photos), "--db", str(tmp_path / "lib"), "--ray=not-an-address"])
+    assert r.exit_code == 1 and "not a Ray address" in r.output
+    assert count(tmp_path / "lib", "select count(*) from photos") == 0
