@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from sqlalchemy import delete
+from sqlalchemy import delete, insert, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from indexer.pipeline import Loaded, Timing
 from retrieval.store.library import Library
@@ -23,26 +24,32 @@ class Writer:
 
     def write(self, items: list[Loaded], rerank: list[bytes], vectors: np.ndarray, signatures: list[bytes],
               existing: dict[str, int]) -> None:
-        """Insert new photos, or update `existing` ones (path -> id) in place, with features."""
+        """Insert new photos, or update `existing` ones (path -> id) in place, with features:
+        one transaction, executemany statements (the ORM's row-at-a-time unit of work made
+        this the ceiling of a many-worker run; benchmarks/results/scale_plan.md)."""
         start = time.perf_counter()
-        ids = []
+        ids, new_rows, feature_rows = [], [], []
         with self.lib.session() as s, s.begin():
             fresh = iter(new_ids(s, Photo.id, sum(it.stat.path not in existing for it in items)))
+            now = time.time()
             for n, it in enumerate(items):
                 fields = dict(path=it.stat.path, size=it.stat.size, mtime_ns=it.stat.mtime_ns, sha=it.sha,
                               width=it.info.get("width", 0), height=it.info.get("height", 0),
-                              taken_at=it.info.get("taken_at"), camera=it.info.get("camera"),
-                              indexed_at=time.time())
+                              taken_at=it.info.get("taken_at"), camera=it.info.get("camera"), indexed_at=now)
                 photo_id = existing.get(it.stat.path)
                 if photo_id is None:
                     photo_id = next(fresh)
-                    s.add(Photo(id=photo_id, **fields))
-                    s.flush()
+                    new_rows.append(dict(id=photo_id, **fields))
                 else:
-                    s.query(Photo).filter(Photo.id == photo_id).update(fields)
-                s.merge(PhotoFeatures(photo_id=photo_id, vector=vectors[n].astype(VECTOR_DTYPE).tobytes(),
-                                      rerank=rerank[n], signature=signatures[n]))
+                    s.execute(update(Photo).where(Photo.id == photo_id).values(**fields))
+                feature_rows.append(dict(photo_id=photo_id, vector=vectors[n].astype(VECTOR_DTYPE).tobytes(),
+                                         rerank=rerank[n], signature=signatures[n]))
                 ids.append(photo_id)
+            if new_rows:
+                s.execute(insert(Photo), new_rows)
+            upsert = sqlite_insert(PhotoFeatures)
+            s.execute(upsert.on_conflict_do_update(index_elements=[PhotoFeatures.photo_id], set_={
+                c: upsert.excluded[c] for c in ("vector", "rerank", "signature")}), feature_rows)
         self.lib.photos.add(ids, vectors)
         self._maybe_save()
         self.timing.write_s += time.perf_counter() - start
