@@ -2,8 +2,7 @@
 Ray Data (the model loaded once per actor), and each task's results stream back, in order, to
 the one writer in the driver, which commits them exactly as the in-process indexer does
 (indexer/run.py). The driver only lists and stats files; a file's bytes are read once, on the
-worker that encodes it, where its content hash is taken too. With a local Ray the driver
-encodes the first photos itself while Ray starts. Imported only with --ray."""
+worker that encodes it, where its content hash is taken too. Imported only with --ray."""
 
 from __future__ import annotations
 
@@ -12,9 +11,7 @@ import logging
 import math
 import os
 import pickle
-import queue
 import sys
-import threading
 from dataclasses import dataclass
 
 from indexer.pipeline import Timing, photo_stream
@@ -28,7 +25,6 @@ class RayOptions:
     actors: int | None = None  # actor pool size [default: the cluster's CPUs / cpus_per_actor]
     cpus_per_actor: float = 1.0  # each actor runs torch on this many threads
     photos_per_task: int = 32  # one task = one actor call = one SQLite transaction in the driver
-    head_start: int = 256  # photos the driver encodes itself while a local Ray starts
 
 
 def connect(opts: RayOptions) -> bool:
@@ -110,53 +106,18 @@ class PhotoEncoder:
 def ray_photo_stream(stats: list[FileStat], runtime, rename_shas: set, timing: Timing, opts: RayOptions,
                      batch_size: int = 4, write_batch: int = 32):
     """What pipeline.photo_stream yields, computed on Ray: skips, rename candidates and
-    encoded photos, in the order of `stats`. While a local Ray starts (about 8 s on two cores:
-    Ray itself, then each actor importing torch and loading the model), the driver encodes
-    the first `opts.head_start` photos itself rather than wait; Ray takes the rest."""
+    encoded photos, in the order of `stats`."""
     import ray
 
-    head = 0 if opts.address is not None else min(opts.head_start, len(stats) // 2)
-    results: queue.Queue = queue.Queue(maxsize=4)
-    stop, started, ray_timing = threading.Event(), [], Timing()
-
-    def on_ray():  # Ray's side, in a thread: a task's results at a time onto the queue
-        try:
-            started.append(connect(opts))
-            for events in _stream(stats[head:], runtime, rename_shas, ray_timing, opts, batch_size):
-                while not stop.is_set():
-                    try:
-                        results.put(events, timeout=0.2)
-                        break
-                    except queue.Full:
-                        pass
-                if stop.is_set():
-                    return
-            results.put(_DONE)
-        except BaseException as e:  # noqa: BLE001 - handed to the driver's thread, raised there
-            results.put(e)
-
-    thread = threading.Thread(target=on_ray, name="ray", daemon=True)
-    thread.start()
+    started = connect(opts)
     try:
-        if head:
-            yield from photo_stream(stats[:head], runtime, rename_shas, timing, 1, batch_size, write_batch)
-        while (item := results.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield from item
+        yield from _stream(stats, runtime, rename_shas, timing, opts, batch_size)
     except ray.exceptions.RayError as e:  # committed photos stay; a rerun goes on from there
         raise FusionError(f"--ray: a worker failed ({str(e).strip().splitlines()[-1][:200]}); "
                           "what was committed stays, run fusion index again") from None
     finally:
-        stop.set()
-        thread.join(timeout=60)
-        timing.decode_s += ray_timing.decode_s
-        timing.forward_s += ray_timing.forward_s
-        if started and started[0]:
+        if started:
             ray.shutdown()
-
-
-_DONE = object()
 
 
 def _stream(stats, runtime, rename_shas, timing, opts: RayOptions, batch_size):
@@ -188,4 +149,4 @@ def _stream(stats, runtime, rename_shas, timing, opts: RayOptions, batch_size):
                                    f"{mine}; install the same fusion-retrieval (and --checkpoint) on every node")
             timing.decode_s += float(batch["decode_s"][n])
             timing.forward_s += float(batch["forward_s"][n])
-            yield pickle.loads(batch["events"][n])
+            yield from pickle.loads(batch["events"][n])

@@ -71,26 +71,25 @@ def test_killing_the_driver_mid_run_then_rerunning_completes_the_library(tmp_pat
     # first in the module: its `fusion index --ray` processes start their own local Ray
     photos = tmp_path / "p"
     photos.mkdir()
-    for n in range(5):
+    for n in range(3):
         for p in demo_photos:
             shutil.copy(p, photos / f"{n}-{p.name}")
     db = tmp_path / "lib"
     cmd = [sys.executable, "-m", "retrieval.cli", "index", str(photos), "--db", str(db), "--ray", "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
-    # the driver encodes the first 120 itself while Ray starts: killed once Ray's results come in
-    while proc.poll() is None and time.monotonic() < deadline and count(db, "select count(*) from photos") <= 120:
+    while proc.poll() is None and time.monotonic() < deadline and count(db, "select count(*) from photos") == 0:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     left = count(db, "select count(*) from photos")
-    assert 120 < left < 240  # killed in the middle of the Ray part of the run
+    assert 0 < left < 144  # killed in the middle of the run
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     s = json.loads(done.stdout)
-    assert s["added"] == 240 - left and s["unchanged"] == left
-    assert count(db, "select count(*) from photos") == 240
-    assert count(db, "select count(distinct path) from photos") == 240
+    assert s["added"] == 144 - left and s["unchanged"] == left
+    assert count(db, "select count(*) from photos") == 144
+    assert count(db, "select count(distinct path) from photos") == 144
     rt = Runtime()
     lib = Library.open(db, rt.fingerprint, rt.dim)
     assert sorted(lib.photos.ids().tolist()) == sorted(i for (i,) in sqlite3.connect(db / "library.sqlite")
@@ -106,7 +105,6 @@ def test_ray_gives_the_same_library_on_the_demo_collection_and_the_battery(tmp_p
     battery(photos / "messy", demo_photos)
     here, there = tmp_path / "in-process", tmp_path / "ray"
     a = index_paths([photos], here)
-    # the first half (demo photos) encoded by the driver while Ray starts, the rest (the battery) on Ray
     b = index_paths([photos], there, ray=RayOptions(photos_per_task=8))
     for key in ("added", "updated", "renamed", "removed", "photos", "captions", "captions_added"):
         assert a[key] == b[key], key
@@ -143,8 +141,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, demo_dir
             pass
 
     db = tmp_path / "lib"
-    s = index_paths([demo_dir], db, ray=RayOptions(actors=2, photos_per_task=4, head_start=0),
-                    bar=lambda total: KillAWorker())
+    s = index_paths([demo_dir], db, ray=RayOptions(actors=2, photos_per_task=4), bar=lambda total: KillAWorker())
     assert killed
     assert s["added"] == 48 and not s["skipped"]
     assert count(db, "select count(*) from photos") == 48
