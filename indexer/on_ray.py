@@ -46,12 +46,29 @@ def connect(opts: RayOptions) -> bool:
                 ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
             else:
                 ray.init(address=opts.address, **quiet)
+        _quiet_worker_errors()
     except (ConnectionError, ValueError, RuntimeError) as e:
         name = f"--ray={opts.address}" if opts.address else "--ray"
         raise FusionError(f"{name}: cannot start or reach Ray ({str(e).splitlines()[0][:160]}); on the head node "
                           "use --ray=auto, from elsewhere the address `ray status` prints with the cluster's "
                           "auth token in RAY_AUTH_TOKEN") from None
     return True
+
+
+def _quiet_worker_errors() -> None:
+    """Ray's driver prints every failed attempt of a worker (a traceback each, hundreds of
+    lines before it gives up) to stdout, where `--json` promises one JSON object: they go to
+    the debug log instead; the run still ends with one line naming the worker's error."""
+    import ray._private.worker as ray_worker
+
+    log = logging.getLogger("fusion.ray")
+
+    def to_log(data, ignore_prefix=False):
+        for line in data.get("lines", []):
+            log.debug("%s: %s", data.get("pid", "ray"), line)
+
+    if hasattr(ray_worker, "print_to_stdstream"):
+        ray_worker.print_to_stdstream = to_log
 
 
 def _reachable(address: str, timeout_s: float = 5.0) -> None:

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +179,27 @@ def test_ray_errors_name_the_address_and_the_fix(tmp_path, demo_photos):
     r = runner.invoke(main, ["index", str(photos), "--db", str(tmp_path / "lib"), "--ray=not-an-address"])
     assert r.exit_code == 1 and "not a Ray address" in r.output
     assert count(tmp_path / "lib", "select count(*) from photos") == 0
+
+
+def test_a_worker_that_cannot_load_the_model_stops_with_one_error_and_nothing_on_stdout(tmp_path, demo_photos,
+                                                                                      capfd, local_ray):
+    # a node without the checkpoint the driver uses: Ray retries the actor, then gives up
+    from indexer.on_ray import RayOptions
+    from retrieval.errors import FusionError
+    from retrieval.model.query_side import default_checkpoint_path
+
+    src = Path(default_checkpoint_path())
+    for f in src.parent.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    runtime = Runtime(checkpoint=tmp_path / src.name)
+    _ = runtime.fingerprint  # the driver has read it
+    (tmp_path / src.name).unlink()  # ... the workers will not find it
+    photos = tmp_path / "p"
+    photos.mkdir()
+    for p in demo_photos[:4]:
+        shutil.copy(p, photos)
+    with pytest.raises(FusionError) as e:
+        index_paths([photos], tmp_path / "lib", runtime=runtime, ray=RayOptions())
+    assert str(e.value).startswith("--ray: a worker failed (") and "checkpoint not found" in str(e.value)
+    out = capfd.readouterr().out
+    assert "(raylet)" not in out and "Traceback" not in out  # --json's stdout stays clean
