@@ -113,7 +113,8 @@ class PhotoEncoder:
         self.rename_shas, self.batch_size = rename_shas, batch_size
 
     def __call__(self, batch: dict) -> dict:
-        stats = [FileStat(str(p), int(s), int(m)) for p, s, m in zip(batch["path"], batch["size"], batch["mtime_ns"])]
+        stats = [FileStat(str(path), int(size), int(mtime))
+                 for path, size, mtime in zip(batch["path"], batch["size"], batch["mtime_ns"])]
         timing = Timing()
         events = list(photo_stream(stats, self.runtime, self.rename_shas, timing, 1, self.batch_size, len(stats)))
         return {"events": [pickle.dumps(events, protocol=5)], "fingerprint": [self.fingerprint],
@@ -121,9 +122,9 @@ class PhotoEncoder:
 
 
 def ray_photo_stream(stats: list[FileStat], runtime, rename_shas: set, timing: Timing, opts: RayOptions,
-                     batch_size: int = 4, write_batch: int = 32):
+                     batch_size: int = 4):
     """What pipeline.photo_stream yields, computed on Ray: skips, rename candidates and
-    encoded photos, in the order of `stats`."""
+    encoded photos (a batch per task of `opts.photos_per_task`), in the order of `stats`."""
     import ray
 
     started = connect(opts)

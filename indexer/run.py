@@ -107,7 +107,7 @@ def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size:
     if ray is not None and work:
         from indexer.on_ray import ray_photo_stream  # Ray is imported only with --ray
 
-        stream = ray_photo_stream(work, runtime, set(renames), timing, ray, batch_size, WRITE_BATCH)
+        stream = ray_photo_stream(work, runtime, set(renames), timing, ray, batch_size)
     else:
         if work:
             _ = runtime.image_encoder.network  # load before timing the photos
