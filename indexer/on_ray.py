@@ -14,7 +14,7 @@ import pickle
 import sys
 from dataclasses import dataclass
 
-from indexer.pipeline import Timing, photo_stream
+from indexer.pipeline import PhotoEncoder, Timing
 from indexer.scan import FileStat
 from retrieval.errors import FusionError, LibraryError
 
@@ -96,29 +96,6 @@ def _stderr_to_devnull():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-
-
-class PhotoEncoder:
-    """The Ray Data actor: one model per actor, loaded once, then a task of stats at a time."""
-
-    def __init__(self, checkpoint, image_weights, rename_shas: set, threads: int, batch_size: int):
-        import torch
-
-        from retrieval.model.runtime import Runtime
-
-        torch.set_num_threads(threads)
-        self.runtime = Runtime(checkpoint, image_weights)
-        _ = self.runtime.image_encoder.network
-        self.fingerprint = self.runtime.fingerprint
-        self.rename_shas, self.batch_size = rename_shas, batch_size
-
-    def __call__(self, batch: dict) -> dict:
-        stats = [FileStat(str(path), int(size), int(mtime))
-                 for path, size, mtime in zip(batch["path"], batch["size"], batch["mtime_ns"])]
-        timing = Timing()
-        events = list(photo_stream(stats, self.runtime, self.rename_shas, timing, 1, self.batch_size, len(stats)))
-        return {"events": [pickle.dumps(events, protocol=5)], "fingerprint": [self.fingerprint],
-                "decode_s": [timing.decode_s], "forward_s": [timing.forward_s]}
 
 
 def ray_photo_stream(stats: list[FileStat], runtime, rename_shas: set, timing: Timing, opts: RayOptions,

@@ -5,6 +5,7 @@ and on Ray Data workers in indexer/on_ray.py."""
 from __future__ import annotations
 
 import hashlib
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,3 +109,27 @@ def photo_stream(stats: list[FileStat], runtime, rename_shas: set, timing: Timin
             yield encoded()
     if pending:
         yield encoded()
+
+
+class PhotoEncoder:
+    """A worker's encoder (a Ray Data actor, or a process of indexer/processes.py): the model
+    loaded once, then a task of files at a time, returning its pickled photo_stream events."""
+
+    def __init__(self, checkpoint, image_weights, rename_shas: set, threads: int, batch_size: int):
+        import torch
+
+        from retrieval.model.runtime import Runtime
+
+        torch.set_num_threads(threads)
+        self.runtime = Runtime(checkpoint, image_weights)
+        _ = self.runtime.image_encoder.network
+        self.fingerprint = self.runtime.fingerprint
+        self.rename_shas, self.batch_size = rename_shas, batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        stats = [FileStat(str(path), int(size), int(mtime))
+                 for path, size, mtime in zip(batch["path"], batch["size"], batch["mtime_ns"])]
+        timing = Timing()
+        events = list(photo_stream(stats, self.runtime, self.rename_shas, timing, 1, self.batch_size, len(stats)))
+        return {"events": [pickle.dumps(events, protocol=5)], "fingerprint": [self.fingerprint],
+                "decode_s": [timing.decode_s], "forward_s": [timing.forward_s]}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from indexer.captions import index_captions
 from indexer.pipeline import Encoded, Timing, photo_stream
+from indexer.processes import plan_processes, process_photo_stream
 from indexer.scan import plan, walk
 from indexer.writer import Writer
 from retrieval.training.datasets import is_dataset
@@ -66,17 +67,19 @@ def writer_lock(root: Path):
 
 def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool = False,
                 runtime: Runtime | None = None, batch_size: int = 4, workers: int = 1,
-                bar=None, index_type: str | None = None, ray: "RayOptions | None" = None) -> dict:
+                bar=None, index_type: str | None = None, ray: "RayOptions | None" = None,
+                processes: int | None = None) -> dict:
     """Bring the library up to date with `paths`. `bar(total)` may return a progress object
     with update(n) and set_postfix_str(s). With `ray`, photos are read, decoded and encoded
-    on Ray Data workers (indexer/on_ray.py); everything else is the same. Returns the summary
-    (see `fusion index --help`)."""
+    on Ray Data workers (indexer/on_ray.py); else by `processes` worker processes (None:
+    automatic, see indexer/processes.py; 0: in this process). Everything else is the same.
+    Returns the summary (see `fusion index --help`)."""
     runtime = runtime or Runtime()
     root = library_dir(db)
     check_root(root)  # before the lock file is made in it
     with writer_lock(root):
         try:
-            return _index(paths, root, rebuild_first, runtime, batch_size, workers, bar, index_type, ray)
+            return _index(paths, root, rebuild_first, runtime, batch_size, workers, bar, index_type, ray, processes)
         except DiskFullError:
             raise
         except Exception as e:  # the batch in flight rolls back; committed photos stay
@@ -86,7 +89,7 @@ def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool =
 
 
 def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size: int, workers: int,
-           bar, index_type, ray) -> dict:
+           bar, index_type, ray, processes) -> dict:
     start = time.perf_counter()
     if rebuild_first and root.is_dir():
         rebuild(root, runtime)
@@ -104,15 +107,19 @@ def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size:
     work = todo.new + [f for _pid, f in todo.changed]
     progress = bar(len(work)) if (bar and work) else None
     photo_start = time.perf_counter()
+    procs = (0, 0) if ray is not None else plan_processes(len(work), processes)  # (processes, threads)
     if ray is not None and work:
         from indexer.on_ray import ray_photo_stream  # Ray is imported only with --ray
 
         stream = ray_photo_stream(work, runtime, set(renames), timing, ray, batch_size)
+    elif procs[0]:
+        stream = process_photo_stream(work, runtime, set(renames), timing, *procs, batch_size)
     else:
         if work:
             _ = runtime.image_encoder.network  # load before timing the photos
             photo_start = time.perf_counter()
         stream = photo_stream(work, runtime, set(renames), timing, workers, batch_size, WRITE_BATCH)
+    summary["processes"] = procs[0]
     _write_photos(stream, writer, existing, renames, summary, skipped, progress, runtime, batch_size)
     photo_s = time.perf_counter() - photo_start
     writer.remove(list(renames.values()))  # missing and not renamed: deleted from disk

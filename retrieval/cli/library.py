@@ -22,6 +22,8 @@ from retrieval.cli.base import K_RANGE, db_option, fusion_errors, main
               help="Threads decoding photos while the network runs.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256),
               help="Photos per forward pass (4 is fastest on 2 CPU cores).")
+@click.option("--processes", type=click.IntRange(0, 64), help="Worker processes that read, decode and encode "
+              "photos; 0: this process. [default: one per core, at most 4, for 300+ photos to encode]")
 @click.option("--index-type", type=click.Choice(["auto", "flat", "ivf"]),
               help="Photo vector index: exact (flat), IVF with 8-bit codes (ivf), or by library size "
                    "(auto: ivf from 200,000 photos). Remembered by the library. [default: auto]")
@@ -35,7 +37,7 @@ from retrieval.cli.base import K_RANGE, db_option, fusion_errors, main
                    "workers); the result is the same library as without --ray.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @fusion_errors
-def index(paths, db, rebuild, workers, batch_size, index_type, ray_address, as_json):
+def index(paths, db, rebuild, workers, batch_size, processes, index_type, ray_address, as_json):
     """Index photos under PATHS into the library; run it again whenever they change.
 
     Finds jpg, jpeg, png, webp, bmp, tif(f), gif, heic/heif (iPhone), avif and camera RAW
@@ -68,7 +70,7 @@ def index(paths, db, rebuild, workers, batch_size, index_type, ray_address, as_j
         return tqdm(total=total, unit="photo", file=sys.stderr, disable=as_json or None)
 
     s = index_paths(paths, db, rebuild, batch_size=batch_size, workers=workers, bar=bar,
-                    index_type=index_type, ray=ray)
+                    index_type=index_type, ray=ray, processes=processes)
     if as_json:
         click.echo(json.dumps(s, indent=2))
     else:
