@@ -35,7 +35,8 @@ def to_markdown(r: dict, name: str = "Open-world recall") -> str:
              f"{r['folds']}-fold cross-validation over {r['photos']} captioned photos ({r['captions']} captions; "
              f"{', '.join(Path(d).name for d in r['data'])}), training on the other folds plus "
              f"{', '.join(Path(d).name for d in r['train_only']) or 'nothing else'}. Each fold's photos are hidden "
-             f"among {r['distractors']} distractor photos (a gallery of {r['open_gallery']}); "
+             f"among {r['distractors']} distractor photos (a gallery of {r['open_gallery']}; the other half of the "
+             f"distractors is training material, for the reranker's candidates and as pseudo-captioned photos); "
              f"t2i is also projected to a {r['projected_to']}-photo library, and measured in the fold alone "
              f"(about {r['photos'] // r['folds']} photos). i2t ranks each photo's captions among the "
              f"{r['memory_captions']} captions of the memory corpus (none of them belongs to an evaluated photo). "
@@ -78,7 +79,8 @@ def roads_markdown(results: Path) -> str:
         if "t2i" not in r or "open_gallery" not in r:
             continue
         road = (f"{r.get('image_encoder', '?')}, cell labels {'on' if r.get('bridge_cells', True) else 'off'}, "
-                f"memory weight {r.get('memory_beta', '?')}")
+                f"memory weight {r.get('memory_beta', '?')}, soup {r.get('soup', 1)}, "
+                f"pseudo-captions {r.get('pseudo_captions', 0)}, gallery {r['open_gallery']:,}")
         for m, t in r["t2i"].items():
             if m.startswith("reranked at"):
                 continue
@@ -133,20 +135,26 @@ def main() -> None:
                     help="weight of recalled captions in search vectors (0: memory only as rerank evidence)")
     ap.add_argument("--no-bridge-cells", action="store_true", help="bridge from pooled logits only")
     ap.add_argument("--reranker-hidden", type=int, default=0, help="hidden width of the reranker (0: linear)")
+    ap.add_argument("--soup", type=int, default=TrainConfig.soup, help="ITC runs averaged into one (1: one run)")
+    ap.add_argument("--pseudo-captions", type=int, default=TrainConfig.pseudo_captions,
+                    help="memory captions per training-half distractor as pseudo-captions (0: off)")
     ap.add_argument("--name", default="recall", help="results file stem")
     args = ap.parse_args()
     start = time.perf_counter()
     tc = TrainConfig(seed=args.seed, variants=(), memory_beta=args.memory_beta,
-                     bridge_cells=not args.no_bridge_cells, reranker_hidden=args.reranker_hidden)
+                     bridge_cells=not args.no_bridge_cells, reranker_hidden=args.reranker_hidden,
+                     soup=args.soup, pseudo_captions=args.pseudo_captions)
     report = open_world_report(args.data, args.distractors, args.train_only, args.folds, args.seed,
                                args.image_encoder, tc=tc, log=lambda e: print(e, file=sys.stderr, flush=True))
     report.update(image_encoder=args.image_encoder, memory_beta=args.memory_beta,
-                  bridge_cells=not args.no_bridge_cells, reranker_hidden=args.reranker_hidden)
+                  bridge_cells=not args.no_bridge_cells, reranker_hidden=args.reranker_hidden,
+                  soup=args.soup, pseudo_captions=args.pseudo_captions)
     report["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     md = to_markdown(report, f"Open-world recall ({args.image_encoder}, memory weight {args.memory_beta:g}, "
-                             f"cell labels {'on' if not args.no_bridge_cells else 'off'})")
+                             f"cell labels {'on' if not args.no_bridge_cells else 'off'}, soup {args.soup}, "
+                             f"pseudo-captions {args.pseudo_captions})")
     (RESULTS / f"{args.name}.md").write_text(md)
     main_md = RESULTS / "recall.md"  # the headline file carries the table of every road run so far
     if main_md.is_file():

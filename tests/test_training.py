@@ -7,7 +7,8 @@ from retrieval.training.datasets import load_dataset
 from retrieval.training.features import dataset_features
 from retrieval.model.heads import ModelConfig
 from retrieval.training.trainer import class_embeddings
-from retrieval.training.loop import TrainConfig, crossfit_pairs, itc_scores, train_head, train_itc
+from retrieval.training.loop import (TrainConfig, crossfit_pairs, itc_scores, train_all, train_head, train_itc,
+                                     train_itc_soup)
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +58,56 @@ def test_head_training_lowers_bce(feats, classes):
     pairs = crossfit_pairs(cfg, classes, feats, tc, epochs=2)
     head, curve = train_head("concat-mlp", cfg, feats, pairs, feats, space, tc)
     assert curve[-1]["loss"] < curve[0]["loss"]
+
+
+def test_a_soup_is_the_average_of_its_runs(feats, classes):
+    cfg = ModelConfig()
+    tc = TrainConfig(seed=0, batch_size=16, lr=1e-3, soup=3)
+    soup, _, _ = train_itc_soup(cfg, classes, feats, None, tc, epochs=3)
+    runs = [train_itc(cfg, classes, feats, None, TrainConfig(seed=i, batch_size=16, lr=1e-3), epochs=3)[0]
+            for i in range(3)]
+    w = [r.image_fc[1].weight.detach() for r in runs]
+    assert not np.allclose(w[0].numpy(), w[1].numpy(), atol=1e-4)  # the runs differ (seeded order)
+    np.testing.assert_allclose(soup.image_fc[1].weight.detach().numpy(), (sum(w) / 3).numpy(), atol=2e-4)  # float noise between runs
+    np.testing.assert_allclose(soup.text_fc.bias.detach().numpy(),
+                               (sum(r.text_fc.bias.detach() for r in runs) / 3).numpy(), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def memory(text_encoder):
+    from retrieval.model.memory import load_memory
+
+    return load_memory(text_encoder, progress=False)
+
+
+def test_pseudo_captions_are_the_memory_captions_a_photo_recalls(feats, classes, memory):
+    """Demo photos as if uncaptioned: each gets its 3 best-recalled memory captions, which
+    read like its real captions (closer to them than to the other photos' captions)."""
+    from retrieval.model.checkpoint import load_checkpoint
+    from retrieval.training.pseudo import itc_view, pseudo_pairs
+    from retrieval.training.rerank import Photos
+
+    space = load_checkpoint().space
+    photos = Photos(feats.pooled, feats.logits, feats.cells)
+    p = pseudo_pairs(space, memory, photos, 3, itc_view(feats))
+    assert p.text.shape == (48 * 3, 384) and list(p.caption_image[:6]) == [0, 0, 0, 1, 1, 1]
+    assert p.grid.shape == (48, 0, 1280) and p.tokens.shape[:2] == (144, 0)
+    np.testing.assert_array_equal(p.pooled, feats.pooled)
+    real = feats.text / np.linalg.norm(feats.text, axis=1, keepdims=True)
+    sim = p.text @ real.T  # pseudo-caption x real caption, sentence space
+    own = np.array([sim[p.caption_image == i][:, feats.caption_image == i].mean() for i in range(48)])
+    other = np.array([sim[p.caption_image == i][:, feats.caption_image != i].mean() for i in range(48)])
+    assert np.mean(own > other) > 0.9, np.mean(own > other)
+
+
+def test_training_with_uncaptioned_photos_adds_their_pseudo_pairs(feats, classes, memory):
+    from retrieval.training.rerank import Photos
+
+    tc = TrainConfig(seed=0, batch_size=16, max_epochs=2, patience=1, soup=2, pseudo_captions=2, variants=())
+    train, val = feats.subset(np.arange(40)), feats.subset(np.arange(40, 48))
+    photos = Photos(feats.pooled[40:], feats.logits[40:], feats.cells[40:])
+    with_pseudo = train_all(ModelConfig(), classes, train, val, tc, unlabelled=photos, memory=memory)
+    without = train_all(ModelConfig(), classes, train, val, tc)
+    assert with_pseudo.history["pseudo_photos"] == 8 and without.history["pseudo_photos"] == 0
+    assert not np.allclose(with_pseudo.space.image_fc[1].weight.detach().numpy(),
+                           without.space.image_fc[1].weight.detach().numpy())

@@ -67,8 +67,9 @@ def encode(paths, batch_size, workers, top, as_json):
 @click.option("--val-photos", default=50, show_default=True, type=click.IntRange(2, None),
               help="Photos of the first dataset held out for early stopping and tuning.")
 @click.option("--distractors", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of uncaptioned photos: the reranker learns to sort candidates ranked "
-                   "among them, as in a real library (e.g. ../shared/data/distractors).")
+              help="Folder of uncaptioned photos (e.g. ../shared/data/distractors): the shared space "
+                   "also trains on them with pseudo-captions (the 3 memory captions each recalls), and "
+                   "the reranker learns to sort candidates ranked among them, as in a real library.")
 @click.option("--rerank-weight", type=click.FloatRange(0, None),
               help="Weight of the reranker in search's score (itc + weight x logit); default: "
                    "tuned on the training candidates. benchmarks/open_world.py tunes it on held-out folds.")
@@ -85,7 +86,7 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, desc
     """Train the shared space (ITC), the fusion-head baselines and the evidence reranker.
 
     Encoders stay frozen; their features are computed once and cached. ITC stops early on
-    the validation photos. The reranker learns from cross-fitted candidates: each fold's
+    the validation photos; the space is a soup of 5 such runs (seeds), weights averaged. The reranker learns from cross-fitted candidates: each fold's
     captions ranked by an ITC model that never saw their photos, among --distractors; its
     weight is tuned on them (0 when it does not help), and its no-match threshold is
     measured on made-up queries. The shipped default was made with:

