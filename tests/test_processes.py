@@ -17,10 +17,9 @@ import pytest
 from indexer.processes import MIN_PHOTOS, plan_processes, usable_cpus
 from indexer.run import index_paths
 from retrieval.errors import FusionError
-from retrieval.model.runtime import Runtime
 from tests.test_crash import count
 from tests.test_hostile import battery
-from tests.test_ray import assert_same_library, top
+from tests.test_ray import assert_same_library, assert_same_run, runtime_whose_checkpoint_is_gone
 
 
 def copies(tmp_path, demo_photos, n=3) -> Path:
@@ -49,14 +48,7 @@ def test_processes_give_the_same_library_on_the_demo_collection_and_the_battery(
     a = index_paths([photos], here, processes=0)
     b = index_paths([photos], there, processes=2)
     assert (a["processes"], b["processes"]) == (0, 2)
-    for key in ("added", "updated", "renamed", "removed", "photos", "captions", "captions_added"):
-        assert a[key] == b[key], key
-    assert a["added"] > 48 and len(a["skipped"]) >= 8
-    assert sorted((d["path"], d["reason"]) for d in a["skipped"]) == sorted((d["path"], d["reason"])
-                                                                          for d in b["skipped"])
-    assert_same_library(here, there)
-    for q in ("two zebras grazing", "a plate of food on a table", "a man riding a wave on a surfboard"):
-        assert top(here, q) == top(there, q)
+    assert_same_run(a, b, here, there)
     os.rename(photos / "images" / demo_photos[0].name, photos / "moved.jpg")  # renamed, not re-encoded
     (photos / "images" / demo_photos[1].name).write_bytes(demo_photos[2].read_bytes())  # changed
     a = index_paths([photos], here, processes=0)
@@ -117,14 +109,7 @@ def test_killing_the_driver_mid_run_leaves_no_worker_behind_and_a_rerun_complete
 
 
 def test_a_worker_that_cannot_load_the_model_stops_with_one_error(tmp_path, demo_photos, capfd):
-    from retrieval.model.query_side import default_checkpoint_path
-
-    src = Path(default_checkpoint_path())
-    for f in src.parent.iterdir():
-        shutil.copy(f, tmp_path / f.name)
-    runtime = Runtime(checkpoint=tmp_path / src.name)
-    _ = runtime.fingerprint  # the driver has read it
-    (tmp_path / src.name).unlink()  # ... the workers will not find it
+    runtime = runtime_whose_checkpoint_is_gone(tmp_path)
     photos = copies(tmp_path, demo_photos[:4], 1)
     with pytest.raises(FusionError) as e:
         index_paths([photos], tmp_path / "lib", runtime=runtime, processes=2)

@@ -49,6 +49,33 @@ def assert_same_library(a, b):
         lib.engine.dispose()
 
 
+def assert_same_run(a: dict, b: dict, here, there):
+    """Two index runs of the demo collection + battery (summaries a, b; libraries here,
+    there) came to the same library: counts, skips with reasons, rows, vectors, results."""
+    for key in ("added", "updated", "renamed", "removed", "photos", "captions", "captions_added"):
+        assert a[key] == b[key], key
+    assert a["added"] > 48 and len(a["skipped"]) >= 8
+    assert sorted((d["path"], d["reason"]) for d in a["skipped"]) == sorted((d["path"], d["reason"])
+                                                                          for d in b["skipped"])
+    assert_same_library(here, there)
+    for q in ("two zebras grazing", "a plate of food on a table", "a man riding a wave on a surfboard"):
+        assert top(here, q) == top(there, q)
+
+
+def runtime_whose_checkpoint_is_gone(tmp_path) -> Runtime:
+    """A runtime that has read a copy of the shipped checkpoint, which is then deleted: what a
+    worker process or node without the driver's checkpoint sees."""
+    from retrieval.model.query_side import default_checkpoint_path
+
+    src = Path(default_checkpoint_path())
+    for f in src.parent.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    runtime = Runtime(checkpoint=tmp_path / src.name)
+    _ = runtime.fingerprint  # the driver has read it
+    (tmp_path / src.name).unlink()  # ... the workers will not find it
+    return runtime
+
+
 def top(db, query, k=8):
     """The hits with scores to 3 decimals; photos whose scores tie there (the battery holds
     copies of demo photos) in path order, since float noise may order them either way."""
@@ -107,14 +134,7 @@ def test_ray_gives_the_same_library_on_the_demo_collection_and_the_battery(tmp_p
     here, there = tmp_path / "in-process", tmp_path / "ray"
     a = index_paths([photos], here)
     b = index_paths([photos], there, ray=RayOptions(photos_per_task=8))
-    for key in ("added", "updated", "renamed", "removed", "photos", "captions", "captions_added"):
-        assert a[key] == b[key], key
-    assert a["added"] > 48 and len(a["skipped"]) >= 8
-    assert sorted((d["path"], d["reason"]) for d in a["skipped"]) == sorted((d["path"], d["reason"])
-                                                                          for d in b["skipped"])
-    assert_same_library(here, there)
-    for q in ("two zebras grazing", "a plate of food on a table", "a man riding a wave on a surfboard"):
-        assert top(here, q) == top(there, q)
+    assert_same_run(a, b, here, there)
     # a moved photo and a deleted one, seen the same way by both: renamed without re-encoding
     os.rename(photos / "images" / demo_photos[0].name, photos / "moved.jpg")
     os.remove(photos / "images" / demo_photos[1].name)
@@ -186,14 +206,7 @@ def test_a_worker_that_cannot_load_the_model_stops_with_one_error_and_nothing_on
     # a node without the checkpoint the driver uses: Ray retries the actor, then gives up
     from indexer.on_ray import RayOptions
     from retrieval.errors import FusionError
-    from retrieval.model.query_side import default_checkpoint_path
-
-    src = Path(default_checkpoint_path())
-    for f in src.parent.iterdir():
-        shutil.copy(f, tmp_path / f.name)
-    runtime = Runtime(checkpoint=tmp_path / src.name)
-    _ = runtime.fingerprint  # the driver has read it
-    (tmp_path / src.name).unlink()  # ... the workers will not find it
+    runtime = runtime_whose_checkpoint_is_gone(tmp_path)
     photos = tmp_path / "p"
     photos.mkdir()
     for p in demo_photos[:4]:
