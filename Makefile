@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 # torchvision (ResNet-50 backbone only) runs beside this torch pair, in its own venv.
 RESNET_PINS := torch==2.14.1 torchvision==0.29.1
+# No wheel cache: torch 2.14.1 with its CUDA wheels is ~5.5 GB, and a cached copy of each
+# download doubled that and filled a CI machine's disk (Errno 28 in test-resnet).
+PIP := pip install -q --no-cache-dir
 
 .PHONY: install browser demo test test-fast test-resnet bench clean
 
@@ -14,8 +17,8 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/$(PIP) $(TORCH)
+	$(BIN)/$(PIP) -e '.[test,bench]'
 	touch $@
 
 # The main job on the bundled demo collection: index it (photos + captions), then search.
@@ -33,7 +36,7 @@ browser:
 
 # The Ray extra (ray[data], ~600 MB with pyarrow and pandas) only for the tests of fusion index --ray.
 $(VENV)/.ray-installed: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[ray]'
+	$(BIN)/$(PIP) -e '.[ray]'
 	touch $@
 
 test: install browser $(VENV)/.ray-installed
@@ -45,8 +48,8 @@ test-fast: install browser $(VENV)/.ray-installed
 # The optional torchvision path, in a second environment (CI runs this too).
 test-resnet:
 	$(PY) -m venv $(VENV)-resnet
-	$(VENV)-resnet/bin/pip install -q $(RESNET_PINS)
-	$(VENV)-resnet/bin/pip install -q -e '.[test,resnet]'
+	$(VENV)-resnet/bin/$(PIP) $(RESNET_PINS)
+	$(VENV)-resnet/bin/$(PIP) -e '.[test,resnet]'
 	$(VENV)-resnet/bin/pytest -q -m resnet
 
 bench: install
