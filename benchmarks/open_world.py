@@ -52,6 +52,8 @@ def to_markdown(r: dict, name: str = "Open-world recall") -> str:
     for m, v in r["i2t"].items():
         if m.startswith("itc reranked"):
             lines.append(f"i2t, {m[4:]}: {fmt(v)}")
+        elif m.startswith("fold alone, reranked"):
+            lines.append(f"i2t in the fold alone, {m[12:]}: {fmt(v)}")
     lines.append("")
     for kind, what in (("probability", "the reranker's match probability over every candidate it scored"),
                        ("share", "the share shown in results (softmax over a query's candidates), over "
@@ -138,12 +140,14 @@ def main() -> None:
     ap.add_argument("--soup", type=int, default=TrainConfig.soup, help="ITC runs averaged into one (1: one run)")
     ap.add_argument("--pseudo-captions", type=int, default=TrainConfig.pseudo_captions,
                     help="memory captions per training-half distractor as pseudo-captions (0: off)")
+    ap.add_argument("--describe-weight", type=float, default=0.03,
+                    help="the reranker's weight in photo -> caption, as shipped (the caption prior is measured with it and without)")
     ap.add_argument("--name", default="recall", help="results file stem")
     args = ap.parse_args()
     start = time.perf_counter()
     tc = TrainConfig(seed=args.seed, variants=(), memory_beta=args.memory_beta,
                      bridge_cells=not args.no_bridge_cells, reranker_hidden=args.reranker_hidden,
-                     soup=args.soup, pseudo_captions=args.pseudo_captions)
+                     soup=args.soup, pseudo_captions=args.pseudo_captions, describe_weight=args.describe_weight)
     report = open_world_report(args.data, args.distractors, args.train_only, args.folds, args.seed,
                                args.image_encoder, tc=tc, log=lambda e: print(e, file=sys.stderr, flush=True))
     report.update(image_encoder=args.image_encoder, memory_beta=args.memory_beta,

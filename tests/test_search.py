@@ -183,15 +183,25 @@ def test_rerank_reads_the_query(searcher):
     assert orders[0] != orders[1]
 
 
-def test_describe_reranks_with_the_photo_evidence(searcher, library):
-    from retrieval.query.rerank import caption_logits
+def test_describe_reranks_with_the_photo_evidence_and_the_caption_prior(searcher, library):
+    from retrieval.model.checkpoint import load_checkpoint
+    from retrieval.model.prior import caption_prior
+    from retrieval.query.rerank import caption_scores
 
+    rt = searcher.runtime
     zebra = library / "demo" / "images" / ZEBRA
     pv = searcher._photo_vectors(zebra)
     texts = ["Three zebras grazing on the grass.", "A plate of pasta with a fork on a table."]
-    q_itc = searcher.runtime.embed_texts(searcher.runtime.text_encoder.encode(texts, normalize=False).pooled)
-    logit = caption_logits(searcher.runtime, pv.evidence, texts, (q_itc @ pv.itc.T)[:, 0])
-    assert logit[0] > logit[1] + 1
+    q_itc, q_sent = rt.embedder.texts(rt.text_encoder.encode(texts, normalize=False).pooled)
+    itc = (q_itc @ pv.itc.T)[:, 0]
+    # the torch checkpoint's reranker and bank, against the numpy query side search runs
+    ck = load_checkpoint()
+    logit = ck.reranker.logits(rt.embedder.evidence(itc[:, None], q_itc, q_sent, pv.evidence.take(np.zeros((2, 1), int))))[:, 0]
+    prior = caption_prior(q_itc, ck.bank.numpy())
+    assert logit[0] > logit[1] + 1 and prior.min() > 0.1
+    cfg = rt.config
+    want = itc + cfg.describe_weight * logit - cfg.describe_prior * prior
+    np.testing.assert_allclose(caption_scores(rt, pv.evidence, texts, itc), want, atol=1e-4)
     plain = [h.text for h in searcher.describe(zebra, k=5, rerank=False).hits]
     reranked = [h.text for h in searcher.describe(zebra, k=5).hits]
     assert len(reranked) == 5 and all("zebra" in t.lower() for t in reranked[:3]) and len(plain) == 5

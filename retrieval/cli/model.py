@@ -76,13 +76,17 @@ def encode(paths, batch_size, workers, top, as_json):
 @click.option("--describe-weight", default=0.0, show_default=True, type=click.FloatRange(0, None),
               help="The reranker's weight when fusion describe ranks captions for a photo "
                    "(benchmarks/open_world.py measures each).")
+@click.option("--describe-prior", default=0.0, show_default=True, type=click.FloatRange(0, None),
+              help="Weight of the caption prior in fusion describe: each candidate caption loses this "
+                   "times its mean similarity to its 10 nearest --distractors photos (generic captions "
+                   "that fit every photo sink).")
 @click.option("--seed", default=0, show_default=True, help="Seed for splits, sampling and init.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache folder [default: $FUSION_CACHE or ~/.cache/fusion/features].")
 @image_encoder_options
 @fusion_errors
-def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, describe_weight, cache, image_encoder,
-          image_weights):
+def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, describe_weight, describe_prior, cache,
+          image_encoder, image_weights):
     """Train the shared space (ITC), the fusion-head baselines and the evidence reranker.
 
     Encoders stay frozen; their features are computed once and cached. ITC stops early on
@@ -94,10 +98,10 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, desc
     \b
       fusion train --data ../shared/data/coco --data ../shared/data/coco-extra \\
                    --data ../shared/data/flickr8k --distractors ../shared/data/distractors \\
-                   --exclude data/demo --rerank-weight W --describe-weight D \\
+                   --exclude data/demo --rerank-weight W --describe-weight D --describe-prior P \\
                    --out retrieval/model/checkpoints/default.safetensors
 
-    where W and D are the weights the open-world folds chose (README, Quality).
+    where W, D and P are the weights the open-world folds chose (README, Quality).
     """
     from retrieval.training.loop import TrainConfig
     from retrieval.training.trainer import train_checkpoint
@@ -115,7 +119,8 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, desc
             click.echo(f"itc epoch {entry['epoch']}: loss {entry['loss']:.3f}, "
                        f"val t2i {entry['val']['t2i']} i2t {entry['val']['i2t']}", err=True)
 
-    tc = TrainConfig(seed=seed, rerank_weight=rerank_weight, describe_weight=describe_weight)
+    tc = TrainConfig(seed=seed, rerank_weight=rerank_weight, describe_weight=describe_weight,
+                     describe_prior=describe_prior)
     record = train_checkpoint(list(data), out, list(exclude), val_photos, seed, image_encoder,
                               image_weights, cache, log=log, tc=tc, distractors=distractors)
     click.echo(f"wrote {out} (hash {record['content_hash']}): {record['train_photos']} training photos, "

@@ -35,7 +35,8 @@ def recall_report(data: Path, checkpoint: Path | None = None, candidates: int = 
     if len(f.pooled) < 2 or len(f.text) == 0:
         raise DatasetError(f"{data}: recall needs captioned photos (found {len(f.pooled)} photos)")
     memory = load_memory(te) if ck.config.memory_digest else None
-    model = SimpleNamespace(config=ck.config, result=SimpleNamespace(space=ck.space), reranker=ck.reranker)
+    bank = None if ck.bank is None else ck.bank.numpy()
+    model = SimpleNamespace(config=ck.config, result=SimpleNamespace(space=ck.space), reranker=ck.reranker, bank=bank)
     scores = fold_scores(model, memory, f, Photos(*(np.zeros((0, a.shape[1]), np.float32)
                                                      for a in (f.pooled, f.logits, f.cells))), candidates,
                           own_label=f"reranked (shipped, weight {ck.config.rerank_weight:g})")
@@ -46,6 +47,12 @@ def recall_report(data: Path, checkpoint: Path | None = None, candidates: int = 
     }
     report["t2i"] = {name: recall_at(r["small"]) for name, r in scores.items() if name not in NOT_METHODS}
     report["i2t"] = {"itc (the caption corpus is the dataset's own captions)": itc_scores(ck.space, f)["i2t"]}
+    w, lam = ck.config.describe_weight, ck.config.describe_prior
+    reranked = scores.get("i2t_small_reranked", {})
+    for key, name in ((f"{w:g}", f"reranked at weight {w:g}"),
+                      (f"{w:g}, prior {lam:g}", f"reranked at weight {w:g}, caption prior {lam:g} (fusion describe)")):
+        if key in reranked:
+            report["i2t"][name] = reranked[key]
     for variant, head in ck.heads.items():
         alpha = ck.alphas[variant]
         r = rerank_recall(head, alpha, f, ck.space, candidates)

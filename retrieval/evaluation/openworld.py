@@ -18,13 +18,17 @@ import numpy as np
 from retrieval.evaluation.recall import KS, i2t_recall, ranks_of, rerank
 from retrieval.model.embedder import Embedder
 from retrieval.model.heads import SharedSpace
+from retrieval.model.prior import caption_prior
 from retrieval.model.reranker import EVIDENCE
 from retrieval.training.features import DatasetFeatures
 from retrieval.training.rerank import ALPHAS, Candidates, Photos, reranked_ranks
 
 PROJECT_TO = 5046  # the photos of the library our users' figures were measured in
-NOT_METHODS = ("calibration", "i2t", "i2t_small", "i2t_reranked", "no_match")
+NOT_METHODS = ("calibration", "i2t", "i2t_small", "i2t_reranked", "i2t_small_reranked", "no_match")
 MEASURED_BETA = 0.5  # the memory weight in search vectors measured beside the shipped one
+
+
+PRIORS = (0.25, 0.5, 1.0)  # caption prior weights measured for describe
 
 
 def recall_at(ranks: np.ndarray) -> dict:
@@ -75,8 +79,12 @@ def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: in
             out["calibration"] = probs
     out["i2t"] = _i2t(emb, memory, pv.itc[:n], q_itc, target)
     if memory is not None and model.reranker is not None:
-        out["i2t_reranked"] = i2t_reranked(model, emb, pv.itc[:n], pv.evidence.take(np.arange(n)),
-                                           q_itc, q_sent, target, k)
+        ev = pv.evidence.take(np.arange(n))
+        corpus = (np.concatenate([emb.corpus_itc, q_itc]), np.concatenate([emb.memory.vectors, q_sent]),
+                  np.concatenate([np.full(len(emb.corpus_itc), -1), target]))
+        bank = getattr(model, "bank", None)
+        out["i2t_reranked"] = i2t_reranked(model, emb, pv.itc[:n], ev, *corpus, k, bank)
+        out["i2t_small_reranked"] = i2t_reranked(model, emb, pv.itc[:n], ev, q_itc, q_sent, target, k, bank)
     out["i2t_small"] = i2t_recall(pv.itc[:n] @ q_itc.T, target)  # the fold's own captions only
     if nonsense is not None and len(distractors):
         out["no_match"] = _no_match(model, emb, fold, distractors, nonsense, k)
@@ -119,22 +127,37 @@ def _i2t(emb, memory, photo_itc, q_itc, target) -> dict:
     return i2t_recall(photo_itc @ corpus.T, caption_image)
 
 
-def i2t_reranked(model, emb, photo_itc, ev, q_itc, q_sent, target, k: int) -> dict:
-    """i2t after the reranker rescored each photo's top k captions, each caption taking the
-    query's seat (same evidence, the photo fixed), at each rerank weight."""
-    corpus_itc = np.concatenate([emb.corpus_itc, q_itc])
-    corpus_sent = np.concatenate([emb.memory.vectors, q_sent])
-    caption_image = np.concatenate([np.full(len(emb.corpus_itc), -1), target])
+def i2t_reranked(model, emb, photo_itc, ev, corpus_itc, corpus_sent, caption_image, k: int, bank=None) -> dict:
+    """i2t after the reranker rescored each photo's top k captions of the corpus (ITC and
+    sentence vectors; caption_image: each caption's photo, -1 for none), each caption taking
+    the query's seat (same evidence, the photo fixed), at each rerank weight; with a `bank`,
+    also minus each caption's prior (retrieval/model/prior.py) at each prior weight."""
     sim = photo_itc @ corpus_itc.T
     n, k = len(photo_itc), min(k, sim.shape[1])
     top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
     pairs = ev.take(np.repeat(np.arange(n), k)[:, None])
     feats = emb.evidence(np.take_along_axis(sim, top, 1).reshape(-1, 1), corpus_itc[top.ravel()],
                          corpus_sent[top.ravel()], pairs)
-    logit = model.reranker.logits(feats).reshape(n, k)
+    rows = np.arange(n)[:, None]
+    logit = _at(model.reranker.logits(feats).reshape(n, k), rows, top, sim.shape)  # rerank() visits the
+    prior = None  # top k in its own order, so both are looked up by (row, caption)
+    if bank is not None:
+        prior = _at(caption_prior(corpus_itc[top.ravel()], bank).reshape(n, k), rows, top, sim.shape)
     out = {}
     for w in ALPHAS[1:]:
-        out[f"{w:g}"] = i2t_recall(rerank(sim, k, lambda r, c, w=w: sim[r, c] + w * logit), caption_image)
+        out[f"{w:g}"] = i2t_recall(rerank(sim, k, lambda r, c, w=w: sim[r, c] + w * logit[r, c]), caption_image)
+    for lam in sorted({*PRIORS, model.config.describe_prior} - {0.0}) if prior is not None else ():
+        for w in sorted({0.0, model.config.describe_weight}):
+            out[f"{w:g}, prior {lam:g}"] = i2t_recall(
+                rerank(sim, k, lambda r, c, w=w, lam=lam: sim[r, c] + w * logit[r, c] - lam * prior[r, c]),
+                caption_image)
+    return out
+
+
+def _at(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape) -> np.ndarray:
+    """A (n, corpus) array holding `values` at (rows, cols), NaN elsewhere."""
+    out = np.full(shape, np.nan, np.float32)
+    out[rows, cols] = values
     return out
 
 
@@ -168,6 +191,7 @@ def summarise(folds: list[dict], gallery: int) -> dict:
     if "i2t_reranked" in folds[0]:
         for w in folds[0]["i2t_reranked"]:
             out["i2t"][f"itc reranked at weight {w}"] = _mean_std([f["i2t_reranked"][w] for f in folds])
+            out["i2t"][f"fold alone, reranked at weight {w}"] = _mean_std([f["i2t_small_reranked"][w] for f in folds])
     out["calibration"] = {}
     for kind in ("probability", "share"):
         probs = np.concatenate([f["calibration"][kind][0] for f in folds])

@@ -28,14 +28,17 @@ class Checkpoint:
     content_hash: str  # sha256 prefix of the tensors: names libraries made with it
     path: Path
     reranker: Reranker | None = None  # the evidence reranker search uses (None: rank by ITC)
+    bank: torch.Tensor | None = None  # (B, d) ITC vectors of uncaptioned photos: the caption prior's bank
 
     @property
     def rerank_head(self) -> FusionHead:
         return self.heads[self.config.rerank]
 
 
-def _tensors(space: SharedSpace, heads: dict, reranker: Reranker | None) -> dict:
+def _tensors(space: SharedSpace, heads: dict, reranker: Reranker | None, bank=None) -> dict:
     out = {f"space.{k}": v for k, v in space.state_dict().items()}
+    if bank is not None:
+        out["bank.photos"] = torch.as_tensor(bank)
     for variant, head in heads.items():
         out.update({f"head.{variant}.{k}": v for k, v in head.state_dict().items()})
     if reranker is not None:
@@ -44,12 +47,13 @@ def _tensors(space: SharedSpace, heads: dict, reranker: Reranker | None) -> dict
 
 
 def save_checkpoint(path: str | os.PathLike, config: ModelConfig, space: SharedSpace, heads: dict,
-                    alphas: dict, record: dict, reranker: Reranker | None = None) -> str:
-    """Write FILE (safetensors) and FILE with .json; returns the content hash."""
+                    alphas: dict, record: dict, reranker: Reranker | None = None, bank=None) -> str:
+    """Write FILE (safetensors) and FILE with .json; returns the content hash. `bank`: the
+    caption prior's photo bank, (B, d) ITC vectors."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    tensors = _tensors(space, heads, reranker)
+    tensors = _tensors(space, heads, reranker, bank)
     digest = content_hash(tensors)
     meta = {"format": FORMAT, "config": config.to_dict(), "alphas": alphas, "record": record,
             "content_hash": digest}
@@ -101,7 +105,7 @@ def _build(path: Path, config: ModelConfig, meta: dict, tensors: dict) -> Checkp
         reranker.load_state_dict(_prefixed(tensors, "reranker."))
         reranker.eval()
     return Checkpoint(config, space.eval(), heads, {k: float(v) for k, v in meta["alphas"].items()},
-                      meta.get("record", {}), meta["content_hash"], path, reranker)
+                      meta.get("record", {}), meta["content_hash"], path, reranker, tensors.get("bank.photos"))
 
 
 def _prefixed(tensors: dict, prefix: str) -> dict:

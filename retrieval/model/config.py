@@ -22,6 +22,7 @@ class ModelConfig:
     rerank_weight: float = 0.0  # alpha in score = itc + alpha * itm, tuned on validation
     reranker_hidden: int = 0  # hidden width of the evidence reranker (0: linear)
     describe_weight: float = 0.0  # the reranker's weight when ranking captions for a photo
+    describe_prior: float = 0.0  # weight of the caption prior (retrieval/model/prior.py) in describe
     memory_digest: str = ""  # content hash of the caption memory the model was trained with
     match_threshold: float = 0.0  # best match probability below which search says none matches well
 

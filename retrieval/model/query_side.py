@@ -84,6 +84,7 @@ class QuerySide:
     text_b: np.ndarray
     classes: np.ndarray  # (1000, d) ImageNet class-name vectors, L2-normalised
     rerank: dict | None  # the evidence reranker's arrays (None: the checkpoint has none)
+    bank: np.ndarray | None = None  # (B, d) the caption prior's photo bank (retrieval/model/prior.py)
 
     @classmethod
     def load(cls, path: Path | None = None) -> "QuerySide":
@@ -91,7 +92,7 @@ class QuerySide:
         t = {k: v.astype(np.float32) for k, v in t.items()}
         rerank = {k[len("reranker."):]: v for k, v in t.items() if k.startswith("reranker.")} or None
         return cls(config_of(meta), meta["content_hash"], path, t["space.text_fc.weight"], t["space.text_fc.bias"],
-                   l2n(t["space.class_embeddings"]), rerank)
+                   l2n(t["space.class_embeddings"]), rerank, t.get("bank.photos"))
 
     def embed_text(self, pooled: np.ndarray) -> np.ndarray:
         """A text's ITC vector from its raw MiniLM pooled vector (SharedSpace.embed_text)."""

@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from retrieval.errors import LibraryError
 from retrieval.model.evidence import PhotoEvidence
+from retrieval.model.prior import caption_prior
 from retrieval.store.meta import PhotoFeatures
 
 
@@ -35,10 +36,16 @@ def match_logits(runtime, lib, ids, itc, query_pooled: np.ndarray) -> np.ndarray
     return runtime.query.logits(feats)[0]
 
 
-def caption_logits(runtime, photo: PhotoEvidence, texts: list[str], itc: np.ndarray) -> np.ndarray:
-    """The reranker's match logit of one photo (its evidence) with each caption in `texts`,
-    each caption in the query's seat; `itc` holds their first-stage cosines."""
-    emb = runtime.embedder
+def caption_scores(runtime, photo: PhotoEvidence, texts: list[str], itc: np.ndarray) -> np.ndarray:
+    """describe's second stage for one photo (its evidence) and its candidate captions `texts`
+    (`itc`: their first-stage cosines): itc + describe_weight * the reranker's match logit,
+    each caption in the query's seat, - describe_prior * the caption's prior."""
+    cfg, emb = runtime.config, runtime.embedder
     q_itc, q_sent = emb.texts(runtime.text_encoder.encode(texts, normalize=False).pooled)
-    pairs = photo.take(np.zeros((len(texts), 1), np.int64))
-    return runtime.query.logits(emb.evidence(itc[:, None], q_itc, q_sent, pairs))[:, 0]
+    out = np.asarray(itc, np.float32).copy()
+    if cfg.describe_weight:
+        pairs = photo.take(np.zeros((len(texts), 1), np.int64))
+        out += cfg.describe_weight * runtime.query.logits(emb.evidence(out[:, None], q_itc, q_sent, pairs))[:, 0]
+    if cfg.describe_prior:
+        out -= cfg.describe_prior * caption_prior(q_itc, runtime.query.bank)
+    return out

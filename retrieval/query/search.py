@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from retrieval.errors import FusionError, LibraryError
 from retrieval.store.library import Library, index_running
 from retrieval.model.runtime import Runtime
-from retrieval.query.rerank import caption_logits, match_logits
+from retrieval.query.rerank import caption_scores, match_logits
 from retrieval.query.shots import one_per_shot
 from retrieval.store.meta import Caption, Photo
 
@@ -192,11 +192,11 @@ class Searcher:
         with self.lib.session() as s:
             rows = {c.id: c for c in s.scalars(select(Caption).where(Caption.id.in_([i for _, i in pairs])))}
         pairs = [(sc, i) for sc, i in pairs if i in rows]  # an index run removed the rest since
-        weight = self.runtime.config.describe_weight
-        if rerank and weight and pairs:
-            logit = caption_logits(self.runtime, pv.evidence, [rows[i].text for _, i in pairs],
-                                   np.array([sc for sc, _ in pairs], np.float32))
-            pairs = [(sc + weight * float(lg), i) for (sc, i), lg in zip(pairs, logit)]
+        cfg = self.runtime.config
+        if rerank and (cfg.describe_weight or cfg.describe_prior) and pairs:
+            scores = caption_scores(self.runtime, pv.evidence, [rows[i].text for _, i in pairs],
+                                    np.array([sc for sc, _ in pairs], np.float32))
+            pairs = [(float(sc), i) for sc, (_, i) in zip(scores, pairs)]
         pairs = sorted(pairs, key=lambda t: (-t[0], t[1]))[:k]
         return Results([CaptionHit(n, i, rows[i].text, sc, rows[i].image_path)
                         for n, (sc, i) in enumerate(pairs, start=1)])

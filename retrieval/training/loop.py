@@ -38,6 +38,7 @@ class TrainConfig:
     reranker_hidden: int = 0  # hidden width of the reranker (0: linear)
     rerank_weight: float | None = None  # fixed weight (e.g. tuned on the open-world folds); None: tune
     describe_weight: float = 0.0  # the reranker's weight for photo -> caption (tuned on the folds)
+    describe_prior: float = 0.0  # weight of the caption prior in photo -> caption (tuned on the folds)
     soup: int = 5  # ITC runs (seeds) whose weights are averaged into the shipped space (1: one run)
     pseudo_captions: int = 3  # memory captions per uncaptioned photo as its pseudo-captions (0: off)
 

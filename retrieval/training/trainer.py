@@ -23,6 +23,9 @@ from retrieval.training.rerank import (Photos, choose_alpha, crossfit_candidates
                                        top_probabilities)
 
 
+BANK_PHOTOS = 768  # the caption prior's bank (about the open-world benchmark's 754 training distractors)
+
+
 def class_embeddings(text_encoder) -> torch.Tensor:
     """MiniLM vectors of the bare ImageNet class names (bare names beat 'a photo of a {}')."""
     return torch.from_numpy(text_encoder.encode(imagenet_classes()).pooled)
@@ -53,6 +56,7 @@ class TrainedModel:
     result: TrainResult  # the shared space and the fusion-head baselines
     reranker: Reranker
     record: dict  # the reranker's cross-fitted candidates and weight table
+    bank: np.ndarray  # (B, d) ITC vectors of the caption prior's bank photos
 
 
 def train_model(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: DatasetFeatures, memory,
@@ -77,11 +81,24 @@ def train_model(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: Datase
     if log:
         log({"stage": "reranker", "alpha": alpha, "crossfit_t2i": table[str(alpha)], "no_match_below": threshold})
     cfg = replace(cfg, rerank="evidence", rerank_weight=alpha, reranker_hidden=tc.reranker_hidden,
-                  match_threshold=round(threshold, 4), describe_weight=tc.describe_weight)
+                  match_threshold=round(threshold, 4), describe_weight=tc.describe_weight,
+                  describe_prior=tc.describe_prior)
     record = {"queries": int(len(cands.label)), "gallery": cands.gallery, "crossfit_t2i_by_alpha": table,
               "weights": dict(zip(EVIDENCE, np.round(_linear_weights(reranker), 3).tolist())),
               "match_threshold": threshold}
-    return TrainedModel(cfg, result, reranker, record)
+    return TrainedModel(cfg, result, reranker, record, prior_bank(result.space, distractors or train, tc.seed))
+
+
+def prior_bank(space, photos, seed: int) -> np.ndarray:
+    """The caption prior's bank: ITC vectors of up to BANK_PHOTOS uncaptioned photos (the
+    distractors), else training photos, in float16 as the checkpoint stores them. A fixed size
+    keeps the prior's scale (a mean over the 10 nearest) what benchmarks/open_world.py measured."""
+    pick = np.arange(len(photos.pooled))
+    if len(pick) > BANK_PHOTOS:
+        pick = np.sort(np.random.default_rng(seed).permutation(len(pick))[:BANK_PHOTOS])
+    with torch.no_grad():
+        args = [torch.as_tensor(np.asarray(a, np.float32)[pick]) for a in (photos.pooled, photos.logits, photos.cells)]
+        return space.eval().embed_image(*args).numpy().astype(np.float16)
 
 
 def no_match_threshold(real: np.ndarray, made_up: np.ndarray) -> float:
@@ -134,5 +151,5 @@ def train_checkpoint(data: list[Path], out: Path, exclude: list[Path] = (), val_
         "reranker": model.record,
     }
     record["content_hash"] = save_checkpoint(out, model.config, result.space, result.heads, result.alphas,
-                                             record, model.reranker)
+                                             record, model.reranker, model.bank)
     return record
