@@ -2,9 +2,11 @@
 RAW without an embedded preview: a real half-size demosaic), each indexed into a fresh library.
 
     python benchmarks/format_speed.py [--data ../shared/data/coco/images] [--n 120] [--processes N]
+        [--formats jpg,heic+thumb,preview.dng] [--name STEM]
 
 Writes benchmarks/results/format_speed.md and .json (format_speed-processes-N.* with
---processes N: N worker processes, 0 = in-process). Needs pidng (the test extra) for DNG.
+--processes N: N worker processes, 0 = in-process; --name picks another stem). Needs pidng
+(the test extra) for DNG.
 """
 
 from __future__ import annotations
@@ -34,13 +36,19 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "demo" / "images")
     ap.add_argument("--n", type=int, default=120)
     ap.add_argument("--processes", type=int, help="worker processes (0: in-process) [default: automatic]")
+    ap.add_argument("--formats", default=",".join(f[1:] for f in FORMATS),
+                    help="comma-separated formats to measure [default: all]")
+    ap.add_argument("--name", help="results file stem")
     args = ap.parse_args()
+    wanted = ["." + f.strip() for f in args.formats.split(",")]
+    if unknown := [f[1:] for f in wanted if f not in FORMATS]:
+        ap.error(f"unknown format {unknown[0]!r}; choose from {', '.join(f[1:] for f in FORMATS)}")
     photos = find_photos([args.data])[:args.n]
     runtime = Runtime()
     _ = runtime.image_encoder.network, runtime.memory
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for fmt in FORMATS:
+        for fmt in wanted:
             folder = Path(tmp) / fmt[1:].replace(".", "-")
             folder.mkdir()
             for p in photos:
@@ -60,7 +68,7 @@ def main() -> None:
             print(rows[-1], file=sys.stderr)
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {"data": str(args.data), "n": len(photos), "processes": args.processes, "rows": rows}
-    stem = "format_speed" if args.processes is None else f"format_speed-processes-{args.processes}"
+    stem = args.name or ("format_speed" if args.processes is None else f"format_speed-processes-{args.processes}")
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# Indexing speed by photo format", "",
              f"The same {len(photos)} photos ({args.data}), re-encoded in each format and indexed into a fresh "
