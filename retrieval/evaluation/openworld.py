@@ -26,8 +26,6 @@ from retrieval.training.rerank import ALPHAS, Candidates, Photos, reranked_ranks
 PROJECT_TO = 5046  # the photos of the library our users' figures were measured in
 NOT_METHODS = ("calibration", "i2t", "i2t_small", "i2t_reranked", "i2t_small_reranked", "no_match")
 MEASURED_BETA = 0.5  # the memory weight in search vectors measured beside the shipped one
-
-
 PRIORS = (0.25, 0.5, 1.0)  # caption prior weights measured for describe
 
 
@@ -77,11 +75,12 @@ def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: in
             out.setdefault(f"reranked at weight {w:g}", {})[scope] = ranks[w]
         if scope == "open":
             out["calibration"] = probs
-    out["i2t"] = _i2t(emb, memory, pv.itc[:n], q_itc, target)
+    # i2t corpus: the memory's captions (none is an evaluated photo's) plus the fold's own
+    corpus = (np.concatenate([emb.corpus_itc, q_itc]), np.concatenate([emb.memory.vectors, q_sent]),
+              np.concatenate([np.full(len(emb.corpus_itc), -1), target]))
+    out["i2t"] = i2t_recall(pv.itc[:n] @ corpus[0].T, corpus[2])
     if memory is not None and model.reranker is not None:
         ev = pv.evidence.take(np.arange(n))
-        corpus = (np.concatenate([emb.corpus_itc, q_itc]), np.concatenate([emb.memory.vectors, q_sent]),
-                  np.concatenate([np.full(len(emb.corpus_itc), -1), target]))
         bank = getattr(model, "bank", None)
         out["i2t_reranked"] = i2t_reranked(model, emb, pv.itc[:n], ev, *corpus, k, bank)
         out["i2t_small_reranked"] = i2t_reranked(model, emb, pv.itc[:n], ev, q_itc, q_sent, target, k, bank)
@@ -119,12 +118,6 @@ def _rerank(model, emb, sim, q_itc, q_sent, ev, target, k, weights):
     found = c.label.any(1)  # the share is conditional on the photo being among the candidates
     return ranks, {"probability": (model.reranker.probabilities(logit).ravel(), c.label.ravel()),
                    "share": (share[found].ravel(), c.label[found].ravel())}
-
-
-def _i2t(emb, memory, photo_itc, q_itc, target) -> dict:
-    corpus = np.concatenate([emb.corpus_itc, q_itc])
-    caption_image = np.concatenate([np.full(len(emb.corpus_itc), -1), target])
-    return i2t_recall(photo_itc @ corpus.T, caption_image)
 
 
 def i2t_reranked(model, emb, photo_itc, ev, corpus_itc, corpus_sent, caption_image, k: int, bank=None) -> dict:
