@@ -22,7 +22,8 @@ from retrieval.cli.library import _date
 from retrieval.encoders.images import open_image
 from retrieval.errors import DatasetError, FusionError, ImageError
 from retrieval.model.runtime import Runtime
-from retrieval.query.search import Filters, open_searcher
+from retrieval.query.results import Filters
+from retrieval.query.search import open_searcher
 from retrieval.training.datasets import load_dataset
 from tests.serving import get, running_server
 

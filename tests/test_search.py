@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from indexer.run import index_paths
 from retrieval.cli import main
 from retrieval.training.datasets import load_dataset
-from retrieval.query.search import Filters, open_searcher
+from retrieval.query.results import Filters
+from retrieval.query.search import open_searcher
 from retrieval.model.runtime import Runtime
 from tests.serving import get, running_server
 

@@ -124,7 +124,7 @@ def filter_options(fn):
 def make_filters(under, after, before):
     import os
 
-    from retrieval.query.search import Filters
+    from retrieval.query.results import Filters
 
     return Filters(os.path.abspath(under) if under else None, _date(after, "--after"), _date(before, "--before"))
 

@@ -4,17 +4,17 @@ head from stored features (photos are never decoded at query time). Ties break b
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import func, select
 
-from retrieval.errors import FusionError, LibraryError
+from retrieval.errors import LibraryError
 from retrieval.store.library import Library, index_running
 from retrieval.model.runtime import Runtime
 from retrieval.query.rerank import caption_scores, match_logits
+from retrieval.query.results import CaptionHit, Filters, Hit, QueryError, Results
 from retrieval.query.shots import one_per_shot
 from retrieval.store.meta import Caption, Photo
 
@@ -22,47 +22,6 @@ if TYPE_CHECKING:
     from retrieval.query.combine import Combined
 
 MAX_K = 1000
-
-
-class QueryError(FusionError):
-    """A query or its options cannot be answered as given."""
-
-
-@dataclass(frozen=True)
-class Filters:
-    under: str | None = None  # absolute folder prefix
-    after: float | None = None  # epoch seconds, on EXIF capture time else mtime
-    before: float | None = None
-
-    def active(self) -> bool:
-        return any(v is not None for v in (self.under, self.after, self.before))
-
-
-@dataclass
-class Hit:
-    rank: int
-    id: int
-    path: str
-    score: float  # what the order is by: itc + weight * the reranker's match logit
-    itc: float  # cosine in the shared space
-    itm: float | None = None  # the reranker's calibrated match probability, when reranked
-    share: float | None = None  # chance it is the photo described, if that is among the candidates
-    also: list[str] = field(default_factory=list)  # the same shot's other files (a RAW beside its JPEG)
-
-
-@dataclass
-class CaptionHit:
-    rank: int
-    id: int
-    text: str
-    score: float
-    image_path: str | None = None
-
-
-@dataclass
-class Results:
-    hits: list
-    notes: list[str] = field(default_factory=list)  # e.g. the query was truncated
 
 
 class Searcher:

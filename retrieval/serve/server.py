@@ -16,7 +16,8 @@ from retrieval.encoders.images import NOT_FOR_BROWSERS
 from retrieval.errors import FusionError, is_disk_full
 from retrieval.query.combine import Combined, Upload
 from retrieval.query.duplicates import DEFAULT_THRESHOLD, duplicate_groups
-from retrieval.query.search import Filters, QueryError, Searcher
+from retrieval.query.results import Filters, QueryError
+from retrieval.query.search import Searcher
 from retrieval.serve.guard import Guard, install
 
 MAX_QUERY_CHARS = 2000
