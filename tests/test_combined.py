@@ -4,16 +4,19 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from indexer.run import index_paths
 from retrieval.cli import main
 from retrieval.errors import FusionError
-from retrieval.evaluation.combined import constructed_cases, evaluate, words
+from retrieval.evaluation.combined import constructed_cases, evaluate, rank_of
 from retrieval.model.runtime import Runtime
-from retrieval.query.combine import Combined
+from retrieval.query import combine
+from retrieval.query.combine import Combined, word_match
 from retrieval.query.search import open_searcher
+from retrieval.query.words import stems, words
 from retrieval.training.datasets import load_dataset
 from tests.serving import get, running_server
 
@@ -56,6 +59,37 @@ def test_photo_plus_words_beats_either_alone(searcher, captions):
     both = r["photo + words"]["mrr"]
     assert both > r["photo alone"]["mrr"] and both > r["words alone"]["mrr"], r
     assert all(rk is not None for rk in r["photo + words"]["ranks"])  # k covers the whole library
+
+
+def test_word_match_reads_what_photos_recall(searcher, captions):
+    rt, lib = searcher.runtime, searcher.lib
+    ids = np.array(sorted(int(i) for i in lib.photos.ids()), np.int64)
+    paths = searcher.paths_of(ids)
+    zebras = mentioning(captions, "zebras")
+    m = word_match(rt, lib, ids, "zebras")
+    assert m.shape == (len(ids),) and 0 <= m.min() and m.max() <= 1
+    inside = m[[p in zebras for p in paths]]
+    outside = m[[p not in zebras for p in paths]]
+    assert inside.min() > 0.5 and inside.min() > outside.max(), (inside, outside.max())
+    assert np.array_equal(word_match(rt, lib, ids, "a zebra"), m)  # plural folded, "a" is no content word
+    assert not word_match(rt, lib, ids, "the of it").any()
+    assert stems("Dogs on the grass") == {"dog", "grass"}
+
+
+def test_word_match_lifts_the_intended_photo(searcher, captions, monkeypatch):
+    some = set(sorted(captions)[::3])  # 16 liked photos, each with its neighbours' cases
+    cases = [c for c in constructed_cases(searcher, captions) if c.like in some]
+    assert len(cases) >= 100
+
+    def ranks():
+        return np.array([rank_of(searcher.combined(Combined(c.word, c.like), k=48), c.target) for c in cases])
+
+    with_match = ranks()
+    monkeypatch.setattr(combine, "WORD_MATCH", 0.0)
+    without = ranks()
+    top1 = lambda r: 100 * np.mean(r == 1)  # noqa: E731
+    assert top1(with_match) > top1(without) + 5, (top1(with_match), top1(without))
+    assert np.mean(1 / with_match) > np.mean(1 / without)
 
 
 def test_minus_pushes_down_and_add_pulls_up(searcher, captions):

@@ -192,7 +192,8 @@ def search(query, k, candidates, no_rerank, like, add, minus, under, after, befo
       fusion search "a beach" --add "dog"          a beach, and a dog too
       fusion search "a street" --minus "cars"      a street, without cars
     Each part is searched alone, the candidates pooled, and each part's scores standardised
-    over the pool before they are added (minus parts subtracted).
+    over the pool before they are added (minus parts subtracted); words also count by how
+    many of the captions a photo recalls from the caption memory use them.
     """
     from retrieval.query.combine import Combined
     from retrieval.query.search import open_searcher

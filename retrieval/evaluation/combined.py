@@ -5,14 +5,10 @@ neighbours does. `--like P` plus that word should then put N first; alone, neith
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from retrieval.query.combine import Combined
-
-STOP = set("""a an the and or of in on at to with for from by into onto over under near next its it is are
-some two three four one many other his her their this that there while has have being looking sitting
-standing very small large big little top front back side up down out off""".split())
+from retrieval.query.words import words
 
 
 @dataclass(frozen=True)
@@ -20,10 +16,6 @@ class Case:
     like: str  # path of the photo given as --like
     word: str  # the words given with it
     target: str  # path of the neighbour the words single out
-
-
-def words(text: str) -> set[str]:
-    return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 3 and w not in STOP}
 
 
 def constructed_cases(searcher, captions: dict[str, list[str]], neighbours: int = 10,

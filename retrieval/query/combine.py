@@ -5,7 +5,10 @@ pooled, and every part scores every pooled photo. A photo's query vector lies fa
 photos than any text does (the modality gap), so raw cosines are not summed: each part's
 scores are standardised over the pool (z-scores) and the parts are added, minus parts
 subtracted. Text parts are scored by the fusion reranker (ITC + weight x match logit) like a
-plain text search, so the fusion classifier sees both sides here too."""
+plain text search, so the fusion classifier sees both sides here too, plus a word match: how
+many of the captions each photo recalls from the caption memory use the part's words. A word
+or two ("at night", "snow") is what people give with a photo, and one word's sentence vector
+tells look-alike photos apart poorly; the recalled captions spell out what the photo shows."""
 
 from __future__ import annotations
 
@@ -16,7 +19,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval.query.rerank import match_logits
+from retrieval.query.rerank import match_logits, stored_evidence
+from retrieval.query.words import stems
+
+# weight of a text part's word match against its reranked score (both as z-scores over the
+# pool), chosen on the demo collection's constructed cases: benchmarks/results/combined.md
+WORD_MATCH = 0.5
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,21 @@ def part_scores(store, part: Part, ids: np.ndarray) -> np.ndarray:
     return np.array([found.get(int(i), floor) for i in ids], np.float32)
 
 
+def word_match(runtime, lib, ids: np.ndarray, text: str) -> np.ndarray:
+    """For each photo of `ids`: the share of the captions it recalls from the caption memory
+    that use each of the text's content words, averaged over those words (zeros without a
+    memory or content words). Read from what the indexer stored; no photo is decoded."""
+    want = stems(text)
+    memory = runtime.memory
+    if not want or memory is None or len(ids) == 0:
+        return np.zeros(len(ids), np.float32)
+    recalled = stored_evidence(lib, ids).memory_ids
+    seen: dict[int, float] = {}
+    for row in np.unique(recalled):
+        seen[int(row)] = len(want & stems(memory.texts[row])) / len(want)
+    return np.array([[seen[int(r)] for r in rows] for rows in recalled], np.float32).mean(1)
+
+
 def zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / max(float(x.std()), 1e-6)
 
@@ -99,6 +122,9 @@ def combined_ranking(searcher, q: Combined, n: int, rerank: bool, filters):
         main = s if main is None else main
         if rerank and p.pooled is not None and weight:
             s = s + weight * match_logits(searcher.runtime, searcher.lib, ids, s, p.pooled)
-        fused += p.sign * zscore(s)
+        z = zscore(s)
+        if rerank and p.pooled is not None:
+            z = z + WORD_MATCH * zscore(word_match(searcher.runtime, searcher.lib, ids, p.label))
+        fused += p.sign * z
     order = np.lexsort((ids, -fused))[:n]
     return ids[order], fused[order], main[order], notes

@@ -1,0 +1,21 @@
+"""Content words of a text: lower-case words of 3+ letters that are not function words. Used
+to match a query's words against the captions a photo recalls from the caption memory, and to
+build the constructed photo+words cases of benchmarks/combined.py."""
+
+from __future__ import annotations
+
+import re
+
+STOP = set("""a an the and or of in on at to with for from by into onto over under near next its it is are
+some two three four one many other his her their this that there while has have being looking sitting
+standing very small large big little top front back side up down out off""".split())
+
+
+def words(text: str) -> set[str]:
+    """The text's content words as written (lower case)."""
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 3 and w not in STOP}
+
+
+def stems(text: str) -> set[str]:
+    """Content words with a plural -s folded ("dogs" and "dog" match; "grass" stays)."""
+    return {w[:-1] if w.endswith("s") and not w.endswith("ss") else w for w in words(text)}
