@@ -3,6 +3,7 @@ a word that N's captions use and no caption of P or of P's other neighbours does
 N's captions holding such a word). `fusion search WORD --like P` should put N first.
 
     python benchmarks/combined.py [--data data/demo] [--distractors ../shared/data/distractors]
+                                  [--word-match W --name combined-word-match-W]
 
 Measured on a captioned collection the shipped model never trained on (the demo collection by
 default), alone and hidden among uncaptioned distractor photos. Writes
@@ -19,6 +20,7 @@ from pathlib import Path
 from indexer.run import index_paths
 from retrieval.evaluation.combined import constructed_cases, evaluate
 from retrieval.model.runtime import Runtime
+from retrieval.query import combine
 from retrieval.query.combine import Combined
 from retrieval.query.search import open_searcher
 from retrieval.training.datasets import load_dataset
@@ -39,10 +41,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "demo", help="captioned dataset folder")
     ap.add_argument("--distractors", type=Path, help="uncaptioned photos to hide it among")
+    ap.add_argument("--word-match", type=float, default=combine.WORD_MATCH,
+                    help=f"weight of the words' match against recalled memory captions (shipped: {combine.WORD_MATCH})")
+    ap.add_argument("--name", default="combined", help="results file name (without .md/.json)")
     args = ap.parse_args()
+    combine.WORD_MATCH = args.word_match
     caps = captions_by_path(args.data)
     runtime = Runtime()
-    report = {"data": str(args.data), "galleries": {}}
+    report = {"data": str(args.data), "word_match": args.word_match, "galleries": {}}
     with tempfile.TemporaryDirectory() as tmp:
         galleries = [("alone", [args.data])]
         if args.distractors:
@@ -63,12 +69,14 @@ def main() -> None:
                                 "results": [h.path for h in searcher.combined(Combined(example.word, example.like), 3).hits]}
             report["galleries"][name] = entry
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "combined.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# Photo + words queries", "",
              f"Constructed from {args.data}: for each photo P and each of its 10 nearest photos N (by "
              "`fusion similar`), a word that at least 2 of N's captions use and no caption of P or of "
              "P's other neighbours does; the query is that word (or N's first caption holding it) with "
-             "`--like P`, and N is the photo wanted. Top-1 and recall@5 in %, MRR over the cases.", "",
+             "`--like P`, and N is the photo wanted. Top-1 and recall@5 in %, MRR over the cases. "
+             f"Word match weight {args.word_match} (the words' share of the captions each photo recalls "
+             "from the caption memory, added to the text part as a z-score).", "",
              "| gallery | words | cases | photo alone top-1 / R@5 / MRR | words alone | photo + words |",
              "| --- | --- | ---: | --- | --- | --- |"]
     for name, e in report["galleries"].items():
@@ -78,7 +86,7 @@ def main() -> None:
             lines.append(f"| {name} ({e['photos']} photos) | {kind} | {x['cases']} | {cell('photo alone')} | "
                          f"{cell('words alone')} | {cell('photo + words')} |")
     lines.append("")
-    RESULTS.joinpath("combined.md").write_text("\n".join(lines))
+    RESULTS.joinpath(f"{args.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
