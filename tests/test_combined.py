@@ -15,6 +15,7 @@ from retrieval.evaluation.combined import constructed_cases, evaluate, rank_of
 from retrieval.model.runtime import Runtime
 from retrieval.query import combine
 from retrieval.query.combine import Combined, word_match
+from retrieval.query.rerank import stored_evidence
 from retrieval.query.search import open_searcher
 from retrieval.query.words import stems, words
 from retrieval.training.datasets import load_dataset
@@ -65,14 +66,15 @@ def test_word_match_reads_what_photos_recall(searcher, captions):
     rt, lib = searcher.runtime, searcher.lib
     ids = np.array(sorted(int(i) for i in lib.photos.ids()), np.int64)
     paths = searcher.paths_of(ids)
+    recalled = stored_evidence(lib, ids).memory_ids
     zebras = mentioning(captions, "zebras")
-    m = word_match(rt, lib, ids, "zebras")
+    m = word_match(rt, recalled, "zebras")
     assert m.shape == (len(ids),) and 0 <= m.min() and m.max() <= 1
     inside = m[[p in zebras for p in paths]]
     outside = m[[p not in zebras for p in paths]]
     assert inside.min() > 0.5 and inside.min() > outside.max(), (inside, outside.max())
-    assert np.array_equal(word_match(rt, lib, ids, "a zebra"), m)  # plural folded, "a" is no content word
-    assert not word_match(rt, lib, ids, "the of it").any()
+    assert np.array_equal(word_match(rt, recalled, "a zebra"), m)  # plural folded, "a" is no content word
+    assert not word_match(rt, recalled, "the of it").any()
     assert stems("Dogs on the grass") == {"dog", "grass"}
 
 

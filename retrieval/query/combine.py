@@ -83,15 +83,14 @@ def part_scores(store, part: Part, ids: np.ndarray) -> np.ndarray:
     return np.array([found.get(int(i), floor) for i in ids], np.float32)
 
 
-def word_match(runtime, lib, ids: np.ndarray, text: str) -> np.ndarray:
-    """For each photo of `ids`: the share of the captions it recalls from the caption memory
-    that use each of the text's content words, averaged over those words (zeros without a
-    memory or content words). Read from what the indexer stored; no photo is decoded."""
+def word_match(runtime, recalled: np.ndarray, text: str) -> np.ndarray:
+    """For each photo, given the memory rows it recalls ((N, m), from the evidence the indexer
+    stored; no photo is decoded): the share of those captions that use each of the text's
+    content words, averaged over the words (zeros without a memory or content words)."""
     want = stems(text)
     memory = runtime.memory
-    if not want or memory is None or len(ids) == 0:
-        return np.zeros(len(ids), np.float32)
-    recalled = stored_evidence(lib, ids).memory_ids
+    if not want or memory is None or len(recalled) == 0:
+        return np.zeros(len(recalled), np.float32)
     seen: dict[int, float] = {}
     for row in np.unique(recalled):
         seen[int(row)] = len(want & stems(memory.texts[row])) / len(want)
@@ -117,15 +116,17 @@ def combined_ranking(searcher, q: Combined, n: int, rerank: bool, filters):
     if len(ids) == 0:
         return ids, np.zeros(0, np.float32), np.zeros(0, np.float32), notes
     fused, main = np.zeros(len(ids), np.float32), None
-    weight = searcher.runtime.config.rerank_weight
+    rt, weight = searcher.runtime, searcher.runtime.config.rerank_weight
+    words = rerank and any(p.pooled is not None for p in parts)
+    stored = stored_evidence(searcher.lib, ids) if words else None  # read once for every text part
     for p in parts:
         s = part_scores(searcher.lib.photos, p, ids)
         main = s if main is None else main
         if rerank and p.pooled is not None and weight:
-            s = s + weight * match_logits(searcher.runtime, searcher.lib, ids, s, p.pooled)
+            s = s + weight * match_logits(rt, searcher.lib, ids, s, p.pooled, stored)
         z = zscore(s)
-        if rerank and p.pooled is not None:
-            z = z + WORD_MATCH * zscore(word_match(searcher.runtime, searcher.lib, ids, p.label))
+        if rerank and p.pooled is not None:  # a text part: its label is its words
+            z = z + WORD_MATCH * zscore(word_match(rt, stored.memory_ids, p.label))
         fused += p.sign * z
     order = np.lexsort((ids, -fused))[:n]
     return ids[order], fused[order], main[order], notes

@@ -27,11 +27,14 @@ def stored_evidence(lib, ids) -> PhotoEvidence:
     return PhotoEvidence.unpack([rows.get(int(i), blank) for i in ids])
 
 
-def match_logits(runtime, lib, ids, itc, query_pooled: np.ndarray) -> np.ndarray:
-    """The reranker's match logit for each candidate photo of one query (raw MiniLM vector)."""
+def match_logits(runtime, lib, ids, itc, query_pooled: np.ndarray,
+                 stored: PhotoEvidence | None = None) -> np.ndarray:
+    """The reranker's match logit for each candidate photo of one query (raw MiniLM vector);
+    `stored`: the candidates' evidence when the caller has read it already."""
     emb = runtime.embedder
     q_itc, q_sent = emb.texts(query_pooled)
-    ev = stored_evidence(lib, ids).take(np.arange(len(ids))[None])  # one query's row of candidates
+    stored = stored_evidence(lib, ids) if stored is None else stored
+    ev = stored.take(np.arange(len(ids))[None])  # one query's row of candidates
     feats = emb.evidence(np.asarray(itc, np.float32)[None], q_itc, q_sent, ev)
     return runtime.query.logits(feats)[0]
 

@@ -5,6 +5,7 @@ build the constructed photo+words cases of benchmarks/combined.py."""
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 STOP = set("""a an the and or of in on at to with for from by into onto over under near next its it is are
 some two three four one many other his her their this that there while has have being looking sitting
@@ -16,6 +17,12 @@ def words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 3 and w not in STOP}
 
 
-def stems(text: str) -> set[str]:
-    """Content words with a plural -s folded ("dogs" and "dog" match; "grass" stays)."""
-    return {w[:-1] if w.endswith("s") and not w.endswith("ss") else w for w in words(text)}
+def stems(text: str) -> frozenset[str]:
+    """Content words with a plural -s folded ("dogs" and "dog" match; "grass" stays). Cached:
+    a served library's combined queries keep meeting the same memory captions."""
+    return _stems(text)
+
+
+@lru_cache(maxsize=1 << 16)
+def _stems(text: str) -> frozenset[str]:
+    return frozenset(w[:-1] if w.endswith("s") and not w.endswith("ss") else w for w in words(text))
