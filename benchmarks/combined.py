@@ -1,6 +1,7 @@
 """Photo + words queries on constructed cases: for a photo P and one of its visual neighbours N,
-a word that N's captions use and no caption of P or of P's other neighbours does (or one of
-N's captions holding such a word). `fusion search WORD --like P` should put N first.
+a word that N's captions use and no caption of P or of P's other neighbours does (the first
+such word alphabetically, the one most of N's captions use, or one of N's captions holding
+one). `fusion search WORD --like P` should put N first.
 
     python benchmarks/combined.py [--data data/demo] [--distractors ../shared/data/distractors]
                                   [--word-match W --name combined-word-match-W]
@@ -27,6 +28,8 @@ from retrieval.training.datasets import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+# (label, a whole caption?, which singling-out word)
+KINDS = (("one word", False, "first"), ("the most used word", False, "most"), ("a whole caption", True, "first"))
 
 
 def captions_by_path(data: Path) -> dict[str, list[str]]:
@@ -59,8 +62,8 @@ def main() -> None:
             # cases come from the collection alone: distractors have no captions to check words against
             searcher_alone = open_searcher(Path(tmp) / "alone", runtime)
             entry = {"photos": s["photos"]}
-            for kind, whole in (("one word", False), ("a whole caption", True)):
-                cases = constructed_cases(searcher_alone, caps, whole_caption=whole)
+            for kind, whole, pick in KINDS:
+                cases = constructed_cases(searcher_alone, caps, whole_caption=whole, pick=pick)
                 r = evaluate(searcher, cases, k=100)
                 entry[kind] = {"cases": len(cases), **{m: {k: v for k, v in x.items() if k != "ranks"}
                                                         for m, x in r.items()}}
@@ -72,15 +75,16 @@ def main() -> None:
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# Photo + words queries", "",
              f"Constructed from {args.data}: for each photo P and each of its 10 nearest photos N (by "
-             "`fusion similar`), a word that at least 2 of N's captions use and no caption of P or of "
-             "P's other neighbours does; the query is that word (or N's first caption holding it) with "
-             "`--like P`, and N is the photo wanted. Top-1 and recall@5 in %, MRR over the cases. "
+             "`fusion similar`), a content word (plurals folded) that at least 2 of N's captions use and "
+             "no caption of P or of P's other neighbours does; the query is that word (the first such "
+             "word alphabetically, or the one most of N's captions use) or N's first caption holding it, "
+             "with `--like P`, and N is the photo wanted. Top-1 and recall@5 in %, MRR over the cases. "
              f"Word match weight {args.word_match} (the words' share of the captions each photo recalls "
              "from the caption memory, added to the text part as a z-score).", "",
              "| gallery | words | cases | photo alone top-1 / R@5 / MRR | words alone | photo + words |",
              "| --- | --- | ---: | --- | --- | --- |"]
     for name, e in report["galleries"].items():
-        for kind in ("one word", "a whole caption"):
+        for kind, _, _ in KINDS:
             x = e[kind]
             cell = lambda m: f"{x[m]['top1']} / {x[m]['r5']} / {x[m]['mrr']:.3f}"  # noqa: E731
             lines.append(f"| {name} ({e['photos']} photos) | {kind} | {x['cases']} | {cell('photo alone')} | "

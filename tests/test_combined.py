@@ -62,6 +62,26 @@ def test_photo_plus_words_beats_either_alone(searcher, captions):
     assert all(rk is not None for rk in r["photo + words"]["ranks"])  # k covers the whole library
 
 
+def test_constructed_words_single_out_the_target(searcher, captions):
+    """The word is the target's (at least 2 of its captions use it, plurals folded) and no
+    caption of the liked photo or of its other neighbours uses it in either number; "most"
+    picks a word that at least as many of the target's captions use as "first" does."""
+    some = set(sorted(captions)[:6])
+    first = [c for c in constructed_cases(searcher, captions) if c.like in some]
+    most = [c for c in constructed_cases(searcher, captions, pick="most") if c.like in some]
+    assert len(first) == len(most) >= 20
+    uses = lambda path, w: sum(bool(stems(w) & stems(c)) for c in captions[path])  # noqa: E731
+    for a, b in zip(first, most):
+        assert (a.like, a.target) == (b.like, b.target)
+        near = [h.path for h in searcher.similar(a.like, 10).hits]
+        for c in (a, b):
+            assert uses(c.target, c.word) >= 2, c
+            assert all(uses(p, c.word) == 0 for p in near + [c.like] if p != c.target and p in captions), c
+        assert uses(b.target, b.word) >= uses(a.target, a.word)
+    assert any(uses(b.target, b.word) > uses(a.target, a.word) for a, b in zip(first, most))
+    assert stems("A dog against the wall, behind them") == {"dog", "wall"}
+
+
 def test_word_match_reads_what_photos_recall(searcher, captions):
     rt, lib = searcher.runtime, searcher.lib
     ids = np.array(sorted(int(i) for i in lib.photos.ids()), np.int64)

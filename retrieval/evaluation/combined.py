@@ -1,6 +1,7 @@
 """Constructed photo+words cases from a captioned collection: for a photo P and one of its
-visual neighbours N, a word that N's captions use and no caption of P or of P's other
-neighbours does. `--like P` plus that word should then put N first; alone, neither the photo
+visual neighbours N, a content word that N's captions use and no caption of P or of P's other
+neighbours does (plurals folded, as the word match folds them: "car" in a neighbour's caption
+rules out "cars"). `--like P` plus that word should then put N first; alone, neither the photo
 (P's neighbours are all alike) nor the word (other photos match it) is enough."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from retrieval.query.combine import Combined
-from retrieval.query.words import words
+from retrieval.query.words import stems, words
 
 
 @dataclass(frozen=True)
@@ -19,25 +20,29 @@ class Case:
 
 
 def constructed_cases(searcher, captions: dict[str, list[str]], neighbours: int = 10,
-                      support: int = 2, whole_caption: bool = False) -> list[Case]:
+                      support: int = 2, whole_caption: bool = False, pick: str = "first") -> list[Case]:
     """One case per (photo, neighbour) pair that has a singling-out word (used by at least
     `support` of the neighbour's captions), from the library's `similar` neighbours of each
-    captioned photo: the first such word in alphabetical order, or with `whole_caption` the
-    neighbour's first caption that holds one."""
+    captioned photo: the first such word in alphabetical order, with `pick="most"` the one
+    most of the neighbour's captions use (what its describers agree on; ties alphabetical), or
+    with `whole_caption` the neighbour's first caption that holds one."""
     cases = []
     for like in sorted(captions):
         near = [h.path for h in searcher.similar(like, neighbours).hits if h.path in captions]
         for target in near:
-            others = set().union(*(words(c) for p in near + [like] if p != target for c in captions[p]))
+            others = set().union(*(stems(c) for p in near + [like] if p != target for c in captions[p]))
             counts: dict[str, int] = {}
             for c in captions[target]:
-                for w in words(c):
+                for w in stems(c):
                     counts[w] = counts.get(w, 0) + 1
             good = sorted(w for w, n in counts.items() if n >= support and w not in others)
+            if pick == "most":
+                good.sort(key=lambda w: -counts[w])  # stable: ties stay alphabetical
             if good and whole_caption:
-                cases.append(Case(like, next(c for c in captions[target] if words(c) & set(good)), target))
-            elif good:
-                cases.append(Case(like, good[0], target))
+                cases.append(Case(like, next(c for c in captions[target] if stems(c) & set(good)), target))
+            elif good:  # the word as the captions write it ("dogs" for the folded "dog")
+                cases.append(Case(like, min(w for c in captions[target] for w in words(c)
+                                            if stems(w) == {good[0]}), target))
     return cases
 
 

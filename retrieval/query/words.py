@@ -9,7 +9,9 @@ from functools import lru_cache
 
 STOP = set("""a an the and or of in on at to with for from by into onto over under near next its it is are
 some two three four one many other his her their this that there while has have being looking sitting
-standing very small large big little top front back side up down out off""".split())
+standing very small large big little top front back side up down out off against around behind across
+through about above below along among between beside toward towards upon each another which what who
+where then than just also here them they these those was were been can will had not all""".split())
 
 
 def words(text: str) -> set[str]:
@@ -17,12 +19,8 @@ def words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 3 and w not in STOP}
 
 
+@lru_cache(maxsize=1 << 16)
 def stems(text: str) -> frozenset[str]:
     """Content words with a plural -s folded ("dogs" and "dog" match; "grass" stays). Cached:
     a served library's combined queries keep meeting the same memory captions."""
-    return _stems(text)
-
-
-@lru_cache(maxsize=1 << 16)
-def _stems(text: str) -> frozenset[str]:
     return frozenset(w[:-1] if w.endswith("s") and not w.endswith("ss") else w for w in words(text))
