@@ -26,6 +26,8 @@ def constructed_cases(searcher, captions: dict[str, list[str]], neighbours: int 
     captioned photo: the first such word in alphabetical order, with `pick="most"` the one
     most of the neighbour's captions use (what its describers agree on; ties alphabetical), or
     with `whole_caption` the neighbour's first caption that holds one."""
+    if pick not in ("first", "most"):
+        raise ValueError(f"pick must be 'first' or 'most', not {pick!r}")
     cases = []
     for like in sorted(captions):
         near = [h.path for h in searcher.similar(like, neighbours).hits if h.path in captions]
