@@ -48,3 +48,20 @@ def test_rerank_reorders_only_the_top_k():
     assert list(np.argsort(-out[0])) == [2, 1, 0, 3, 4]
     same = rerank(scores, 3, lambda rows, cols: scores[rows, cols])
     assert list(np.argsort(-same[0])) == [0, 1, 2, 3, 4]
+
+
+def test_rerank_picks_the_top_k_a_stable_sort_picks_under_ties():
+    """Benchmarks look rescores up by (row, column) for the top k of a stable sort: with tied
+    scores at the k-th place (a caption the memory holds twice) rerank must visit the same
+    columns, or it reads a missing rescore (it says so rather than rank by NaN)."""
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random((50, 400)), 2)  # many exact ties
+    k = 7
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    lookup = np.full(scores.shape, np.nan)
+    np.put_along_axis(lookup, top, -scores[np.arange(50)[:, None], top], axis=1)
+    out = rerank(scores, k, lambda rows, cols: lookup[rows, cols])
+    assert not np.isnan(out).any()
+    np.testing.assert_array_equal(np.sort(np.argsort(-out, axis=1, kind="stable")[:, :k], 1), np.sort(top, 1))
+    with pytest.raises(ValueError, match="missing"):
+        rerank(scores, k + 1, lambda rows, cols: lookup[rows, cols])

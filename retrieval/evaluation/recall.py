@@ -40,9 +40,14 @@ def rerank(scores: np.ndarray, k: int, rescore) -> np.ndarray:
     `rescore(rows, cols)` (same shapes, k per row) and placed above every other column,
     which keep their first-stage order."""
     k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    # a stable sort, as callers that look their rescores up by (row, column) pick their top k:
+    # with tied scores at the k-th place (a caption the corpus holds twice) an argpartition
+    # could pick the other twin, whose rescore is missing
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     rows = np.repeat(np.arange(len(scores))[:, None], k, axis=1)
     new = np.asarray(rescore(rows, top), dtype=np.float64)
+    if np.isnan(new).any():
+        raise ValueError("rerank: the rescore of a top-k candidate is missing (NaN)")
     out = scores.astype(np.float64).copy()
     lift = out.max() - new.min() + 1.0
     out[rows, top] = new + lift
