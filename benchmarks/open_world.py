@@ -81,6 +81,7 @@ def roads_markdown(results: Path) -> str:
         if "t2i" not in r or "open_gallery" not in r:
             continue
         road = (f"{r.get('image_encoder', '?')}, cell labels {'on' if r.get('bridge_cells', True) else 'off'}, "
+                f"mid-level features {'on' if r.get('mid_features', False) else 'off'}, "
                 f"memory weight {r.get('memory_beta', '?')}, soup {r.get('soup', 1)}, "
                 f"pseudo-captions {r.get('pseudo_captions', 0)}, gallery {r['open_gallery']:,}")
         for m, t in r["t2i"].items():
@@ -136,6 +137,8 @@ def main() -> None:
     ap.add_argument("--memory-beta", type=float, default=TrainConfig.memory_beta,
                     help="weight of recalled captions in search vectors (0: memory only as rerank evidence)")
     ap.add_argument("--no-bridge-cells", action="store_true", help="bridge from pooled logits only")
+    ap.add_argument("--no-mid-features", action="store_true",
+                    help="image_fc reads the pooled features only, not also the mid-level ones")
     ap.add_argument("--reranker-hidden", type=int, default=0, help="hidden width of the reranker (0: linear)")
     ap.add_argument("--soup", type=int, default=TrainConfig.soup, help="ITC runs averaged into one (1: one run)")
     ap.add_argument("--pseudo-captions", type=int, default=TrainConfig.pseudo_captions,
@@ -146,18 +149,19 @@ def main() -> None:
     args = ap.parse_args()
     start = time.perf_counter()
     tc = TrainConfig(seed=args.seed, variants=(), memory_beta=args.memory_beta,
-                     bridge_cells=not args.no_bridge_cells, reranker_hidden=args.reranker_hidden,
-                     soup=args.soup, pseudo_captions=args.pseudo_captions, describe_weight=args.describe_weight)
+                     bridge_cells=not args.no_bridge_cells, mid_features=not args.no_mid_features,
+                     reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions, describe_weight=args.describe_weight)
     report = open_world_report(args.data, args.distractors, args.train_only, args.folds, args.seed,
                                args.image_encoder, tc=tc, log=lambda e: print(e, file=sys.stderr, flush=True))
     report.update(image_encoder=args.image_encoder, memory_beta=args.memory_beta,
-                  bridge_cells=not args.no_bridge_cells, reranker_hidden=args.reranker_hidden,
-                  soup=args.soup, pseudo_captions=args.pseudo_captions)
+                  bridge_cells=not args.no_bridge_cells, mid_features=not args.no_mid_features,
+                  reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions)
     report["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     md = to_markdown(report, f"Open-world recall ({args.image_encoder}, memory weight {args.memory_beta:g}, "
-                             f"cell labels {'on' if not args.no_bridge_cells else 'off'}, soup {args.soup}, "
+                             f"cell labels {'on' if not args.no_bridge_cells else 'off'}, "
+                             f"mid-level features {'off' if args.no_mid_features else 'on'}, soup {args.soup}, "
                              f"pseudo-captions {args.pseudo_captions})")
     (RESULTS / f"{args.name}.md").write_text(md)
     main_md = RESULTS / "recall.md"  # the headline file carries the table of every road run so far

@@ -21,11 +21,11 @@ NOISE = 0.35  # relative noise on raw features: neighbours stay plausible, none 
 
 
 def real_features(data: list[Path], runtime: Runtime):
-    """Raw pooled features, logits and per-cell-max logits of real photos (cached after the
-    first run)."""
+    """Raw pooled features, logits, per-cell-max logits and mid-level features of real photos
+    (cached after the first run)."""
     feats = [dataset_features(load_dataset(d), runtime.image_encoder, runtime.text_encoder, progress=False)
              for d in data]
-    return tuple(np.concatenate([getattr(f, k) for f in feats]) for k in ("pooled", "logits", "cells"))
+    return tuple(np.concatenate([getattr(f, k) for f in feats]) for k in ("pooled", "logits", "cells", "mid"))
 
 
 def build(root: Path, n: int, real: tuple, runtime: Runtime, seed: int = 0, chunk: int = 20_000) -> float:
@@ -33,18 +33,14 @@ def build(root: Path, n: int, real: tuple, runtime: Runtime, seed: int = 0, chun
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     lib = Library.open(root, runtime.fingerprint, runtime.dim, create=True)
-    pooled, logits, cells = real
-    p_scale = pooled.std(axis=0, keepdims=True)
-    l_scale = logits.std(axis=0, keepdims=True)
-    c_scale = cells.std(axis=0, keepdims=True)
+    scales = [a.std(axis=0, keepdims=True) for a in real]
     now = time.time()
     for lo in range(0, n, chunk):
         m = min(chunk, n - lo)
-        src = rng.integers(0, len(pooled), m)
-        p = (pooled[src] + NOISE * p_scale * rng.standard_normal((m, pooled.shape[1]))).astype(np.float32)
-        lg = (logits[src] + NOISE * l_scale * rng.standard_normal((m, logits.shape[1]))).astype(np.float32)
-        cl = (cells[src] + NOISE * c_scale * rng.standard_normal((m, cells.shape[1]))).astype(np.float32)
-        rerank, vec, sig = runtime.index_features(ImageFeatures(p, lg, None, cl))
+        src = rng.integers(0, len(real[0]), m)
+        p, lg, cl, mid = ((a[src] + NOISE * s * rng.standard_normal((m, a.shape[1]))).astype(np.float32)
+                          for a, s in zip(real, scales))
+        rerank, vec, sig = runtime.index_features(ImageFeatures(p, lg, None, cl, mid))
         ids = np.arange(lo + 1, lo + m + 1)
         photos = [{"id": int(i), "path": f"/synthetic/{i // 1000:04d}/{i:08d}.jpg", "size": 200_000,
                    "mtime_ns": int((now - i * 60) * 1e9), "sha": f"{i:040x}", "width": 640, "height": 480,

@@ -35,6 +35,26 @@ def test_image_features_shapes_and_norms(image_encoder, pixels):
     assert (f.cells >= f.logits - 1e-3).all() and (f.cells > f.logits + 0.5).any()
 
 
+def test_mid_features_pool_the_last_blocks_input(image_encoder, pixels):
+    """`mid` is the average of the map that enters Lite0's last block (7x7x192), computed in
+    the same pass that gives the pooled features: those come out unchanged."""
+    import torch
+
+    f = image_encoder.encode(pixels[:3], normalize=False)
+    assert f.mid.shape == (3, 192) and f.mid.dtype == np.float32
+    net = image_encoder.network.net
+    with torch.no_grad():
+        x = image_encoder._to_tensor(pixels[:3])
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for block in net._blocks[:-1]:
+            x = block(x)
+        ref_mid = x.mean(dim=(2, 3)).numpy()
+        ref_pooled = net.extract_features(image_encoder._to_tensor(pixels[:3])).mean(dim=(2, 3)).numpy()
+    np.testing.assert_allclose(f.mid, ref_mid, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(f.pooled, ref_pooled, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(f.mid[0], f.mid[1], atol=0.1)  # photos differ in their mid features
+
+
 def test_image_encoding_deterministic_and_batch_invariant(image_encoder, pixels):
     batch = image_encoder.encode(pixels, batch_size=16)
     again = image_encoder.encode(pixels, batch_size=16)

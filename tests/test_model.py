@@ -66,3 +66,20 @@ def test_shared_space_starts_at_the_bridge():
     text = torch.randn(3, 16)
     torch.testing.assert_close(space.embed_text(text), torch.nn.functional.normalize(text, dim=-1))
     torch.testing.assert_close(img.norm(dim=-1), torch.ones(3))
+
+
+def test_shared_space_reads_mid_features_when_configured():
+    """A model with mid-level features needs them, and they move the photo's vector once
+    image_fc has weights; each part is layer-normalised on its own, so scaling the mid
+    features (their spread is ~10x the pooled ones') changes nothing."""
+    from dataclasses import replace
+
+    cfg = replace(CFG, mid_dim=8)
+    space = SharedSpace(cfg, torch.nn.functional.normalize(torch.randn(1000, 16), dim=-1))
+    torch.nn.init.normal_(space.image_fc[1].weight)
+    pooled, logits, mid = torch.randn(3, 32), torch.randn(3, 1000), torch.randn(3, 8)
+    with pytest.raises(ValueError, match="mid"):
+        space.embed_image(pooled, logits)
+    img = space.embed_image(pooled, logits, None, mid)
+    assert not torch.allclose(img, space.embed_image(pooled, logits, None, torch.randn(3, 8)))
+    torch.testing.assert_close(img, space.embed_image(pooled, logits, None, 10 * mid), atol=1e-4, rtol=0)

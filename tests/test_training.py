@@ -88,7 +88,7 @@ def test_pseudo_captions_are_the_memory_captions_a_photo_recalls(feats, classes,
     from retrieval.training.rerank import Photos
 
     space = load_checkpoint().space
-    photos = Photos(feats.pooled, feats.logits, feats.cells)
+    photos = Photos.of(feats)
     p = pseudo_pairs(space, memory, photos, 3, itc_view(feats))
     assert p.text.shape == (48 * 3, 384) and list(p.caption_image[:6]) == [0, 0, 0, 1, 1, 1]
     assert p.grid.shape == (48, 0, 1280) and p.tokens.shape[:2] == (144, 0)
@@ -105,7 +105,7 @@ def test_training_with_uncaptioned_photos_adds_their_pseudo_pairs(feats, classes
 
     tc = TrainConfig(seed=0, batch_size=16, max_epochs=2, patience=1, soup=2, pseudo_captions=2, variants=())
     train, val = feats.subset(np.arange(40)), feats.subset(np.arange(40, 48))
-    photos = Photos(feats.pooled[40:], feats.logits[40:], feats.cells[40:])
+    photos = Photos.of(feats).take(np.arange(40, 48))
     with_pseudo = train_all(ModelConfig(), classes, train, val, tc, unlabelled=photos, memory=memory)
     without = train_all(ModelConfig(), classes, train, val, tc)
     assert with_pseudo.history["pseudo_photos"] == 8 and without.history["pseudo_photos"] == 0

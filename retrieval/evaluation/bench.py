@@ -37,8 +37,7 @@ def recall_report(data: Path, checkpoint: Path | None = None, candidates: int = 
     memory = load_memory(te) if ck.config.memory_digest else None
     bank = None if ck.bank is None else ck.bank.numpy()
     model = SimpleNamespace(config=ck.config, result=SimpleNamespace(space=ck.space), reranker=ck.reranker, bank=bank)
-    scores = fold_scores(model, memory, f, Photos(*(np.zeros((0, a.shape[1]), np.float32)
-                                                     for a in (f.pooled, f.logits, f.cells))), candidates,
+    scores = fold_scores(model, memory, f, Photos.of(f).take(slice(0, 0)), candidates,
                           own_label=f"reranked (shipped, weight {ck.config.rerank_weight:g})")
     report = {
         "images": int(len(f.pooled)), "captions": int(len(f.text)), "candidates": candidates,
@@ -66,7 +65,7 @@ def _rerank_ms(ck, memory, f, k: int, queries: int = 20) -> float:
     from retrieval.model.embedder import Embedder
 
     emb = Embedder(ck.space, memory)
-    pv = emb.photos(f.pooled, f.logits, f.cells)
+    pv = emb.photos(f.pooled, f.logits, f.cells, f.mid)
     k = min(k, len(f.pooled))
     times = []
     for q in range(min(queries, len(f.text))):

@@ -45,7 +45,7 @@ def projected_recall(ranks: np.ndarray, gallery: int, size: int = PROJECT_TO) ->
 
 
 def of(f: DatasetFeatures) -> Photos:
-    return Photos(f.pooled, f.logits, f.cells)
+    return Photos.of(f)
 
 
 def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: int,
@@ -55,12 +55,12 @@ def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: in
     untrained = Embedder(SharedSpace(model.config, model.result.space.class_embeddings), None)
     emb = Embedder(model.result.space, memory)
     gallery = Photos.concat(of(fold), distractors)
-    pv = emb.photos(gallery.pooled, gallery.logits, gallery.cells)
+    pv = emb.photos(gallery.pooled, gallery.logits, gallery.cells, gallery.mid)
     q_itc, q_sent = emb.texts(fold.text)
     target, n = fold.caption_image, len(fold.pooled)
-    bridge = untrained.photos(gallery.pooled, gallery.logits, gallery.cells).itc
+    bridge = untrained.photos(gallery.pooled, gallery.logits, gallery.cells, gallery.mid).itc
     enhanced = pv.search if emb.beta == MEASURED_BETA else Embedder(  # recall once when it is the same
-        model.result.space, memory, beta=MEASURED_BETA).photos(gallery.pooled, gallery.logits, gallery.cells).search
+        model.result.space, memory, beta=MEASURED_BETA).photos(gallery.pooled, gallery.logits, gallery.cells, gallery.mid).search
     sims = {"bridge (no training)": untrained.texts(fold.text)[0] @ bridge.T,
             "itc": q_itc @ pv.itc.T, f"itc + {MEASURED_BETA:g} memory in the search vector": q_itc @ enhanced.T}
     out = {}
@@ -229,9 +229,9 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     held_out_nonsense = te.encode(nonsense_queries(seed=seed + 1000), normalize=False).pooled
     rng = np.random.default_rng(seed)
     half = np.sort(rng.permutation(len(others))[: len(others) // 2])
-    train_distractors = Photos(others.pooled[half], others.logits[half], others.cells[half])
+    train_distractors = others.take(half)
     rest_ = np.setdiff1d(np.arange(len(others)), half)  # never trained on, not even as pseudo pairs
-    others = Photos(others.pooled[rest_], others.logits[rest_], others.cells[rest_])
+    others = others.take(rest_)
     fold_of = rng.permutation(len(evals.pooled)) % folds
     cfg, class_emb = model_config(image_encoder, te, memory, tc), class_embeddings(te)
     results = []

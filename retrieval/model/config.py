@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 class ModelConfig:
     image_encoder: str = "efficientnet-lite0"  # image tower the heads were trained on
     image_dim: int = 1280  # pooled / grid-cell feature size of that tower
+    mid_dim: int = 0  # size of the tower's mid-level features image_fc also reads (0: none)
     text_encoder: str = "all-MiniLM-L6-v2"  # text tower
     text_dim: int = 384  # its hidden size; also the shared space's size
     bridge_top: int = 20  # ImageNet classes mixed into a photo's bridge vector

@@ -3,7 +3,9 @@ classifiers (ITM) that judge whether a photo and a text match.
 
 The shared space is MiniLM's own 384-d space. A photo starts at its ImageNet-label bridge
 (the softmax-weighted MiniLM embedding of its top ImageNet class names) and `image_fc` adds
-a zero-initialised correction from the pooled image features; a text starts at its MiniLM
+a zero-initialised correction from the pooled image features (and, in models trained since
+they exist, the pooled mid-level features: colour, texture and parts that the last block
+abstracts away into ImageNet's classes); a text starts at its MiniLM
 vector and `text_fc` adds a zero-initialised residual. Training therefore starts from a
 working zero-shot model instead of from noise, which matters with ~1k training photos.
 """
@@ -27,8 +29,8 @@ class SharedSpace(nn.Module):
         super().__init__()
         self.config = config
         self.register_buffer("class_embeddings", class_embeddings.float())  # (1000, text_dim)
-        self.image_fc = nn.Sequential(nn.LayerNorm(config.image_dim),
-                                      nn.Linear(config.image_dim, config.text_dim))
+        norm = SplitNorm(config.image_dim, config.mid_dim) if config.mid_dim else nn.LayerNorm(config.image_dim)
+        self.image_fc = nn.Sequential(norm, nn.Linear(config.image_dim + config.mid_dim, config.text_dim))
         self.text_fc = nn.Linear(config.text_dim, config.text_dim)
         for layer in (self.image_fc[1], self.text_fc):
             nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
@@ -48,8 +50,13 @@ class SharedSpace(nn.Module):
         idx, weights = self.labels(logits, cells)
         return F.normalize((weights.unsqueeze(-1) * self.class_embeddings[idx]).sum(1), dim=-1)
 
-    def embed_image(self, pooled: torch.Tensor, logits: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_image(self, pooled: torch.Tensor, logits: torch.Tensor, cells: torch.Tensor | None = None,
+                    mid: torch.Tensor | None = None) -> torch.Tensor:
         """The photo's ITC vector: its bridge plus image_fc's correction."""
+        if self.config.mid_dim:
+            if mid is None:
+                raise ValueError("this model reads mid-level image features: pass mid")
+            pooled = torch.cat([pooled, mid], dim=-1)
         return F.normalize(self.bridge(logits, cells) + self.image_fc(pooled), dim=-1)
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
@@ -61,6 +68,19 @@ class SharedSpace(nn.Module):
         logits = self.logit_scale.exp().clamp(max=100) * img @ txt.T
         target = torch.arange(len(img), device=img.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+class SplitNorm(nn.Module):
+    """LayerNorm of the pooled and the mid-level features each on its own (their spreads
+    differ tenfold), concatenated: image_fc's input when it reads both."""
+
+    def __init__(self, image_dim: int, mid_dim: int):
+        super().__init__()
+        self.image_dim = image_dim
+        self.pooled, self.mid = nn.LayerNorm(image_dim), nn.LayerNorm(mid_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.pooled(x[..., :self.image_dim]), self.mid(x[..., self.image_dim:])], dim=-1)
 
 
 class FusionHead(nn.Module):

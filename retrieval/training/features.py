@@ -27,6 +27,7 @@ class DatasetFeatures:
     mask: np.ndarray  # (M, MAX_TOKENS) bool
     caption_image: np.ndarray  # (M,) int64 index of each caption's photo, -1 for text-only
     cells: np.ndarray  # (N, 1000) float32 max over grid cells of the per-cell ImageNet logits
+    mid: np.ndarray  # (N, mid_dim) float32 pooled mid-level features (image_encoder.ImageFeatures)
 
     def subset(self, images: np.ndarray) -> "DatasetFeatures":
         """The photos at `images` (indices) and only their captions, re-indexed."""
@@ -35,7 +36,7 @@ class DatasetFeatures:
         keep = np.flatnonzero(np.isin(self.caption_image, images))
         return DatasetFeatures(self.pooled[images], self.logits[images], self.grid[images],
                                self.text[keep], self.tokens[keep], self.mask[keep],
-                               remap[self.caption_image[keep]], self.cells[images])
+                               remap[self.caption_image[keep]], self.cells[images], self.mid[images])
 
     @staticmethod
     def concat(parts: list["DatasetFeatures"]) -> "DatasetFeatures":
@@ -43,7 +44,8 @@ class DatasetFeatures:
         cap = [np.where(p.caption_image >= 0, p.caption_image + o, -1) for p, o in zip(parts, offsets)]
         return DatasetFeatures(*(np.concatenate([getattr(p, f) for p in parts]) for f in
                                  ("pooled", "logits", "grid", "text", "tokens", "mask")),
-                               np.concatenate(cap), np.concatenate([p.cells for p in parts]))
+                               np.concatenate(cap), *(np.concatenate([getattr(p, f) for p in parts])
+                                                      for f in ("cells", "mid")))
 
 
 def default_cache_dir() -> Path:
@@ -57,7 +59,7 @@ def default_cache_dir() -> Path:
 def _cache_key(ds: Dataset, image_name: str, text_name: str) -> str:
     st = ds.source.stat()
     ident = [str(ds.source.resolve()), st.st_size, st.st_mtime_ns, image_name, text_name,
-             MAX_TOKENS, len(ds.images), len(ds.captions), "cells"]
+             MAX_TOKENS, len(ds.images), len(ds.captions), "cells", "mid"]
     return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
 
 
@@ -96,7 +98,7 @@ def _encode(ds: Dataset, image_encoder, text_encoder, progress: bool) -> Dataset
         mask.append(_fit_tokens(t.mask))
     caption_image = np.array([-1 if c.image is None else c.image for c in ds.captions], np.int64)
     return DatasetFeatures(f.pooled, f.logits, f.grid.astype(np.float16), np.concatenate(text_pooled),
-                           np.concatenate(tokens), np.concatenate(mask), caption_image, f.cells)
+                           np.concatenate(tokens), np.concatenate(mask), caption_image, f.cells, f.mid)
 
 
 def _fit_tokens(a: np.ndarray) -> np.ndarray:
@@ -115,19 +117,19 @@ def folder_features(folder: Path, image_encoder, cache_dir: Path | None = None, 
     paths = find_photos([folder])
     if not paths:
         raise DatasetError(f"{folder}: no photos found")
-    ident = [str(Path(folder).resolve()), image_encoder.config.name, "cells"]
+    ident = [str(Path(folder).resolve()), image_encoder.config.name, "cells", "mid"]
     ident += [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
     path = (cache_dir or default_cache_dir()) / f"{Path(folder).name}-photos-{key}.npz"
     if path.is_file():
         with np.load(path) as z:
-            return Photos(z["pooled"], z["logits"], z["cells"])
+            return Photos(z["pooled"], z["logits"], z["cells"], z["mid"])
     from tqdm import tqdm
 
     with tqdm(total=len(paths), desc=f"photos {Path(folder).name}", unit="photo", disable=not progress) as bar:
         f, _, _ = image_encoder.encode_files(paths, normalize=False, progress=bar.update)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, pooled=f.pooled, logits=f.logits, cells=f.cells)
+    np.savez(tmp, pooled=f.pooled, logits=f.logits, cells=f.cells, mid=f.mid)
     os.replace(tmp, path)
-    return Photos(f.pooled, f.logits, f.cells)
+    return Photos.of(f)

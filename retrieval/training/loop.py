@@ -32,6 +32,7 @@ class TrainConfig:
     itm_patience: int = 1
     variants: tuple = FUSION_VARIANTS  # fusion heads to train (benchmark baselines)
     bridge_cells: bool = True  # bridge from pooled and per-cell-max logits (False: pooled only)
+    mid_features: bool = True  # image_fc also reads the pooled mid-level features
     memory_beta: float = 0.5  # weight of recalled captions in a photo's search vector (0: ITC)
     rerank_folds: int = 5  # cross-fitting folds for the reranker's training candidates
     rerank_candidates: int = 32  # ITC top-K the reranker learns to sort (search's default)
@@ -59,7 +60,7 @@ def embed(space: SharedSpace, f: DatasetFeatures):
     """ITC embeddings (numpy) of every photo and caption of `f`."""
     space.eval()
     with torch.no_grad():
-        img = space.embed_image(_t(f.pooled), _t(f.logits), _t(f.cells)).numpy()
+        img = space.embed_image(_t(f.pooled), _t(f.logits), _t(f.cells), _t(f.mid)).numpy()
         txt = space.embed_text(_t(f.text)).numpy()
     return img, txt
 
@@ -84,7 +85,7 @@ def train_itc(cfg: ModelConfig, class_emb: torch.Tensor, train: DatasetFeatures,
     space = SharedSpace(cfg, class_emb)
     opt = torch.optim.AdamW(space.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     caps = [np.flatnonzero(train.caption_image == i) for i in range(len(train.pooled))]
-    pooled, logits, cells, text = _t(train.pooled), _t(train.logits), _t(train.cells), _t(train.text)
+    pooled, logits, cells, mid, text = (_t(a) for a in (train.pooled, train.logits, train.cells, train.mid, train.text))
     best, best_state, best_epoch, bad, curve = -1.0, None, 0, 0, []
     n_epochs = epochs or tc.max_epochs
     for epoch in range(1, n_epochs + 1):
@@ -96,7 +97,8 @@ def train_itc(cfg: ModelConfig, class_emb: torch.Tensor, train: DatasetFeatures,
             idx = order[s:s + tc.batch_size]
             if len(idx) < 2:
                 continue
-            loss = space.loss(space.embed_image(pooled[idx], logits[idx], cells[idx]), space.embed_text(text[pick[idx]]))
+            img = space.embed_image(pooled[idx], logits[idx], cells[idx], mid[idx])
+            loss = space.loss(img, space.embed_text(text[pick[idx]]))
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -16,13 +16,13 @@ def itc_view(f: DatasetFeatures) -> DatasetFeatures:
     """What ITC training reads of `f` (photos, logits, cells, caption vectors), without the
     grid cells and token states (views with no columns, so a concat copies nothing big)."""
     return DatasetFeatures(f.pooled, f.logits, f.grid[:, :0], f.text, f.tokens[:, :0], f.mask[:, :0],
-                           f.caption_image, f.cells)
+                           f.caption_image, f.cells, f.mid)
 
 
 def pseudo_pairs(space, memory, photos, per_photo: int, like: DatasetFeatures) -> DatasetFeatures:
     """`photos` (training.rerank.Photos) each with its `per_photo` best-recalled memory
     captions as captions, shaped like `itc_view(like)` so the two concatenate."""
-    ev = Embedder(space, memory).photos(photos.pooled, photos.logits, photos.cells).evidence
+    ev = Embedder(space, memory).photos(photos.pooled, photos.logits, photos.cells, photos.mid).evidence
     ids = ev.memory_ids[:, :per_photo]  # best first
     n, m = len(photos.pooled), ids.size
     return DatasetFeatures(np.asarray(photos.pooled, np.float32), np.asarray(photos.logits, np.float32),
@@ -30,4 +30,4 @@ def pseudo_pairs(space, memory, photos, per_photo: int, like: DatasetFeatures) -
                            memory.vectors[ids.ravel()].astype(np.float32),
                            np.zeros((m, 0) + like.tokens.shape[2:], like.tokens.dtype),
                            np.zeros((m, 0), bool), np.repeat(np.arange(n), per_photo),
-                           np.asarray(photos.cells, np.float32))
+                           np.asarray(photos.cells, np.float32), np.asarray(photos.mid, np.float32))

@@ -19,17 +19,30 @@ ALPHAS = (0.0, 0.03, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 @dataclass
 class Photos:
-    """Frozen features of photos without captions (distractors)."""
+    """Frozen features of photos without captions (distractors): what the image tower
+    gives (image_encoder.ImageFeatures without the grid)."""
     pooled: np.ndarray
     logits: np.ndarray
     cells: np.ndarray
+    mid: np.ndarray
 
     def __len__(self) -> int:
         return len(self.pooled)
 
+    def take(self, idx) -> "Photos":
+        return Photos(*(getattr(self, k)[idx] for k in PHOTO_FIELDS))
+
+    @staticmethod
+    def of(f) -> "Photos":
+        """The photo features of anything that has them (DatasetFeatures, ImageFeatures)."""
+        return Photos(*(getattr(f, k) for k in PHOTO_FIELDS))
+
     @staticmethod
     def concat(*parts: "Photos") -> "Photos":
-        return Photos(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("pooled", "logits", "cells")))
+        return Photos(*(np.concatenate([getattr(p, k) for p in parts]) for k in PHOTO_FIELDS))
+
+
+PHOTO_FIELDS = ("pooled", "logits", "cells", "mid")
 
 
 @dataclass
@@ -43,7 +56,7 @@ class Candidates:
 def rank_candidates(emb: Embedder, photos: Photos, text: np.ndarray, target: np.ndarray, k: int) -> Candidates:
     """Rank all `photos` for each caption vector in `text` (raw MiniLM) by the search vector,
     keep the top k with their evidence. `target[i]` is caption i's photo (index in photos)."""
-    pv = emb.photos(photos.pooled, photos.logits, photos.cells)
+    pv = emb.photos(photos.pooled, photos.logits, photos.cells, photos.mid)
     q_itc, q_sent = emb.texts(text)
     sim = q_itc @ pv.search.T
     k = min(k, len(photos))
@@ -128,7 +141,7 @@ def crossfit_candidates(cfg, class_emb, train, memory, tc, epochs: int, distract
 
     parts = []
     for fold, _, space, sub in crossfit_spaces(cfg, class_emb, train, tc, epochs, tc.rerank_folds):
-        photos = Photos(sub.pooled, sub.logits, sub.cells)
+        photos = Photos.of(sub)
         if distractors is not None:
             photos = Photos.concat(photos, distractors)
         emb = Embedder(space, memory)
@@ -151,7 +164,7 @@ def nonsense_queries(n: int = 200, seed: int = 0) -> list[str]:
 
 def top_probabilities(model: Reranker, emb: Embedder, photos: Photos, text: np.ndarray, k: int) -> np.ndarray:
     """Each query's best match probability among its ITC top k in `photos`."""
-    pv = emb.photos(photos.pooled, photos.logits, photos.cells)
+    pv = emb.photos(photos.pooled, photos.logits, photos.cells, photos.mid)
     q_itc, q_sent = emb.texts(text)
     sim = q_itc @ pv.search.T
     top = np.argsort(-sim, axis=1, kind="stable")[:, :min(k, len(photos))]

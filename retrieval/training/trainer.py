@@ -97,7 +97,8 @@ def prior_bank(space, photos, seed: int) -> np.ndarray:
     if len(pick) > BANK_PHOTOS:
         pick = np.sort(np.random.default_rng(seed).permutation(len(pick))[:BANK_PHOTOS])
     with torch.no_grad():
-        args = [torch.as_tensor(np.asarray(a, np.float32)[pick]) for a in (photos.pooled, photos.logits, photos.cells)]
+        args = [torch.as_tensor(np.asarray(a, np.float32)[pick])
+                for a in (photos.pooled, photos.logits, photos.cells, photos.mid)]
         return space.eval().embed_image(*args).numpy().astype(np.float16)
 
 
@@ -117,6 +118,7 @@ def _linear_weights(reranker: Reranker) -> np.ndarray:
 
 def model_config(image_encoder: str, text_encoder, memory, tc: TrainConfig) -> ModelConfig:
     return ModelConfig(image_encoder=image_encoder, image_dim=CONFIGS[image_encoder].feature_dim,
+                       mid_dim=CONFIGS[image_encoder].mid_dim if tc.mid_features else 0,
                        text_encoder=text_encoder.config.name, text_dim=text_encoder.config.dim,
                        bridge_cells=tc.bridge_cells, memory_beta=tc.memory_beta, memory_digest=memory.digest)
 
