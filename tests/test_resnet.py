@@ -27,6 +27,7 @@ def test_resnet50_features(weights, demo_photos):
     f = enc.encode(px, grid=True)
     assert f.pooled.shape == (5, 2048) and f.logits.shape == (5, 1000)
     assert f.grid.shape == (5, 49, 2048) and f.cells.shape == (5, 1000)
+    assert f.mid.shape == (5, 1024)  # layer3's map, averaged
     assert (f.cells >= f.logits - 1e-3).all()  # per-cell logits: their max bounds the mean
     np.testing.assert_allclose(np.linalg.norm(f.pooled, axis=1), 1.0, atol=1e-5)
     alone = enc.encode(px[:1], batch_size=1)

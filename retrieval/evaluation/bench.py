@@ -65,7 +65,7 @@ def _rerank_ms(ck, memory, f, k: int, queries: int = 20) -> float:
     from retrieval.model.embedder import Embedder
 
     emb = Embedder(ck.space, memory)
-    pv = emb.photos(f.pooled, f.logits, f.cells, f.mid)
+    pv = emb.photos(f)
     k = min(k, len(f.pooled))
     times = []
     for q in range(min(queries, len(f.text))):

@@ -55,12 +55,12 @@ def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: in
     untrained = Embedder(SharedSpace(model.config, model.result.space.class_embeddings), None)
     emb = Embedder(model.result.space, memory)
     gallery = Photos.concat(of(fold), distractors)
-    pv = emb.photos(gallery.pooled, gallery.logits, gallery.cells, gallery.mid)
+    pv = emb.photos(gallery)
     q_itc, q_sent = emb.texts(fold.text)
     target, n = fold.caption_image, len(fold.pooled)
-    bridge = untrained.photos(gallery.pooled, gallery.logits, gallery.cells, gallery.mid).itc
+    bridge = untrained.photos(gallery).itc
     enhanced = pv.search if emb.beta == MEASURED_BETA else Embedder(  # recall once when it is the same
-        model.result.space, memory, beta=MEASURED_BETA).photos(gallery.pooled, gallery.logits, gallery.cells, gallery.mid).search
+        model.result.space, memory, beta=MEASURED_BETA).photos(gallery).search
     sims = {"bridge (no training)": untrained.texts(fold.text)[0] @ bridge.T,
             "itc": q_itc @ pv.itc.T, f"itc + {MEASURED_BETA:g} memory in the search vector": q_itc @ enhanced.T}
     out = {}

@@ -70,15 +70,14 @@ class Embedder:
             t = torch.as_tensor(np.asarray(pooled, np.float32))
             return self.space.embed_text(t).numpy(), F.normalize(t, dim=-1).numpy()
 
-    def photos(self, pooled: np.ndarray, logits: np.ndarray, cells: np.ndarray,
-               mid: np.ndarray | None = None) -> PhotoVectors:
-        """A photo's vectors and evidence from its image features (`mid`: the pooled
-        mid-level features, which models trained with them need)."""
+    def photos(self, f) -> PhotoVectors:
+        """Photos' vectors and evidence from their image features: anything with `pooled`,
+        `logits`, `cells` and `mid` arrays (ImageFeatures, DatasetFeatures, Photos)."""
         import torch
 
         with torch.no_grad():
             args = [None if a is None else torch.as_tensor(np.asarray(a, np.float32))
-                    for a in (pooled, logits, cells, mid)]
+                    for a in (f.pooled, f.logits, f.cells, f.mid)]
             itc = self.space.embed_image(*args).numpy()
             label_ids, label_w = self.space.labels(args[1], args[2])
         n = len(itc)

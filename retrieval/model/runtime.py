@@ -83,7 +83,7 @@ class Runtime:
 
     def photo_vectors(self, feats):
         """Search vectors, plain ITC vectors and rerank evidence of encoded photos."""
-        return self.embedder.photos(feats.pooled, feats.logits, feats.cells, feats.mid)
+        return self.embedder.photos(feats)
 
     def index_features(self, feats) -> tuple[list[bytes], np.ndarray, list[bytes]]:
         """What the library stores per encoded photo: the reranker's evidence blob, the

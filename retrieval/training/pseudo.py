@@ -22,7 +22,7 @@ def itc_view(f: DatasetFeatures) -> DatasetFeatures:
 def pseudo_pairs(space, memory, photos, per_photo: int, like: DatasetFeatures) -> DatasetFeatures:
     """`photos` (training.rerank.Photos) each with its `per_photo` best-recalled memory
     captions as captions, shaped like `itc_view(like)` so the two concatenate."""
-    ev = Embedder(space, memory).photos(photos.pooled, photos.logits, photos.cells, photos.mid).evidence
+    ev = Embedder(space, memory).photos(photos).evidence
     ids = ev.memory_ids[:, :per_photo]  # best first
     n, m = len(photos.pooled), ids.size
     return DatasetFeatures(np.asarray(photos.pooled, np.float32), np.asarray(photos.logits, np.float32),

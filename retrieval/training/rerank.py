@@ -56,7 +56,7 @@ class Candidates:
 def rank_candidates(emb: Embedder, photos: Photos, text: np.ndarray, target: np.ndarray, k: int) -> Candidates:
     """Rank all `photos` for each caption vector in `text` (raw MiniLM) by the search vector,
     keep the top k with their evidence. `target[i]` is caption i's photo (index in photos)."""
-    pv = emb.photos(photos.pooled, photos.logits, photos.cells, photos.mid)
+    pv = emb.photos(photos)
     q_itc, q_sent = emb.texts(text)
     sim = q_itc @ pv.search.T
     k = min(k, len(photos))
@@ -164,7 +164,7 @@ def nonsense_queries(n: int = 200, seed: int = 0) -> list[str]:
 
 def top_probabilities(model: Reranker, emb: Embedder, photos: Photos, text: np.ndarray, k: int) -> np.ndarray:
     """Each query's best match probability among its ITC top k in `photos`."""
-    pv = emb.photos(photos.pooled, photos.logits, photos.cells, photos.mid)
+    pv = emb.photos(photos)
     q_itc, q_sent = emb.texts(text)
     sim = q_itc @ pv.search.T
     top = np.argsort(-sim, axis=1, kind="stable")[:, :min(k, len(photos))]
