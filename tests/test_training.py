@@ -70,7 +70,7 @@ def test_a_soup_is_the_average_of_its_runs(feats, classes):
     assert not np.allclose(w[0].numpy(), w[1].numpy(), atol=1e-4)  # the runs differ (seeded order)
     np.testing.assert_allclose(soup.image_fc[1].weight.detach().numpy(), (sum(w) / 3).numpy(), atol=2e-4)  # float noise between runs
     np.testing.assert_allclose(soup.text_fc.bias.detach().numpy(),
-                               (sum(r.text_fc.bias.detach() for r in runs) / 3).numpy(), atol=1e-6)
+                               (sum(r.text_fc.bias.detach() for r in runs) / 3).numpy(), atol=1e-5)  # biases ~1e-3
 
 
 @pytest.fixture(scope="module")
