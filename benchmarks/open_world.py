@@ -83,7 +83,7 @@ def roads_markdown(results: Path) -> str:
         road = (f"{r.get('image_encoder', '?')}, cell labels {'on' if r.get('bridge_cells', True) else 'off'}, "
                 f"mid-level features {'on' if r.get('mid_features', False) else 'off'}, "
                 f"memory weight {r.get('memory_beta', '?')}, soup {r.get('soup', 1)}, "
-                f"pseudo-captions {r.get('pseudo_captions', 0)}, gallery {r['open_gallery']:,}")
+                f"pseudo-captions {r.get('pseudo_captions', 0)}, their caption prior {r.get('pseudo_prior', 0)}, gallery {r['open_gallery']:,}")
         for m, t in r["t2i"].items():
             if m.startswith("reranked at"):
                 continue
@@ -143,6 +143,8 @@ def main() -> None:
     ap.add_argument("--soup", type=int, default=TrainConfig.soup, help="ITC runs averaged into one (1: one run)")
     ap.add_argument("--pseudo-captions", type=int, default=TrainConfig.pseudo_captions,
                     help="memory captions per training-half distractor as pseudo-captions (0: off)")
+    ap.add_argument("--pseudo-prior", type=float, default=TrainConfig.pseudo_prior,
+                    help="weight of the caption prior when those photos recall their pseudo-captions (0: plain ITC)")
     ap.add_argument("--describe-weight", type=float, default=0.03,
                     help="the reranker's weight in photo -> caption, as shipped (the caption prior is measured with it and without)")
     ap.add_argument("--name", default="recall", help="results file stem")
@@ -150,19 +152,21 @@ def main() -> None:
     start = time.perf_counter()
     tc = TrainConfig(seed=args.seed, variants=(), memory_beta=args.memory_beta,
                      bridge_cells=not args.no_bridge_cells, mid_features=not args.no_mid_features,
-                     reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions, describe_weight=args.describe_weight)
+                     reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions,
+                     pseudo_prior=args.pseudo_prior, describe_weight=args.describe_weight)
     report = open_world_report(args.data, args.distractors, args.train_only, args.folds, args.seed,
                                args.image_encoder, tc=tc, log=lambda e: print(e, file=sys.stderr, flush=True))
     report.update(image_encoder=args.image_encoder, memory_beta=args.memory_beta,
                   bridge_cells=not args.no_bridge_cells, mid_features=not args.no_mid_features,
-                  reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions)
+                  reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions,
+                  pseudo_prior=args.pseudo_prior)
     report["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     md = to_markdown(report, f"Open-world recall ({args.image_encoder}, memory weight {args.memory_beta:g}, "
                              f"cell labels {'on' if not args.no_bridge_cells else 'off'}, "
                              f"mid-level features {'off' if args.no_mid_features else 'on'}, soup {args.soup}, "
-                             f"pseudo-captions {args.pseudo_captions})")
+                             f"pseudo-captions {args.pseudo_captions}, their caption prior {args.pseudo_prior:g})")
     (RESULTS / f"{args.name}.md").write_text(md)
     main_md = RESULTS / "recall.md"  # the headline file carries the table of every road run so far
     if main_md.is_file():

@@ -42,6 +42,10 @@ def test_memory_vectors_are_cached_and_normalised(memory, text_encoder):
     assert list(ids[:, 0]) == [0, 1, 2]
     np.testing.assert_allclose(w.sum(1), 1, atol=1e-5)
     assert (np.diff(w, axis=1) <= 1e-7).all()  # best first
+    offset = np.zeros(len(memory.texts), np.float32)
+    offset[0] = -1.0  # a per-caption offset (the pseudo-captions' prior) moves caption 0 down
+    ids2, _ = memory.recall(probe, memory.vectors, MEMORY_SIZE, 0.05, offset)
+    assert ids2[0, 0] != 0 and list(ids2[1:, 0]) == [1, 2]
 
 
 def test_recalled_captions_describe_the_photo(memory, image_encoder, demo_dir):

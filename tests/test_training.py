@@ -100,6 +100,26 @@ def test_pseudo_captions_are_the_memory_captions_a_photo_recalls(feats, classes,
     assert np.mean(own > other) > 0.9, np.mean(own > other)
 
 
+def test_the_caption_prior_trades_generic_pseudo_captions_for_specific_ones(feats, classes, memory):
+    """With the prior, the demo photos recall fewer captions that many of them share (a
+    caption recalled by 5 photos says little about any one), and what they recall still
+    reads like their own real captions."""
+    from retrieval.model.checkpoint import load_checkpoint
+    from retrieval.training.pseudo import itc_view, pseudo_pairs
+    from retrieval.training.rerank import Photos
+
+    space, photos = load_checkpoint().space, Photos.of(feats)
+    plain, prior = (pseudo_pairs(space, memory, photos, 3, itc_view(feats), w) for w in (0.0, 0.5))
+    assert not np.array_equal(plain.text, prior.text)
+    shared = [np.unique(p.text, axis=0, return_counts=True)[1] for p in (plain, prior)]
+    assert (shared[1] > 1).sum() < (shared[0] > 1).sum(), [(c > 1).sum() for c in shared]
+    real = feats.text / np.linalg.norm(feats.text, axis=1, keepdims=True)
+    sim = prior.text @ real.T
+    own = np.array([sim[prior.caption_image == i][:, feats.caption_image == i].mean() for i in range(48)])
+    other = np.array([sim[prior.caption_image == i][:, feats.caption_image != i].mean() for i in range(48)])
+    assert np.mean(own > other) > 0.9, np.mean(own > other)
+
+
 def test_training_with_uncaptioned_photos_adds_their_pseudo_pairs(feats, classes, memory):
     from retrieval.training.rerank import Photos
 

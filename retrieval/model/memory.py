@@ -47,13 +47,17 @@ class CaptionMemory:
     vectors: np.ndarray  # (N, text_dim) float32 L2-normalised MiniLM sentence vectors
     digest: str  # corpus content hash
 
-    def recall(self, photos: np.ndarray, corpus_itc: np.ndarray, m: int, tau: float):
-        """Each photo's m nearest captions by ITC cosine (photos and corpus_itc L2-normalised),
-        with softmax(cos / tau) weights: (ids (N, m) int32, weights (N, m) float32), best first."""
+    def recall(self, photos: np.ndarray, corpus_itc: np.ndarray, m: int, tau: float,
+               offset: np.ndarray | None = None):
+        """Each photo's m nearest captions by ITC cosine (photos and corpus_itc L2-normalised)
+        plus `offset` (one number per caption, if given), with softmax(score / tau) weights:
+        (ids (N, m) int32, weights (N, m) float32), best first."""
         ids = np.zeros((len(photos), m), np.int32)
         weights = np.zeros((len(photos), m), np.float32)
         for s in range(0, len(photos), 256):
             sim = photos[s:s + 256] @ corpus_itc.T
+            if offset is not None:
+                sim += offset
             top = np.argpartition(-sim, m - 1, axis=1)[:, :m]
             score = np.take_along_axis(sim, top, 1)
             order = np.argsort(-score, axis=1, kind="stable")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 PRIOR_K = 10  # nearest bank photos a caption's prior averages over
+BANK_PHOTOS = 768  # bank size (about the open-world benchmark's 754 training distractors)
 
 
 def caption_prior(caption_itc: np.ndarray, bank: np.ndarray, k: int = PRIOR_K) -> np.ndarray:
@@ -19,3 +20,11 @@ def caption_prior(caption_itc: np.ndarray, bank: np.ndarray, k: int = PRIOR_K) -
     sim = np.asarray(caption_itc, np.float32) @ np.asarray(bank, np.float32).T
     k = min(k, sim.shape[1])
     return np.partition(sim, sim.shape[1] - k, axis=1)[:, -k:].mean(1).astype(np.float32)
+
+
+def bank_rows(n: int, seed: int) -> np.ndarray:
+    """Which of `n` photos form a bank: all, or BANK_PHOTOS of them drawn with `seed`. A fixed
+    size keeps the prior's scale (a mean over the 10 nearest) what the benchmarks measured."""
+    if n <= BANK_PHOTOS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:BANK_PHOTOS])

@@ -42,6 +42,7 @@ class TrainConfig:
     describe_prior: float = 0.0  # weight of the caption prior in photo -> caption (tuned on the folds)
     soup: int = 5  # ITC runs (seeds) whose weights are averaged into the shipped space (1: one run)
     pseudo_captions: int = 3  # memory captions per uncaptioned photo as its pseudo-captions (0: off)
+    pseudo_prior: float = 0.0  # caption prior's weight when they recall them (0: plain ITC; 0.5 measured a draw)
 
 
 @dataclass
@@ -278,7 +279,7 @@ def train_all(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: DatasetF
     itc_train, pseudo = itc_view(train), 0
     if unlabelled is not None and len(unlabelled) and memory is not None and tc.pseudo_captions:
         first, _, _ = train_itc_soup(cfg, class_emb, itc_train, val, tc)
-        extra = pseudo_pairs(first, memory, unlabelled, tc.pseudo_captions, itc_train)
+        extra = pseudo_pairs(first, memory, unlabelled, tc.pseudo_captions, itc_train, tc.pseudo_prior, tc.seed)
         itc_train, pseudo = DatasetFeatures.concat([itc_train, extra]), len(extra.pooled)
     space, best_epoch, curve = train_itc_soup(cfg, class_emb, itc_train, val, tc, log=log)
     history = {"itc": curve, "itc_best_epoch": best_epoch, "itc_val": itc_scores(space, val),

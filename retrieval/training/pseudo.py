@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from retrieval.model.embedder import Embedder
+from retrieval.model.prior import bank_rows, caption_prior
 from retrieval.training.features import DatasetFeatures
 
 
@@ -19,11 +20,17 @@ def itc_view(f: DatasetFeatures) -> DatasetFeatures:
                            f.caption_image, f.cells, f.mid)
 
 
-def pseudo_pairs(space, memory, photos, per_photo: int, like: DatasetFeatures) -> DatasetFeatures:
+def pseudo_pairs(space, memory, photos, per_photo: int, like: DatasetFeatures, prior: float = 0.0,
+                 seed: int = 0) -> DatasetFeatures:
     """`photos` (training.rerank.Photos) each with its `per_photo` best-recalled memory
-    captions as captions, shaped like `itc_view(like)` so the two concatenate."""
-    ev = Embedder(space, memory).photos(photos).evidence
-    ids = ev.memory_ids[:, :per_photo]  # best first
+    captions as captions, shaped like `itc_view(like)` so the two concatenate. With `prior`,
+    a caption's recall score loses `prior` x its caption prior over these photos (a bank of
+    them drawn with `seed`), so a photo's pseudo-captions are the ones that fit it better
+    than they fit photos in general, not the generic ones that sit close to every photo."""
+    emb = Embedder(space, memory)
+    itc = emb.photos(photos).itc
+    offset = -prior * caption_prior(emb.corpus_itc, itc[bank_rows(len(itc), seed)]) if prior else None
+    ids, _ = memory.recall(itc, emb.corpus_itc, per_photo, emb.tau, offset)  # best first
     n, m = len(photos.pooled), ids.size
     return DatasetFeatures(np.asarray(photos.pooled, np.float32), np.asarray(photos.logits, np.float32),
                            np.zeros((n, 0) + like.grid.shape[2:], like.grid.dtype),

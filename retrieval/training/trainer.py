@@ -16,14 +16,12 @@ from retrieval.encoders.image_encoder import CONFIGS, imagenet_classes, load_ima
 from retrieval.model.heads import ModelConfig
 from retrieval.encoders.text_encoder import load_text_encoder
 from retrieval.model.memory import load_memory
+from retrieval.model.prior import bank_rows
 from retrieval.model.reranker import EVIDENCE, Reranker
 from retrieval.training.features import folder_features
 from retrieval.training.loop import TrainConfig, TrainResult, train_all
 from retrieval.training.rerank import (Photos, choose_alpha, crossfit_candidates, fit_reranker, nonsense_queries,
                                        top_probabilities)
-
-
-BANK_PHOTOS = 768  # the caption prior's bank (about the open-world benchmark's 754 training distractors)
 
 
 def class_embeddings(text_encoder) -> torch.Tensor:
@@ -91,11 +89,8 @@ def train_model(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: Datase
 
 def prior_bank(space, photos, seed: int) -> np.ndarray:
     """The caption prior's bank: ITC vectors of up to BANK_PHOTOS uncaptioned photos (the
-    distractors), else training photos, in float16 as the checkpoint stores them. A fixed size
-    keeps the prior's scale (a mean over the 10 nearest) what benchmarks/open_world.py measured."""
-    pick = np.arange(len(photos.pooled))
-    if len(pick) > BANK_PHOTOS:
-        pick = np.sort(np.random.default_rng(seed).permutation(len(pick))[:BANK_PHOTOS])
+    distractors), else training photos, in float16 as the checkpoint stores them."""
+    pick = bank_rows(len(photos.pooled), seed)
     with torch.no_grad():
         args = [torch.as_tensor(np.asarray(a, np.float32)[pick])
                 for a in (photos.pooled, photos.logits, photos.cells, photos.mid)]
