@@ -70,6 +70,7 @@ def test_search_open_and_more_like_this(server, browser):
     assert "q=two+zebras+grazing" in b.current_url
     paths = [t.get_attribute("data-path") for t in found]
     assert any(p.endswith(ZEBRA) for p in paths[:3])
+    assert not b.find_element(By.ID, "likechip").is_displayed()  # no photo picked: no "like" chip
     wait_for(lambda: b.execute_script(
         "return [...document.images].filter(i => i.closest('.tile')).slice(0, 8).every(i => i.complete && i.naturalWidth > 0)"))
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +119,7 @@ def test_refine_a_photo_with_words_and_the_duplicates_view(server, browser):
     assert zebra_id not in [t.get_attribute("data-id") for t in wait_for(lambda: tiles(b))]
     b.find_element(By.ID, "unlike").click()  # back to the words alone
     wait_for(lambda: "like=" not in b.current_url and "for “on a road”" in b.find_element(By.ID, "status").text)
+    assert not b.find_element(By.ID, "likechip").is_displayed()
     box = b.find_element(By.ID, "q")
     box.clear()
     box.send_keys("animals -zebras", Keys.ENTER)  # take away with -
