@@ -56,8 +56,9 @@ def to_markdown(r: dict, name: str = "Open-world recall") -> str:
             lines.append(f"i2t in the fold alone, {m[12:]}: {fmt(v)}")
     lines.append("")
     for kind, what in (("probability", "the reranker's match probability over every candidate it scored"),
-                       ("share", "the share shown in results (softmax over a query's candidates), over "
-                                 "queries whose photo is among them")):
+                       ("share", "the share shown in results (softmax of the ranking score at weight "
+                                 f"{r.get('rerank_weight', 'tuned')} over a query's candidates, at the "
+                                 "temperature fitted in training), over queries whose photo is among them")):
         cal = r["calibration"][kind]
         lines += [f"Calibration of {what}: expected calibration error {cal['ece']:.4f}.", "",
                   "| predicted | candidates | mean predicted | match rate |", "| --- | ---: | ---: | ---: |"]
@@ -147,19 +148,22 @@ def main() -> None:
                     help="weight of the caption prior when those photos recall their pseudo-captions (0: plain ITC)")
     ap.add_argument("--describe-weight", type=float, default=0.03,
                     help="the reranker's weight in photo -> caption, as shipped (the caption prior is measured with it and without)")
+    ap.add_argument("--rerank-weight", type=float, default=0.03,
+                    help="the reranker's weight in search, as shipped (the weight each fold tunes is also measured)")
     ap.add_argument("--name", default="recall", help="results file stem")
     args = ap.parse_args()
     start = time.perf_counter()
     tc = TrainConfig(seed=args.seed, variants=(), memory_beta=args.memory_beta,
                      bridge_cells=not args.no_bridge_cells, mid_features=not args.no_mid_features,
                      reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions,
-                     pseudo_prior=args.pseudo_prior, describe_weight=args.describe_weight)
+                     pseudo_prior=args.pseudo_prior, describe_weight=args.describe_weight,
+                     rerank_weight=args.rerank_weight)
     report = open_world_report(args.data, args.distractors, args.train_only, args.folds, args.seed,
                                args.image_encoder, tc=tc, log=lambda e: print(e, file=sys.stderr, flush=True))
     report.update(image_encoder=args.image_encoder, memory_beta=args.memory_beta,
                   bridge_cells=not args.no_bridge_cells, mid_features=not args.no_mid_features,
                   reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions,
-                  pseudo_prior=args.pseudo_prior)
+                  pseudo_prior=args.pseudo_prior, rerank_weight=args.rerank_weight)
     report["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")

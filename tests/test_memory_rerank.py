@@ -11,7 +11,8 @@ from retrieval.evaluation.openworld import calibration, projected_recall, recall
 from retrieval.evaluation.recall import ranks_of
 from retrieval.model.memory import corpus_path, load_memory, read_corpus
 from retrieval.model.reranker import EVIDENCE, LABELS, MEMORY_SIZE, PhotoEvidence, Reranker, evidence
-from retrieval.training.rerank import Candidates, fit_reranker, nonsense_queries, reranked_ranks
+from retrieval.model.query_side import shares
+from retrieval.training.rerank import Candidates, fit_reranker, fit_share_temperature, nonsense_queries, reranked_ranks
 
 
 def test_memory_holds_no_caption_of_the_demo_photos(demo_dir):
@@ -103,6 +104,31 @@ def test_reranker_learns_a_signal_and_reranks_by_it():
     assert after > before + 40
     probs = model.probabilities(model.logits(feats))
     assert calibration(probs.ravel(), label.ravel())["ece"] < 0.05
+
+
+def test_share_temperature_is_recovered_and_shares_follow_the_ranking_score():
+    # queries whose photo is drawn from softmax(score / 0.2): the fitted temperature finds 0.2
+    rng = np.random.default_rng(1)
+    q, k, true_t = 3000, 16, 0.2
+    feats = np.zeros((q, k, len(EVIDENCE)), np.float32)
+    feats[..., EVIDENCE.index("itc")] = rng.normal(0.3, 0.1, (q, k))
+    model = Reranker()
+    with torch.no_grad():  # a logit that reads one other feature
+        model.net[0].weight.zero_()
+        model.net[0].weight[0, 2] = 1.0
+    feats[..., 2] = rng.standard_normal((q, k))
+    score = feats[..., 0] + 0.03 * model.logits(feats)
+    p = shares(feats[..., 0], model.logits(feats), 0.03, true_t)
+    assert np.allclose(p, np.exp(score / true_t) / np.exp(score / true_t).sum(1, keepdims=True), atol=1e-6)
+    label = np.zeros((q, k), np.float32)
+    label[np.arange(q), [rng.choice(k, p=row) for row in p]] = 1
+    fitted = fit_share_temperature(model, Candidates(feats, label, np.zeros(q, np.int64), k), 0.03)
+    assert abs(fitted - true_t) < 0.02, fitted
+    # shares fall with the ranking score; without a temperature they are the logit's softmax
+    order = np.argsort(-score, 1)
+    assert (np.diff(np.take_along_axis(p, order, 1), axis=1) <= 1e-12).all()
+    old = shares(feats[..., 0], model.logits(feats), 0.03, 0.0)
+    assert np.allclose(old, np.exp(feats[..., 2]) / np.exp(feats[..., 2]).sum(1, keepdims=True), atol=1e-5)
 
 
 def test_projection_is_the_identity_at_the_measured_size_and_shrinks_beyond():

@@ -19,6 +19,7 @@ from retrieval.evaluation.recall import KS, i2t_recall, ranks_of, rerank
 from retrieval.model.embedder import Embedder
 from retrieval.model.heads import SharedSpace
 from retrieval.model.prior import caption_prior
+from retrieval.model.query_side import shares
 from retrieval.model.reranker import EVIDENCE
 from retrieval.training.features import DatasetFeatures
 from retrieval.training.rerank import ALPHAS, Candidates, Photos, reranked_ranks
@@ -49,9 +50,11 @@ def of(f: DatasetFeatures) -> Photos:
 
 
 def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: int,
-                nonsense: np.ndarray | None = None, own_label: str = "reranked at the model's weight") -> dict:
+                nonsense: np.ndarray | None = None, own_label: str = "reranked at the model's weight",
+                own_weight: float | None = None) -> dict:
     """Ranks of every fold caption's photo by each method, in the open gallery (fold photos,
-    then distractors) and in the fold alone; calibration pairs of the shipped pipeline."""
+    then distractors) and in the fold alone (`own_label`: reranked at `own_weight`, else at the
+    model's weight); calibration pairs of the pipeline at the model's weight."""
     untrained = Embedder(SharedSpace(model.config, model.result.space.class_embeddings), None)
     emb = Embedder(model.result.space, memory)
     gallery = Photos.concat(of(fold), distractors)
@@ -68,9 +71,10 @@ def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: in
         out[name] = {"open": ranks_of(sim, target), "small": ranks_of(sim[:, :n], target)}
     for scope, cols in (("open", len(gallery)), ("small", n)):
         sim = (q_itc @ pv.search.T)[:, :cols]
-        weights = sorted({model.config.rerank_weight, *ALPHAS[1:]})
+        own = model.config.rerank_weight if own_weight is None else own_weight
+        weights = sorted({own, model.config.rerank_weight, *ALPHAS[1:]})
         ranks, probs = _rerank(model, emb, sim, q_itc, q_sent, pv.evidence, target, k, weights)
-        out.setdefault(own_label, {})[scope] = ranks[model.config.rerank_weight]
+        out.setdefault(own_label, {})[scope] = ranks[own]
         for w in ALPHAS[1:]:
             out.setdefault(f"reranked at weight {w:g}", {})[scope] = ranks[w]
         if scope == "open":
@@ -113,8 +117,7 @@ def _rerank(model, emb, sim, q_itc, q_sent, ev, target, k, weights):
     logit = model.reranker.logits(feats)
     c = Candidates(feats, (top == target[:, None]).astype(np.float32), ranks_of(sim, target), sim.shape[1])
     ranks = {w: reranked_ranks(c, itc + w * logit) for w in weights}
-    share = np.exp(logit - logit.max(1, keepdims=True))
-    share /= share.sum(1, keepdims=True)
+    share = shares(itc, logit, model.config.rerank_weight, model.config.share_temperature)
     found = c.label.any(1)  # the share is conditional on the photo being among the candidates
     return ranks, {"probability": (model.reranker.probabilities(logit).ravel(), c.label.ravel()),
                    "share": (share[found].ravel(), c.label[found].ravel())}
@@ -243,7 +246,7 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
                             train_distractors, nonsense)
         held = evals.subset(np.flatnonzero(fold_of == f))
         results.append(fold_scores(model, memory, held, others, candidates, held_out_nonsense,
-                                   "reranked at the weight tuned on its training candidates"))
+                                   "reranked at the weight tuned on its training candidates", model.record["tuned_alpha"]))
         if log:
             r = results[-1]
             log({"fold": f, "photos": int(len(held.pooled)), "captions": int(len(held.text)),

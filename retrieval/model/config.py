@@ -26,6 +26,7 @@ class ModelConfig:
     describe_prior: float = 0.0  # weight of the caption prior (retrieval/model/prior.py) in describe
     memory_digest: str = ""  # content hash of the caption memory the model was trained with
     match_threshold: float = 0.0  # best match probability below which search says none matches well
+    share_temperature: float = 0.0  # shares = softmax((itc + rerank_weight x logit) / T) (0: of the logit)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -59,6 +59,17 @@ def config_of(meta: dict) -> ModelConfig:
     return ModelConfig(**{k: v for k, v in meta["config"].items() if k in known})
 
 
+def shares(itc: np.ndarray, logit: np.ndarray, weight: float, temperature: float) -> np.ndarray:
+    """Each candidate's share of one query's candidates (the last axis): the chance it is the
+    photo described, if that photo is among them. A softmax of the ranking score itc + weight
+    x logit over `temperature` (fitted on cross-fitted candidates, so shares fall with rank);
+    checkpoints without a temperature (0) give the softmax of the logit alone, as before."""
+    z = (np.asarray(itc, np.float64) + weight * np.asarray(logit, np.float64)) / temperature if temperature > 0 \
+        else np.asarray(logit, np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def l2n(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from retrieval.errors import LibraryError
 from retrieval.store.library import Library, index_running
+from retrieval.model.query_side import shares
 from retrieval.model.runtime import Runtime
 from retrieval.query.rerank import caption_scores, match_logits
 from retrieval.query.results import CaptionHit, Filters, Hit, QueryError, Results
@@ -233,15 +234,15 @@ class Searcher:
 
     def _rank(self, ids, itc, query_pooled) -> list[Hit]:
         """Order candidates by ITC, or by itc + weight * match logit of the evidence reranker
-        (query_pooled given); the match probability is the logit's sigmoid."""
+        (query_pooled given); the match probability is the logit's sigmoid, the share a softmax
+        of the score over the candidates (retrieval/model/query_side.shares)."""
         if query_pooled is None or len(ids) == 0:
             hits = [Hit(0, int(i), "", float(s), float(s)) for i, s in zip(ids, itc)]
         else:
             logit = match_logits(self.runtime, self.lib, ids, itc, query_pooled)
             weight = self.runtime.config.rerank_weight
             prob = self.runtime.query.probabilities(logit)
-            share = np.exp(logit - logit.max())
-            share /= share.sum()  # the listwise half of the reranker's loss trains exactly this
+            share = shares(itc, logit, weight, self.runtime.config.share_temperature)
             hits = [Hit(0, int(i), "", float(s) + weight * float(lg), float(s), float(p), float(sh))
                     for i, s, lg, p, sh in zip(ids, itc, logit, prob, share)]
         hits.sort(key=lambda h: (-h.score, h.id))

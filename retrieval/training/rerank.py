@@ -122,6 +122,28 @@ def rerank_scores(model: Reranker, c: Candidates, alpha: float) -> np.ndarray:
     return c.feats[..., EVIDENCE.index("itc")] + alpha * model.logits(c.feats)
 
 
+def fit_share_temperature(model: Reranker, c: Candidates, alpha: float) -> float:
+    """The temperature T for which softmax((itc + alpha x logit) / T) over each query's
+    candidates best predicts which is its photo (least cross-entropy over the queries whose
+    photo is among them; golden-section search on log T): the share search shows."""
+    hit = c.label.sum(1) > 0
+    if not hit.any():
+        return 0.0
+    score = rerank_scores(model, c, alpha)[hit].astype(np.float64)
+    label = c.label[hit] > 0
+
+    def loss(log_t: float) -> float:
+        z = score / np.exp(log_t)
+        z -= z.max(1, keepdims=True)
+        return float((np.log(np.exp(z).sum(1)) - z[label]).mean())
+
+    lo, hi, g = np.log(1e-3), np.log(10.0), (np.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        lo, hi = (lo, b) if loss(a) < loss(b) else (a, hi)
+    return float(np.exp((lo + hi) / 2))
+
+
 def choose_alpha(model: Reranker, c: Candidates) -> tuple[float, dict]:
     """The weight with the best t2i recall sum on the candidates; ties keep the smaller."""
     table = {}

@@ -20,8 +20,8 @@ from retrieval.model.prior import bank_rows
 from retrieval.model.reranker import EVIDENCE, Reranker
 from retrieval.training.features import folder_features
 from retrieval.training.loop import TrainConfig, TrainResult, train_all
-from retrieval.training.rerank import (Photos, choose_alpha, crossfit_candidates, fit_reranker, nonsense_queries,
-                                       top_probabilities)
+from retrieval.training.rerank import (Photos, choose_alpha, crossfit_candidates, fit_reranker,
+                                       fit_share_temperature, nonsense_queries, top_probabilities)
 
 
 def class_embeddings(text_encoder) -> torch.Tensor:
@@ -68,22 +68,23 @@ def train_model(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: Datase
     cands, emb, gallery = crossfit_candidates(cfg, class_emb, train, memory, tc, result.history["itc_best_epoch"],
                                               distractors, log)
     reranker = fit_reranker(cands, tc.reranker_hidden, seed=tc.seed)
-    alpha, table = choose_alpha(reranker, cands)
-    if tc.rerank_weight is not None:
-        alpha = tc.rerank_weight
+    tuned, table = choose_alpha(reranker, cands)
+    alpha = tuned if tc.rerank_weight is None else tc.rerank_weight
+    temperature = fit_share_temperature(reranker, cands, alpha)
     threshold = 0.0
     if nonsense is not None:
         made_up = top_probabilities(reranker, emb, gallery, nonsense, tc.rerank_candidates)
         real = reranker.probabilities(reranker.logits(cands.feats).max(1))
         threshold = no_match_threshold(real, made_up)
     if log:
-        log({"stage": "reranker", "alpha": alpha, "crossfit_t2i": table[str(alpha)], "no_match_below": threshold})
+        log({"stage": "reranker", "alpha": alpha, "crossfit_t2i": table.get(str(alpha)), "no_match_below": threshold,
+             "share_temperature": temperature})
     cfg = replace(cfg, rerank="evidence", rerank_weight=alpha, reranker_hidden=tc.reranker_hidden,
                   match_threshold=round(threshold, 4), describe_weight=tc.describe_weight,
-                  describe_prior=tc.describe_prior)
+                  describe_prior=tc.describe_prior, share_temperature=round(temperature, 4))
     record = {"queries": int(len(cands.label)), "gallery": cands.gallery, "crossfit_t2i_by_alpha": table,
               "weights": dict(zip(EVIDENCE, np.round(_linear_weights(reranker), 3).tolist())),
-              "match_threshold": threshold}
+              "match_threshold": threshold, "tuned_alpha": tuned, "share_temperature": temperature}
     return TrainedModel(cfg, result, reranker, record, prior_bank(result.space, distractors or train, tc.seed))
 
 
