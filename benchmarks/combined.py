@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from indexer.run import index_paths
-from retrieval.evaluation.combined import constructed_cases, evaluate
+from retrieval.evaluation.combined import constructed_cases, evaluate, share_calibration
 from retrieval.model.runtime import Runtime
 from retrieval.query import combine
 from retrieval.query.combine import Combined
@@ -66,7 +66,8 @@ def main() -> None:
                 cases = constructed_cases(searcher_alone, caps, whole_caption=whole, pick=pick)
                 r = evaluate(searcher, cases, k=100)
                 entry[kind] = {"cases": len(cases), **{m: {k: v for k, v in x.items() if k != "ranks"}
-                                                        for m, x in r.items()}}
+                                                        for m, x in r.items()},
+                               "share": share_calibration(searcher, cases)}
             example = constructed_cases(searcher_alone, caps)[0]
             entry["example"] = {"like": example.like, "words": example.word, "target": example.target,
                                 "results": [h.path for h in searcher.combined(Combined(example.word, example.like), 3).hits]}
@@ -89,6 +90,15 @@ def main() -> None:
             cell = lambda m: f"{x[m]['top1']} / {x[m]['r5']} / {x[m]['mrr']:.3f}"  # noqa: E731
             lines.append(f"| {name} ({e['photos']} photos) | {kind} | {x['cases']} | {cell('photo alone')} | "
                          f"{cell('words alone')} | {cell('photo + words')} |")
+    lines += ["", f"The share a combined result shows (softmax of the fused score over the 32 photos searched, "
+              f"temperature {combine.SHARE_TEMPERATURE:g}), over the cases whose wanted photo is among them: "
+              "expected calibration error, and the temperature that would have predicted it best.", "",
+              "| gallery | words | cases | ECE | best temperature |", "| --- | --- | ---: | ---: | ---: |"]
+    for name, e in report["galleries"].items():
+        for kind, _, _ in KINDS:
+            c = e[kind]["share"]
+            lines.append(f"| {name} | {kind} | {c['cases']} | {c.get('ece', float('nan')):.4f} | "
+                         f"{c.get('best_temperature', float('nan')):g} |")
     lines.append("")
     RESULTS.joinpath(f"{args.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))

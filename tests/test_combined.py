@@ -62,6 +62,21 @@ def test_photo_plus_words_beats_either_alone(searcher, captions):
     assert all(rk is not None for rk in r["photo + words"]["ranks"])  # k covers the whole library
 
 
+def test_combined_shares_fall_with_rank_and_are_higher_when_right(searcher, captions):
+    like = sorted(captions)[0]
+    hits = searcher.combined(Combined("zebras", like), 32, 32).hits
+    got = [h.share for h in hits]
+    assert sum(got) == pytest.approx(1, abs=1e-5) and got == sorted(got, reverse=True)
+    # the first result's share is higher on the cases where it is the wanted photo
+    some = set(sorted(captions)[:10])
+    cases = [c for c in constructed_cases(searcher, captions) if c.like in some]
+    right, wrong = [], []
+    for c in cases:
+        top = searcher.combined(Combined(c.word, c.like), 1).hits[0]
+        (right if top.path == c.target else wrong).append(top.share)
+    assert len(right) >= 5 and len(wrong) >= 5 and np.mean(right) > np.mean(wrong) + 0.05, (right, wrong)
+
+
 def test_constructed_words_single_out_the_target(searcher, captions):
     """The word is the target's (at least 2 of its captions use it, plurals folded) and no
     caption of the liked photo or of its other neighbours uses it in either number; "most"

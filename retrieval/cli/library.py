@@ -187,7 +187,7 @@ def search(query, k, candidates, no_rerank, like, add, minus, under, after, befo
     reach, a note says no photo matches well. Ties break by id, so the order is stable.
 
     \b
-    Combined queries (the score shown is then the fused z-score):
+    Combined queries (the share is then a softmax of the fused score; --json has that score):
       fusion search "at night" --like photo.jpg    photos like photo.jpg, at night
       fusion search "a beach" --add "dog"          a beach, and a dog too
       fusion search "a street" --minus "cars"      a street, without cars

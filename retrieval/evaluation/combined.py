@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from retrieval.query.combine import Combined
+import numpy as np
+
+from retrieval.model.query_side import softmax
+from retrieval.query.combine import SHARE_TEMPERATURE, Combined
 from retrieval.query.words import stems, words
 
 
@@ -69,3 +72,25 @@ def evaluate(searcher, cases: list[Case], k: int = 50) -> dict:
 
 def _rate(ranks, k) -> float:
     return round(100 * sum(1 for r in ranks if r and r <= k) / max(len(ranks), 1), 1)
+
+
+def share_calibration(searcher, cases: list[Case], candidates: int = 32) -> dict:
+    """How well the share a combined query shows predicts its wanted photo, over the cases
+    whose photo is among the `candidates` searched: the calibration (evaluation.openworld)
+    at the shipped temperature, and the temperature of least cross-entropy (a grid)."""
+    from retrieval.evaluation.openworld import calibration
+
+    fused, label = [], []
+    for c in cases:
+        hits = searcher.combined(Combined(c.word, c.like), candidates, candidates).hits
+        hit = np.array([h.path == c.target for h in hits])
+        if hit.any():
+            fused.append(np.array([h.score for h in hits]))
+            label.append(hit)
+    if not fused:
+        return {"cases": 0}
+    grid = np.exp(np.linspace(np.log(0.1), np.log(10), 93))
+    nll = [np.mean([-np.log(softmax(f, t)[y][0]) for f, y in zip(fused, label)]) for t in grid]
+    shown = np.concatenate([softmax(f, SHARE_TEMPERATURE) for f in fused])
+    return {"cases": len(fused), "temperature": SHARE_TEMPERATURE, "best_temperature": round(float(grid[np.argmin(nll)]), 2),
+            **calibration(shown, np.concatenate(label).astype(float))}

@@ -64,8 +64,14 @@ def shares(itc: np.ndarray, logit: np.ndarray, weight: float, temperature: float
     photo described, if that photo is among them. A softmax of the ranking score itc + weight
     x logit over `temperature` (fitted on cross-fitted candidates, so shares fall with rank);
     checkpoints without a temperature (0) give the softmax of the logit alone, as before."""
-    z = (np.asarray(itc, np.float64) + weight * np.asarray(logit, np.float64)) / temperature if temperature > 0 \
-        else np.asarray(logit, np.float64)
+    if temperature > 0:
+        return softmax(np.asarray(itc, np.float64) + weight * np.asarray(logit, np.float64), temperature)
+    return softmax(logit)
+
+
+def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Softmax of z / temperature over the last axis."""
+    z = np.asarray(z, np.float64) / temperature
     e = np.exp(z - z.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from retrieval.errors import LibraryError
 from retrieval.store.library import Library, index_running
-from retrieval.model.query_side import shares
+from retrieval.model.query_side import shares, softmax
 from retrieval.model.runtime import Runtime
 from retrieval.query.rerank import caption_scores, match_logits
 from retrieval.query.results import CaptionHit, Filters, Hit, QueryError, Results
@@ -113,7 +113,7 @@ class Searcher:
                  filters: Filters = Filters()) -> Results:
         """Photos for a photo and words together and/or --add/--minus words (retrieval/query/
         combine.py says how the parts are fused); a plain text query goes to `text`."""
-        from retrieval.query.combine import Combined, combined_ranking
+        from retrieval.query.combine import SHARE_TEMPERATURE, Combined, combined_ranking
 
         text = q.text if q.text and q.text.strip() else None
         for w in q.add + q.minus:
@@ -130,7 +130,9 @@ class Searcher:
         self._check_k(k, candidates)
         self._need_photos()
         ids, fused, main, notes = combined_ranking(self, q, max(k, candidates), rerank, filters)
-        hits = [Hit(n, int(i), "", float(f), float(m)) for n, (i, f, m) in enumerate(zip(ids, fused, main), start=1)]
+        share = softmax(fused, SHARE_TEMPERATURE) if len(fused) else fused
+        hits = [Hit(n, int(i), "", float(f), float(m), None, float(sh))
+                for n, (i, f, m, sh) in enumerate(zip(ids, fused, main, share), start=1)]
         return Results(one_per_shot(self._with_paths(hits))[:k], notes)
 
     def paths_of(self, ids) -> list[str | None]:
