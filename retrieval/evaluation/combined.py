@@ -77,8 +77,9 @@ def _rate(ranks, k) -> float:
 def share_calibration(searcher, cases: list[Case], candidates: int = 32) -> dict:
     """How well the share a combined query shows predicts its wanted photo, over the cases
     whose photo is among the `candidates` searched: the calibration (evaluation.openworld)
-    at the shipped temperature, and the temperature of least cross-entropy (a grid)."""
+    at the shipped temperature, and the temperature of least cross-entropy."""
     from retrieval.evaluation.openworld import calibration
+    from retrieval.training.rerank import best_temperature
 
     fused, label = [], []
     for c in cases:
@@ -89,8 +90,9 @@ def share_calibration(searcher, cases: list[Case], candidates: int = 32) -> dict
             label.append(hit)
     if not fused:
         return {"cases": 0}
-    grid = np.exp(np.linspace(np.log(0.1), np.log(10), 93))
-    nll = [np.mean([-np.log(softmax(f, t)[y][0]) for f, y in zip(fused, label)]) for t in grid]
+    width = max(len(f) for f in fused)
+    pad = lambda rows, v: np.stack([np.pad(r, (0, width - len(r)), constant_values=v) for r in rows])  # noqa: E731
     shown = np.concatenate([softmax(f, SHARE_TEMPERATURE) for f in fused])
-    return {"cases": len(fused), "temperature": SHARE_TEMPERATURE, "best_temperature": round(float(grid[np.argmin(nll)]), 2),
+    return {"cases": len(fused), "temperature": SHARE_TEMPERATURE,
+            "best_temperature": round(best_temperature(pad(fused, -np.inf), pad(label, False)), 2),
             **calibration(shown, np.concatenate(label).astype(float))}

@@ -123,18 +123,23 @@ def rerank_scores(model: Reranker, c: Candidates, alpha: float) -> np.ndarray:
 
 
 def fit_share_temperature(model: Reranker, c: Candidates, alpha: float) -> float:
-    """The temperature T for which softmax((itc + alpha x logit) / T) over each query's
-    candidates best predicts which is its photo (least cross-entropy over the queries whose
-    photo is among them; golden-section search on log T): the share search shows."""
+    """The temperature of the share search shows, softmax((itc + alpha x logit) / T) over each
+    query's candidates, fitted on the queries whose photo is among them (0 without any)."""
     hit = c.label.sum(1) > 0
     if not hit.any():
         return 0.0
-    score = rerank_scores(model, c, alpha)[hit].astype(np.float64)
-    label = c.label[hit] > 0
+    return best_temperature(rerank_scores(model, c, alpha)[hit], c.label[hit] > 0)
+
+
+def best_temperature(score: np.ndarray, label: np.ndarray) -> float:
+    """The T for which softmax(score / T) over each row best predicts the row's one True
+    `label` (least cross-entropy; golden-section search on log T in [0.001, 10]); rows may
+    be padded with -inf."""
+    score = np.asarray(score, np.float64)
 
     def loss(log_t: float) -> float:
         z = score / np.exp(log_t)
-        z -= z.max(1, keepdims=True)
+        z = z - z.max(1, keepdims=True)
         return float((np.log(np.exp(z).sum(1)) - z[label]).mean())
 
     lo, hi, g = np.log(1e-3), np.log(10.0), (np.sqrt(5) - 1) / 2
