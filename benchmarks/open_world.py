@@ -17,8 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from retrieval.encoders.image_encoder import CONFIGS
 from retrieval.evaluation.openworld import open_world_report
 from retrieval.training.loop import TrainConfig
+from retrieval.training.trainer import image_size
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -81,7 +83,9 @@ def roads_markdown(results: Path) -> str:
         r = json.loads(f.read_text())
         if "t2i" not in r or "open_gallery" not in r:
             continue
-        road = (f"{r.get('image_encoder', '?')}, cell labels {'on' if r.get('bridge_cells', True) else 'off'}, "
+        enc = r.get("image_encoder", "?")
+        size = r.get("image_size") or (CONFIGS[enc].image_size if enc in CONFIGS else "?")  # before: native
+        road = (f"{enc} at {size} px, cell labels {'on' if r.get('bridge_cells', True) else 'off'}, "
                 f"mid-level features {'on' if r.get('mid_features', False) else 'off'}, "
                 f"memory weight {r.get('memory_beta', '?')}, soup {r.get('soup', 1)}, "
                 f"pseudo-captions {r.get('pseudo_captions', 0)}, their caption prior {r.get('pseudo_prior', 0)}, gallery {r['open_gallery']:,}")
@@ -135,6 +139,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image-encoder", default="efficientnet-lite0")
+    ap.add_argument("--image-size", type=int, default=0,
+                    help="input side fed to the image encoder (0: as fusion train does, 256 for Lite0)")
     ap.add_argument("--memory-beta", type=float, default=TrainConfig.memory_beta,
                     help="weight of recalled captions in search vectors (0: memory only as rerank evidence)")
     ap.add_argument("--no-bridge-cells", action="store_true", help="bridge from pooled logits only")
@@ -157,17 +163,18 @@ def main() -> None:
                      bridge_cells=not args.no_bridge_cells, mid_features=not args.no_mid_features,
                      reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions,
                      pseudo_prior=args.pseudo_prior, describe_weight=args.describe_weight,
-                     rerank_weight=args.rerank_weight)
+                     rerank_weight=args.rerank_weight, image_size=args.image_size)
     report = open_world_report(args.data, args.distractors, args.train_only, args.folds, args.seed,
                                args.image_encoder, tc=tc, log=lambda e: print(e, file=sys.stderr, flush=True))
-    report.update(image_encoder=args.image_encoder, memory_beta=args.memory_beta,
+    report.update(image_encoder=args.image_encoder, image_size=image_size(args.image_encoder, tc),
+                  memory_beta=args.memory_beta,
                   bridge_cells=not args.no_bridge_cells, mid_features=not args.no_mid_features,
                   reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions,
                   pseudo_prior=args.pseudo_prior, rerank_weight=args.rerank_weight)
     report["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = to_markdown(report, f"Open-world recall ({args.image_encoder}, memory weight {args.memory_beta:g}, "
+    md = to_markdown(report, f"Open-world recall ({args.image_encoder} at {report['image_size']} px, memory weight {args.memory_beta:g}, "
                              f"cell labels {'on' if not args.no_bridge_cells else 'off'}, "
                              f"mid-level features {'off' if args.no_mid_features else 'on'}, soup {args.soup}, "
                              f"pseudo-captions {args.pseudo_captions}, their caption prior {args.pseudo_prior:g})")

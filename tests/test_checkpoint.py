@@ -78,6 +78,18 @@ def test_shipped_default_checkpoint():
     assert "data/demo" in " ".join(ck.record["excluded"])  # the demo photos were held out
 
 
+def test_the_runtime_feeds_the_encoder_the_size_its_checkpoint_records(saved, tmp_path):
+    from dataclasses import replace
+
+    from retrieval.model.runtime import Runtime
+
+    path, _, space, heads = saved
+    assert CFG.image_size == 0 and Runtime(path).image_encoder.config.image_size == 224  # older checkpoints
+    sized = tmp_path / "sized.safetensors"
+    save_checkpoint(sized, replace(CFG, image_size=288), space, heads, {v: 0.5 for v in heads}, {"data": ["x"]})
+    assert Runtime(sized).image_encoder.config.image_size == 288
+
+
 def test_reranker_round_trip(saved, tmp_path):
     path, _, space, heads = saved
     torch.manual_seed(1)

@@ -77,6 +77,24 @@ def test_imagenet_top5_holds_the_right_class(image_encoder, demo_dir, photo, lab
     assert label in top5, top5
 
 
+def test_the_input_size_is_chosen_per_model(image_encoder, demo_dir):
+    """Lite0 fed 256 px (what the shipped model records) sees the same photo at a larger
+    scale: an 8x8 grid, other features, the same objects."""
+    big = load_image_encoder(image_size=256)
+    assert image_encoder.config.image_size == 224 and big.config.image_size == 256
+    photo = demo_dir / "images" / "000000113354.jpg"
+    pixels = big.load(photo)
+    assert pixels.shape == (256, 256, 3)
+    f, g = big.encode([pixels], grid=True), image_encoder.encode([image_encoder.load(photo)], grid=True)
+    assert f.grid.shape == (1, 64, 1280) and g.grid.shape == (1, 49, 1280)
+    assert float(f.pooled[0] @ g.pooled[0]) < 0.999  # not the 224 px features
+    classes = imagenet_classes()
+    assert "zebra" in [classes[i] for i in np.argsort(-f.logits[0])[:5]]
+    for size in (250, 64, 1024):
+        with pytest.raises(WeightsError, match=f"image size {size}: use a multiple of 32"):
+            load_image_encoder(image_size=size)
+
+
 def test_imagenet_classes_file():
     classes = imagenet_classes()
     assert len(classes) == 1000 and len(set(classes)) == 1000

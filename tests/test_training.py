@@ -31,6 +31,18 @@ def test_feature_cache_round_trip(feats, image_encoder, text_encoder, demo_dir, 
     assert len(list(tmp_path.glob("*.npz"))) == 1
 
 
+def test_features_at_another_input_size_are_cached_apart(text_encoder, demo_dir, tmp_path):
+    from retrieval.encoders.image_encoder import load_image_encoder
+
+    small = load_image_encoder()
+    ds = load_dataset(demo_dir)
+    a = dataset_features(ds, small, text_encoder, tmp_path, progress=False)
+    b = dataset_features(ds, load_image_encoder(image_size=256), text_encoder, tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    assert a.grid.shape[1] == 49 and b.grid.shape[1] == 64
+    assert not np.allclose(a.pooled, b.pooled, atol=1e-2)
+
+
 def test_itc_training_lowers_the_loss_and_fits(feats, classes):
     cfg = ModelConfig()
     tc = TrainConfig(seed=0, batch_size=16, lr=1e-3)

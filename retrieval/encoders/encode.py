@@ -11,7 +11,7 @@ from typing import Iterable
 import numpy as np
 
 from retrieval.errors import ImageError
-from retrieval.encoders.image_encoder import ImageFeatures, load_image_encoder
+from retrieval.encoders.image_encoder import ImageFeatures, load_image_encoder, run_size
 from retrieval.encoders.images import is_photo_name
 
 
@@ -53,9 +53,11 @@ class EncodeReport:
 
 
 def encode_photos(files: list[Path], encoder_name: str = "efficientnet-lite0", weights=None,
-                  batch_size: int = 4, workers: int = 1, progress=None) -> EncodeReport:
-    """Encode `files`, skipping (and reporting) those that are not readable photos."""
-    encoder = load_image_encoder(encoder_name, weights)
+                  batch_size: int = 4, workers: int = 1, progress=None,
+                  image_size: int | None = None) -> EncodeReport:
+    """Encode `files` (at `image_size`, default the size the shipped model feeds the encoder),
+    skipping (and reporting) those that are not readable photos."""
+    encoder = load_image_encoder(encoder_name, weights, image_size=image_size or run_size(encoder_name))
     _ = encoder.network  # load outside the timed region
     start = time.perf_counter()
     feats, kept, errors = encoder.encode_files(files, batch_size, workers, progress=progress)

@@ -218,10 +218,11 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     from retrieval.training.features import dataset_features, folder_features
     from retrieval.training.loop import TrainConfig
     from retrieval.training.rerank import nonsense_queries
-    from retrieval.training.trainer import class_embeddings, model_config, train_model
+    from retrieval.training.trainer import class_embeddings, image_size, model_config, train_model
 
     tc = tc or TrainConfig(seed=seed, variants=())
-    ie, te = load_image_encoder(image_encoder), load_text_encoder()
+    ie = load_image_encoder(image_encoder, image_size=image_size(image_encoder, tc))
+    te = load_text_encoder()
     evals = DatasetFeatures.concat([dataset_features(load_dataset(d), ie, te, cache_dir) for d in data])
     evals = evals.subset(np.arange(len(evals.pooled)))
     extra = [dataset_features(load_dataset(d), ie, te, cache_dir) for d in train_only]

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 class ModelConfig:
     image_encoder: str = "efficientnet-lite0"  # image tower the heads were trained on
     image_dim: int = 1280  # pooled / grid-cell feature size of that tower
+    image_size: int = 0  # input side the tower is fed, in pixels (0: the size it was trained at, as
+    # every checkpoint before sizes were recorded)
     mid_dim: int = 0  # size of the tower's mid-level features image_fc also reads (0: none)
     text_encoder: str = "all-MiniLM-L6-v2"  # text tower
     text_dim: int = 384  # its hidden size; also the shared space's size

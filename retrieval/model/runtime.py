@@ -52,7 +52,8 @@ class Runtime:
     def image_encoder(self):
         from retrieval.encoders.image_encoder import load_image_encoder
 
-        return load_image_encoder(self.config.image_encoder, self.image_weights)
+        return load_image_encoder(self.config.image_encoder, self.image_weights,
+                                  image_size=self.config.image_size)
 
     @cached_property
     def text_encoder(self):

@@ -33,6 +33,7 @@ class TrainConfig:
     variants: tuple = FUSION_VARIANTS  # fusion heads to train (benchmark baselines)
     bridge_cells: bool = True  # bridge from pooled and per-cell-max logits (False: pooled only)
     mid_features: bool = True  # image_fc also reads the pooled mid-level features
+    image_size: int = 0  # input side fed to the image encoder (0: its run_size, 256 px for Lite0)
     memory_beta: float = 0.5  # weight of recalled captions in a photo's search vector (0: ITC)
     rerank_folds: int = 5  # cross-fitting folds for the reranker's training candidates
     rerank_candidates: int = 32  # ITC top-K the reranker learns to sort (search's default)

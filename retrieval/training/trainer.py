@@ -12,7 +12,7 @@ from retrieval.model.checkpoint import save_checkpoint
 from retrieval.training.datasets import load_dataset
 from retrieval.errors import DatasetError
 from retrieval.training.features import DatasetFeatures, dataset_features
-from retrieval.encoders.image_encoder import CONFIGS, imagenet_classes, load_image_encoder
+from retrieval.encoders.image_encoder import CONFIGS, imagenet_classes, load_image_encoder, run_size
 from retrieval.model.heads import ModelConfig
 from retrieval.encoders.text_encoder import load_text_encoder
 from retrieval.model.memory import load_memory
@@ -112,8 +112,14 @@ def _linear_weights(reranker: Reranker) -> np.ndarray:
     return first[0] if first.shape[0] == 1 else np.abs(first).mean(0)
 
 
+def image_size(image_encoder: str, tc: TrainConfig) -> int:
+    """The input side training feeds the image encoder (and the checkpoint then records)."""
+    return tc.image_size or run_size(image_encoder)
+
+
 def model_config(image_encoder: str, text_encoder, memory, tc: TrainConfig) -> ModelConfig:
     return ModelConfig(image_encoder=image_encoder, image_dim=CONFIGS[image_encoder].feature_dim,
+                       image_size=image_size(image_encoder, tc),
                        mid_dim=CONFIGS[image_encoder].mid_dim if tc.mid_features else 0,
                        text_encoder=text_encoder.config.name, text_dim=text_encoder.config.dim,
                        bridge_cells=tc.bridge_cells, memory_beta=tc.memory_beta, memory_digest=memory.digest)
@@ -127,7 +133,7 @@ def train_checkpoint(data: list[Path], out: Path, exclude: list[Path] = (), val_
     (ranking training candidates among the photos of `distractors`, if given) and write the
     checkpoint to `out`. Returns the training record (also stored in the checkpoint)."""
     tc = tc or TrainConfig(seed=seed)
-    ie = load_image_encoder(image_encoder, image_weights)
+    ie = load_image_encoder(image_encoder, image_weights, image_size=image_size(image_encoder, tc))
     te = load_text_encoder()
     datasets = [load_dataset(d) for d in data]
     feats = [dataset_features(ds, ie, te, cache_dir) for ds in datasets]
