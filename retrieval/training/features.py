@@ -57,9 +57,11 @@ def default_cache_dir() -> Path:
 
 
 def _encoder_id(image_encoder) -> str:
-    """The network and the input side it is fed: features at 224 and 256 px differ."""
+    """The network, the input side it is fed (features at 224 and 256 px differ) and whether
+    its batch norms are folded (the same up to float rounding, which a bit-exact training
+    hash still sees)."""
     c = image_encoder.config
-    return f"{c.name}@{c.image_size}"
+    return f"{c.name}@{c.image_size}" + ("-folded" if getattr(image_encoder, "fold", False) else "")
 
 
 def _cache_key(ds: Dataset, image_name: str, text_name: str) -> str:
