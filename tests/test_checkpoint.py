@@ -76,6 +76,7 @@ def test_shipped_default_checkpoint():
     assert ck.config.memory_digest == corpus_digest()  # trained with the memory that ships
     assert 0 < ck.config.match_threshold < 1
     assert "data/demo" in " ".join(ck.record["excluded"])  # the demo photos were held out
+    assert ck.config.image_size == 256  # Lite0 fed 256 px (README, Quality)
 
 
 def test_the_runtime_feeds_the_encoder_the_size_its_checkpoint_records(saved, tmp_path):
@@ -88,6 +89,7 @@ def test_the_runtime_feeds_the_encoder_the_size_its_checkpoint_records(saved, tm
     sized = tmp_path / "sized.safetensors"
     save_checkpoint(sized, replace(CFG, image_size=288), space, heads, {v: 0.5 for v in heads}, {"data": ["x"]})
     assert Runtime(sized).image_encoder.config.image_size == 288
+    assert Runtime().image_encoder.config.image_size == 256  # the shipped one
 
 
 def test_reranker_round_trip(saved, tmp_path):

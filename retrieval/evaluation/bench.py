@@ -49,8 +49,9 @@ def recall_report(data: Path, checkpoint: Path | None = None, candidates: int = 
     report["i2t"] = {"itc (the caption corpus is the dataset's own captions)": itc_scores(ck.space, f)["i2t"]}
     w, lam = ck.config.describe_weight, ck.config.describe_prior
     reranked = scores.get("i2t_small_reranked", {})
+    ranked = f"reranked at weight {w:g}" if w else "itc"  # weight 0: the reranker takes no part
     for key, name in ((f"{w:g}", f"reranked at weight {w:g}"),
-                      (f"{w:g}, prior {lam:g}", f"reranked at weight {w:g}, caption prior {lam:g} (fusion describe)")):
+                      (f"{w:g}, prior {lam:g}", f"{ranked} minus caption prior {lam:g} (fusion describe)")):
         if key in reranked:
             report["i2t"][name] = reranked[key]
     for variant, head in ck.heads.items():

@@ -92,7 +92,7 @@ class FusionHead(nn.Module):
       h = f(i) + g(t): separable, it cannot reorder photos for a fixed text. Kept as a baseline.
     - multiplicative: MLP(P(i) * Q(t)), late fusion with interaction.
     - concat-mlp: MLP([P(i), Q(t), P(i) * Q(t)]), mid fusion.
-    - cross-attention: the text's tokens attend over the photo's 7x7 grid cells, mid fusion
+    - cross-attention: the text's tokens attend over the photo's grid cells (8x8 at 256 px), mid fusion
       at the cell level; MLP over (attended cells * tokens), mean over tokens.
     """
 
