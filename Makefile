@@ -22,9 +22,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The main job on the bundled demo collection: index it (photos + captions), then search.
+# --rebuild: a demo library left by an older model is encoded again, not refused (for the same
+# model it only rebuilds the FAISS files from SQLite).
 DEMO_DB := .demo-library
 demo: install
-	$(BIN)/fusion index data/demo --db $(DEMO_DB)
+	$(BIN)/fusion index data/demo --db $(DEMO_DB) --rebuild
 	$(BIN)/fusion search "two zebras grazing" --db $(DEMO_DB) -k 5
 	$(BIN)/fusion search "a plate of food on a table" --db $(DEMO_DB) -k 5
 	$(BIN)/fusion describe data/demo/images/000000358427.jpg --db $(DEMO_DB) -k 3
