@@ -63,3 +63,10 @@ def test_train_bad_input_is_one_line(tmp_path):
     r = CliRunner().invoke(main, ["train", "--data", str(d), "--out", str(tmp_path / "o.safetensors")])
     assert r.exit_code == 1
     assert r.output.strip().splitlines() == [f"Error: {d / 'captions.jsonl'}:1: image a.jpg not found under {d}"]
+
+
+def test_train_refuses_an_input_size_the_network_cannot_take(demo_dir, tmp_path):
+    out = tmp_path / "o.safetensors"
+    r = CliRunner().invoke(main, ["train", "--data", str(demo_dir), "--out", str(out), "--image-size", "250"])
+    assert r.exit_code == 1 and not out.exists()
+    assert r.output.strip().splitlines() == ["Error: image size 250: use a multiple of 32 from 96 to 640 px"]
