@@ -62,7 +62,7 @@ class ImageFeatures:
 # squeezed to 224 px does, so it sees a whole photo better a little larger (the train-test
 # resolution discrepancy, Touvron et al., "Fixing the train-test resolution discrepancy", 2019).
 # Fed 256 px, the open-world folds gain on both splits (README, Quality) at ~1.3x the forward
-# cost; 288 px gained more for photo -> caption but indexes below 55 photos/s here.
+# cost; 288 px measured a draw with 256 and indexes below 55 photos/s here.
 RUN_SIZES = {"efficientnet-lite0": 256}
 SIZE_RANGE = (96, 640)  # input sides load_image_encoder accepts (multiples of 32)
 
@@ -87,6 +87,14 @@ class ImageEncoder:
         self.weights = weights
         self.channels_last = channels_last
         self.fold = fold  # fold batch norms into convolutions where the network can
+
+    @property
+    def feature_id(self) -> str:
+        """What its features depend on: the network, the input side (224 and 256 px differ) and
+        folded batch norms (the same up to float rounding, which a bit-exact training hash
+        still sees). Feature caches are keyed by it."""
+        folded = self.fold and self.config.name.startswith("efficientnet-lite")
+        return f"{self.config.name}@{self.config.image_size}" + ("-folded" if folded else "")
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """Resize the shorter side to the input size and centre-crop: uint8 (S, S, 3)."""

@@ -56,14 +56,6 @@ def default_cache_dir() -> Path:
     return Path(base) / "fusion" / "features"
 
 
-def _encoder_id(image_encoder) -> str:
-    """The network, the input side it is fed (features at 224 and 256 px differ) and whether
-    its batch norms are folded (the same up to float rounding, which a bit-exact training
-    hash still sees)."""
-    c = image_encoder.config
-    return f"{c.name}@{c.image_size}" + ("-folded" if getattr(image_encoder, "fold", False) else "")
-
-
 def _cache_key(ds: Dataset, image_name: str, text_name: str) -> str:
     st = ds.source.stat()
     ident = [str(ds.source.resolve()), st.st_size, st.st_mtime_ns, image_name, text_name,
@@ -75,7 +67,7 @@ def dataset_features(ds: Dataset, image_encoder, text_encoder, cache_dir: Path |
                      progress: bool = True) -> DatasetFeatures:
     """Encode every photo and caption of `ds` (or read them from the cache)."""
     cache_dir = cache_dir or default_cache_dir()
-    key = _cache_key(ds, _encoder_id(image_encoder), text_encoder.config.name)
+    key = _cache_key(ds, image_encoder.feature_id, text_encoder.config.name)
     path = cache_dir / f"{ds.root.name}-{key}.npz"
     if path.is_file():
         with np.load(path) as z:
@@ -126,7 +118,7 @@ def folder_features(folder: Path, image_encoder, cache_dir: Path | None = None, 
     paths = find_photos([folder])
     if not paths:
         raise DatasetError(f"{folder}: no photos found")
-    ident = [str(Path(folder).resolve()), _encoder_id(image_encoder), "cells", "mid"]
+    ident = [str(Path(folder).resolve()), image_encoder.feature_id, "cells", "mid"]
     ident += [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
     path = (cache_dir or default_cache_dir()) / f"{Path(folder).name}-photos-{key}.npz"
