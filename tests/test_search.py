@@ -121,9 +121,13 @@ def test_empty_library_message(tmp_path):
 
 def test_search_as_a_real_subprocess(library):
     r = subprocess.run([sys.executable, "-m", "retrieval.cli", "search", "two zebras grazing", "--db",
-                        str(library / "lib"), "-k", "3"], capture_output=True, text=True, timeout=120)
+                        str(library / "lib"), "-k", "10"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0].endswith(ZEBRA)
+    lines = r.stdout.splitlines()
+    assert len(lines) == 10 and lines[0].endswith(ZEBRA)
+    # rank, share, path; a share too small for one decimal reads "<0.1%", not "0.0%"
+    shares = [line.split()[1] for line in lines]
+    assert float(shares[0].rstrip("%")) > 50 and "<0.1%" in shares and "0.0%" not in shares, shares
 
 
 def test_server(library):

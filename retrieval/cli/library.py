@@ -157,8 +157,14 @@ def print_hits(results, as_json):
             if getattr(h, "also", None):
                 label += f"  (also {', '.join(h.also)})"
             share = getattr(h, "share", None)
-            score = f"{100 * share:5.1f}%" if share is not None else f"{h.score:6.3f}"
+            score = share_text(share) if share is not None else f"{h.score:6.3f}"
             click.echo(f"{h.rank:>3}  {score}  {label}")
+
+
+def share_text(share: float) -> str:
+    """A share as printed: one decimal, and "<0.1%" (not "0.0%") below what that shows; the
+    share is a softmax, never zero, and "0.0%" reads as "certainly not"."""
+    return f"{100 * share:5.1f}%" if share >= 0.0005 else " <0.1%"
 
 
 @main.command()
