@@ -162,9 +162,11 @@ def print_hits(results, as_json):
 
 
 def share_text(share: float) -> str:
-    """A share as printed: one decimal, and "<0.1%" (not "0.0%") below what that shows; the
-    share is a softmax, never zero, and "0.0%" reads as "certainly not"."""
-    return f"{100 * share:5.1f}%" if share >= 0.0005 else " <0.1%"
+    """A share as printed: one decimal, and "<0.1%" / ">99.9%" beyond what that shows; a share
+    is a softmax, never exactly 0 or 1, and "0.0%" / "100.0%" read as "certainly not" / "surely"."""
+    if share < 0.0005:
+        return " <0.1%"
+    return f"{100 * share:5.1f}%" if share < 0.9995 else ">99.9%"
 
 
 @main.command()
