@@ -45,7 +45,7 @@ def test_encode_missing_path_is_one_line_error(tmp_path):
 
 
 def test_share_text_never_claims_certainty():
-    from retrieval.cli.library import share_text
+    from retrieval.cli.output import share_text
 
     assert [share_text(s) for s in (0.0, 0.0004, 0.0005, 0.2345, 0.9994, 0.9995, 1.0)] == [
         " <0.1%", " <0.1%", "  0.1%", " 23.4%", " 99.9%", ">99.9%", ">99.9%"]

@@ -10,6 +10,7 @@ import click
 
 
 from retrieval.cli.base import K_RANGE, db_option, fusion_errors, main
+from retrieval.cli.output import print_hits
 
 
 @main.command()
@@ -140,33 +141,6 @@ def _date(value, name):
         except ValueError:
             pass
     raise click.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD, e.g. 2024-06-30", param_hint=name)
-
-
-def print_hits(results, as_json):
-    from dataclasses import asdict
-
-    if as_json:
-        click.echo(json.dumps([asdict(h) for h in results.hits], indent=2))
-    else:
-        for note in results.notes:
-            click.echo(f"note: {note}", err=True)
-        if not results.hits:
-            click.echo("no results", err=True)
-        for h in results.hits:
-            label = getattr(h, "path", None) or getattr(h, "text", "")
-            if getattr(h, "also", None):
-                label += f"  (also {', '.join(h.also)})"
-            share = getattr(h, "share", None)
-            score = share_text(share) if share is not None else f"{h.score:6.3f}"
-            click.echo(f"{h.rank:>3}  {score}  {label}")
-
-
-def share_text(share: float) -> str:
-    """A share as printed: one decimal, and "<0.1%" / ">99.9%" beyond what that shows; a share
-    is a softmax, never exactly 0 or 1, and "0.0%" / "100.0%" read as "certainly not" / "surely"."""
-    if share < 0.0005:
-        return " <0.1%"
-    return f"{100 * share:5.1f}%" if share < 0.9995 else ">99.9%"
 
 
 @main.command()
