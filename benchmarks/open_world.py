@@ -19,6 +19,7 @@ from pathlib import Path
 
 from retrieval.encoders.image_encoder import CONFIGS
 from retrieval.evaluation.openworld import open_world_report
+from retrieval.model.query_side import LIKELY
 from retrieval.training.loop import TrainConfig
 from retrieval.training.trainer import image_size
 
@@ -65,6 +66,16 @@ def to_markdown(r: dict, name: str = "Open-world recall") -> str:
         lines += [f"Calibration of {what}: expected calibration error {cal['ece']:.4f}.", "",
                   "| predicted | candidates | mean predicted | match rate |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {b['bin']} | {b['n']} | {b['mean_probability']:.3f} | {b['match_rate']:.3f} |" for b in cal["bins"]]
+        lines.append("")
+    if "likely" in r:
+        lines += [f"The likely set: a query's top results whose shares add up to a level (search draws its "
+                  f"\"likely ends here\" line at {LIKELY:g}). How often it holds the photo described (over all "
+                  f"queries, and over those whose photo is among the {r['candidates']} candidates), and how many "
+                  f"photos it has in the gallery of {r['open_gallery']}:", "",
+                  "| level | holds the photo | holds it, if among the candidates | photos, mean | median | 90th percentile |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {lv} | {100 * v['held']:.1f}% | {100 * v['held_if_candidate']:.1f}% | {v['mean_size']:.1f} | "
+                  f"{v['median_size']:g} | {v['p90_size']:g} |" for lv, v in r["likely"].items()]
         lines.append("")
     if "no_match" in r:
         n = r["no_match"]

@@ -19,7 +19,7 @@ from retrieval.evaluation.recall import KS, i2t_recall, ranks_of, rerank
 from retrieval.model.embedder import Embedder
 from retrieval.model.heads import SharedSpace
 from retrieval.model.prior import caption_prior
-from retrieval.model.query_side import shares
+from retrieval.model.query_side import LIKELY, likely_count, shares
 from retrieval.model.reranker import EVIDENCE
 from retrieval.training.features import DatasetFeatures
 from retrieval.training.rerank import ALPHAS, Candidates, Photos, reranked_ranks
@@ -28,6 +28,7 @@ PROJECT_TO = 5046  # the photos of the library our users' figures were measured 
 NOT_METHODS = ("calibration", "i2t", "i2t_small", "i2t_reranked", "i2t_small_reranked", "no_match")
 MEASURED_BETA = 0.5  # the memory weight in search vectors measured beside the shipped one
 PRIORS = (0.25, 0.5, 1.0)  # caption prior weights measured for describe
+LIKELY_LEVELS = tuple(sorted({0.5, 0.8, 0.95, LIKELY}))  # likely-set levels measured
 
 
 def recall_at(ranks: np.ndarray) -> dict:
@@ -120,7 +121,21 @@ def _rerank(model, emb, sim, q_itc, q_sent, ev, target, k, weights):
     share = shares(itc, logit, model.config.rerank_weight, model.config.share_temperature)
     found = c.label.any(1)  # the share is conditional on the photo being among the candidates
     return ranks, {"probability": (model.reranker.probabilities(logit).ravel(), c.label.ravel()),
-                   "share": (share[found].ravel(), c.label[found].ravel())}
+                   "share": (share[found].ravel(), c.label[found].ravel()),
+                   "likely": likely_sets(share, c.label)}
+
+
+def likely_sets(share: np.ndarray, label: np.ndarray) -> dict:
+    """For each level, each query's likely set (its top results whose shares add up to the
+    level, as search draws its line): (size, whether it holds the photo described, whether that
+    photo is among the candidates at all); label marks it (a row of zeros: not among them)."""
+    order = np.argsort(-share, axis=1, kind="stable")
+    ordered, hit = np.take_along_axis(share, order, 1), np.take_along_axis(label, order, 1) > 0
+    out = {}
+    for level in LIKELY_LEVELS:
+        size = np.array([likely_count(row, level) or len(row) for row in ordered])
+        out[f"{level:g}"] = (size, np.array([h[:n].any() for h, n in zip(hit, size)]), hit.any(1))
+    return out
 
 
 def i2t_reranked(model, emb, photo_itc, ev, corpus_itc, corpus_sent, caption_image, k: int, bank=None) -> dict:
@@ -193,6 +208,12 @@ def summarise(folds: list[dict], gallery: int) -> dict:
         probs = np.concatenate([f["calibration"][kind][0] for f in folds])
         labels = np.concatenate([f["calibration"][kind][1] for f in folds])
         out["calibration"][kind] = calibration(probs, labels)
+    out["likely"] = {}
+    for level in folds[0]["calibration"]["likely"]:
+        size, held, found = (np.concatenate([f["calibration"]["likely"][level][i] for f in folds]) for i in range(3))
+        out["likely"][level] = {"held": round(float(held.mean()), 4), "held_if_candidate": round(float(held[found].mean()), 4),
+                                "mean_size": round(float(size.mean()), 2), "median_size": float(np.median(size)),
+                                "p90_size": float(np.percentile(size, 90))}
     if "no_match" in folds[0]:
         out["no_match"] = {k: round(float(np.mean([f["no_match"][k] for f in folds])), 4) for k in folds[0]["no_match"]}
     return out

@@ -69,6 +69,19 @@ def shares(itc: np.ndarray, logit: np.ndarray, weight: float, temperature: float
     return softmax(logit)
 
 
+LIKELY = 0.9  # the share the photos above search's "likely ends here" line hold together
+
+
+def likely_count(ordered_shares, level: float = LIKELY) -> int | None:
+    """How many results, from the top, it takes for their shares (in rank order) to add up to
+    `level`: the photo described is among them that often, if it is among the candidates
+    (benchmarks/results/recall.md measures it). None when all of them add up to less (only a
+    part of the candidates was given)."""
+    total = np.cumsum(np.asarray(ordered_shares, np.float64))
+    n = int(np.searchsorted(total, level - 1e-9)) + 1
+    return n if n <= len(total) else None
+
+
 def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Softmax of z / temperature over the last axis."""
     z = np.asarray(z, np.float64) / temperature
