@@ -118,6 +118,10 @@ def test_raw_and_jpeg_of_one_shot_show_once(mixed):
     h = hits[names.index(jpeg if jpeg in names else raw)]
     assert [Path(a).name for a in h.also] == [raw if jpeg in names else jpeg]  # ...knowing the other
     assert [x.rank for x in hits] == list(range(1, len(hits) + 1))
+    # the shot's share is both files' (the chance it is the photo described): with every
+    # candidate listed, the shares still add up to 1
+    every = open_searcher(root / "lib").text(caption, k=32, candidates=32).hits
+    assert len(every) == 31 and abs(sum(x.share for x in every) - 1) < 1e-6
 
 
 def test_server_sends_a_jpeg_rendition_of_heic_and_raw(mixed):

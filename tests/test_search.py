@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from indexer.run import index_paths
 from retrieval.cli import main
 from retrieval.training.datasets import load_dataset
+from retrieval.model.query_side import likely_count
 from retrieval.query.results import Filters
 from retrieval.query.search import open_searcher
 from retrieval.model.runtime import Runtime
@@ -129,6 +130,32 @@ def test_search_as_a_real_subprocess(library):
     shares = [line.split()[1] for line in lines]
     assert float(shares[0].strip("<>%")) > 50 and "<0.1%" in shares and "0.0%" not in shares, shares
     assert "100.0%" not in shares, shares
+
+
+def test_likely_line_in_the_cli_output(library):
+    """The CLI draws one line (on stderr, so piped output stays one result a line) under the
+    top results whose shares add up to LIKELY, wherever that falls in the list."""
+    from retrieval.cli.output import likely_line
+
+    db = str(library / "lib")
+    for query in ("a plate of food on a table", "two zebras grazing"):
+        args = [sys.executable, "-m", "retrieval.cli", "search", query, "--db", db, "-k", "12"]
+        hits = json.loads(subprocess.run(args + ["--json"], capture_output=True, text=True, timeout=120).stdout)
+        n = likely_count([h["share"] for h in hits])
+        assert n is not None and 1 <= n < 12 and all(h["likely"] == (i < n) for i, h in enumerate(hits))
+        merged = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120).stdout
+        lines = merged.splitlines()
+        assert lines.index(likely_line()) == n and len(lines) == 13, lines
+        plain = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert len(plain.stdout.splitlines()) == 12 and likely_line() in plain.stderr
+
+
+def test_likely_count():
+    assert likely_count([0.5, 0.3, 0.15, 0.05]) == 3  # 0.95 >= 0.9
+    assert likely_count([0.5, 0.3, 0.15, 0.05], 0.8) == 2  # exactly the level counts
+    assert likely_count([0.95, 0.05]) == 1
+    assert likely_count([0.4, 0.3]) is None  # the given results hold less than the level
+    assert likely_count([0.6, 0.3 - 1e-12, 0.1]) == 2  # rounding does not push the line down
 
 
 def test_server(library):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from indexer.run import index_paths
+from retrieval.model.query_side import LIKELY
 from retrieval.model.runtime import Runtime
 from tests.serving import get, running_server
 from tests.test_search import ZEBRA
@@ -78,6 +79,12 @@ def test_search_open_and_more_like_this(server, browser):
     label = lambda s: "<1%" if s < 0.005 else ">99%" if s >= 0.995 else f"{int(100 * s + 0.5)}%"  # noqa: E731 (Math.round)
     assert scores == [label(h["share"]) for h in json.loads(body)["results"]], scores
     assert "<1%" in scores and "0%" not in scores and "100%" not in scores, scores
+    # one line under the likely ones: as many tiles above it as the API flags likely
+    likely = sum(bool(h["likely"]) for h in json.loads(body)["results"])
+    grid = "[...document.getElementById('grid').children]"
+    assert b.execute_script(f"return {grid}.findIndex(e => e.classList.contains('likely-end'))") == likely
+    lines = b.find_elements(By.CSS_SELECTOR, ".likely-end")
+    assert 0 < likely < 40 and len(lines) == 1 and f"{round(100 * LIKELY)}% of the time" in lines[0].text
     assert not b.find_element(By.ID, "likechip").is_displayed()  # no photo picked: no "like" chip
     wait_for(lambda: b.execute_script(
         "return [...document.images].filter(i => i.closest('.tile')).slice(0, 8).every(i => i.complete && i.naturalWidth > 0)"))

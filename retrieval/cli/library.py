@@ -155,7 +155,8 @@ def _date(value, name):
 @click.option("--minus", multiple=True, metavar="WORDS", help="Words the results should not match (repeatable).")
 @filter_options
 @click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON list with rank, path, score, itc, itm (match probability), share.")
+              help="Print a JSON list with rank, path, score, itc, itm (match probability), share, "
+                   "likely (above the line).")
 @db_option
 @fusion_errors
 def search(query, k, candidates, no_rerank, like, add, minus, under, after, before, as_json, db):
@@ -165,8 +166,10 @@ def search(query, k, candidates, no_rerank, like, add, minus, under, after, befo
     fusion classifier from stored features (photos are not decoded), and prints rank, the
     chance that this is the photo you described if it is among the candidates, and path
     (--json adds the match probability on its own, itm); with --no-rerank, the shared-space
-    cosine instead. When even the best photo's match probability is below what made-up words
-    reach, a note says no photo matches well. Ties break by id, so the order is stable.
+    cosine instead. A line (on stderr, so piped output stays one path a line) marks where the
+    likely ones end: the top results whose shares add up to 90%. When even the best photo's
+    match probability is below what made-up words reach, a note says no photo matches well.
+    Ties break by id, so the order is stable.
 
     \b
     Combined queries (the share is then a softmax of the fused score; --json has that score):

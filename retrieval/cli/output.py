@@ -18,13 +18,23 @@ def print_hits(results, as_json):
             click.echo(f"note: {note}", err=True)
         if not results.hits:
             click.echo("no results", err=True)
-        for h in results.hits:
+        for h, after in zip(results.hits, results.hits[1:] + [None]):
             label = getattr(h, "path", None) or getattr(h, "text", "")
             if getattr(h, "also", None):
                 label += f"  (also {', '.join(h.also)})"
             share = getattr(h, "share", None)
             score = share_text(share) if share is not None else f"{h.score:6.3f}"
             click.echo(f"{h.rank:>3}  {score}  {label}")
+            if getattr(h, "likely", None) and after is not None and after.likely is False:
+                click.echo(likely_line(), err=True)  # stderr: piped, stdout stays one result a line
+
+
+def likely_line() -> str:
+    """The line under the top results whose shares add up to LIKELY."""
+    from retrieval.model.query_side import LIKELY
+
+    return (f"  {'-' * 6}  likely ends here: if the photo described is among the results, it is above "
+            f"this line {round(100 * LIKELY)}% of the time")
 
 
 def share_text(share: float) -> str:

@@ -32,6 +32,7 @@ class Hit:
     itm: float | None = None  # the reranker's calibrated match probability, when reranked
     share: float | None = None  # chance it is the photo described, if that is among the candidates
     also: list[str] = field(default_factory=list)  # the same shot's other files (a RAW beside its JPEG)
+    likely: bool | None = None  # among the top results holding LIKELY of the shares (None: not drawn)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from retrieval.errors import LibraryError
 from retrieval.store.library import Library, index_running
-from retrieval.model.query_side import shares, softmax
+from retrieval.model.query_side import likely_count, shares, softmax
 from retrieval.model.runtime import Runtime
 from retrieval.query.rerank import caption_scores, match_logits
 from retrieval.query.results import CaptionHit, Filters, Hit, QueryError, Results
@@ -88,7 +88,7 @@ class Searcher:
                          "only its beginning was used")
         qvec = self.runtime.embed_texts(feats.pooled)
         ids, itc = self._top(qvec, max(k, candidates), filters)
-        hits = one_per_shot(self._with_paths(self._rank(ids, itc, feats.pooled if rerank else None)))[:k]
+        hits = mark_likely(one_per_shot(self._with_paths(self._rank(ids, itc, feats.pooled if rerank else None))))[:k]
         threshold = self.runtime.config.match_threshold
         best = max((h.itm for h in hits if h.itm is not None), default=None)
         if best is not None and best < threshold:
@@ -260,6 +260,18 @@ class Searcher:
             paths = dict(s.execute(q).all())
         return [Hit(h.rank, h.id, paths[h.id], h.score, h.itc, h.itm, h.share) for h in hits if h.id in paths]
 
+
+
+def mark_likely(hits: list[Hit]) -> list[Hit]:
+    """Flag the top hits whose shares hold LIKELY of the candidates' (the photo described is
+    among them that often, if the library holds it: benchmarks/results/recall.md), where
+    shares were computed and the line falls within `hits`."""
+    if not hits or any(h.share is None for h in hits):
+        return hits
+    n = likely_count([h.share for h in hits])
+    for i, h in enumerate(hits):
+        h.likely = None if n is None else i < n
+    return hits
 
 
 def open_searcher(db: Path | None = None, runtime: Runtime | None = None) -> Searcher:

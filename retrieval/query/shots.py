@@ -9,7 +9,8 @@ from retrieval.encoders.raw import RAW_SUFFIXES
 
 def one_per_shot(hits: list) -> list:
     """A camera RAW and the JPEG (or HEIC...) of the same shot, same folder and name stem, show
-    once: the better-ranked file, with the other in `also`. Ranks are renumbered."""
+    once: the better-ranked file, with the other in `also` and its share added (the chance the
+    shot is the photo described). Ranks are renumbered."""
     first: dict = {}
     out = []
     for h in hits:
@@ -18,6 +19,8 @@ def one_per_shot(hits: list) -> list:
         kept = first.get(key)
         if kept is not None and (p.suffix.lower() in RAW_SUFFIXES or Path(kept.path).suffix.lower() in RAW_SUFFIXES):
             kept.also.append(h.path)
+            if kept.share is not None and getattr(h, "share", None) is not None:
+                kept.share += h.share
             continue
         first.setdefault(key, h)
         out.append(h)

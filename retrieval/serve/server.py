@@ -14,6 +14,7 @@ from starlette.requests import Request  # module level: FastAPI resolves the ann
 
 from retrieval.encoders.images import NOT_FOR_BROWSERS
 from retrieval.errors import FusionError, is_disk_full
+from retrieval.model.query_side import LIKELY
 from retrieval.query.combine import Combined, Upload
 from retrieval.query.duplicates import DEFAULT_THRESHOLD, duplicate_groups
 from retrieval.query.results import Filters, QueryError
@@ -54,7 +55,8 @@ def create_app(searcher: Searcher, guard: Guard | None = None):
         return JSONResponse({"error": str(exc)}, status_code=400)
 
     def hits(results) -> dict:
-        return {"results": [asdict(h) for h in results.hits], "notes": results.notes}
+        # likely_level: the share the hits flagged `likely` hold together (the page's line says it)
+        return {"results": [asdict(h) for h in results.hits], "notes": results.notes, "likely_level": LIKELY}
 
     def filters(under, after, before) -> Filters:
         ts = [None if d is None else datetime.combine(d, datetime.min.time()).timestamp() for d in (after, before)]
