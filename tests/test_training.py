@@ -7,8 +7,8 @@ from retrieval.training.datasets import load_dataset
 from retrieval.training.features import dataset_features
 from retrieval.model.heads import ModelConfig
 from retrieval.training.trainer import class_embeddings
-from retrieval.training.loop import (TrainConfig, crossfit_pairs, itc_scores, train_all, train_head, train_itc,
-                                     train_itc_soup)
+from retrieval.training.loop import (TrainConfig, crossfit_pairs, crossfit_spaces, itc_scores, train_all, train_head,
+                                     train_itc, train_itc_soup)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,26 @@ def test_crossfit_pairs_hold_every_positive_once_per_caption(feats, classes):
     assert np.all(np.bincount(caps[label == 1], minlength=240) == 1)
     assert np.all(photos[label == 1] == feats.caption_image[caps[label == 1]])
     assert np.all(np.abs(itc) <= 1.0 + 1e-5)
+
+
+def test_crossfit_spaces_borrow_captions_only_from_their_own_training_photos(feats, classes):
+    """A held-out photo must not find itself among the look-alikes (its own captions would make
+    the reranker's training candidates far easier than search's)."""
+    from retrieval.model.neighbours import build_neighbours
+
+    cfg = ModelConfig(neighbour_weight=0.25)
+    seen = []
+    for _, held, space, sub in crossfit_spaces(cfg, classes, feats, TrainConfig(seed=0, batch_size=16), 1, 3):
+        nb = space.neighbours
+        rest = np.setdiff1d(np.arange(48), held)
+        assert nb is not None and len(nb.photos) == len(rest)
+        np.testing.assert_allclose(nb.photos, build_neighbours(feats.pooled[rest], np.zeros((1, 384), np.float32),
+                                                               np.zeros(1, int)).photos, atol=1e-5)
+        assert nb._key(sub.pooled).dot(nb.photos.T).max() < 0.999  # no held-out photo is its own look-alike
+        seen.extend(held)
+    assert sorted(seen) == list(range(48))
+    off = next(crossfit_spaces(ModelConfig(), classes, feats, TrainConfig(seed=0, batch_size=16), 1, 3))[2]
+    assert off.neighbours is None  # a config without them (every checkpoint before) builds none
 
 
 def test_head_training_lowers_bce(feats, classes):

@@ -80,6 +80,9 @@ def encode(paths, batch_size, workers, top, as_json):
               help="Weight of the caption prior in fusion describe: each candidate caption loses this "
                    "times its mean similarity to its 10 nearest --distractors photos (generic captions "
                    "that fit every photo sink).")
+@click.option("--neighbour-weight", default=0.25, show_default=True, type=click.FloatRange(0, None),
+              help="Weight of the captions each photo borrows from its 20 most alike training photos "
+                   "(by the image encoder's features) in its search vector; 0: off (README, Quality).")
 @click.option("--image-size", type=click.IntRange(96, 640),
               help="Input side in pixels the image encoder is fed, a multiple of 32; the checkpoint "
                    "records it and indexing uses it. Default: 256 for efficientnet-lite0 (measured "
@@ -90,11 +93,14 @@ def encode(paths, batch_size, workers, top, as_json):
 @image_encoder_options
 @fusion_errors
 def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, describe_weight, describe_prior,
-          image_size, cache, image_encoder, image_weights):
+          neighbour_weight, image_size, cache, image_encoder, image_weights):
     """Train the shared space (ITC), the fusion-head baselines and the evidence reranker.
 
     Encoders stay frozen; their features are computed once and cached. ITC stops early on
-    the validation photos; the space is a soup of 5 such runs (seeds), weights averaged. The reranker learns from cross-fitted candidates: each fold's
+    the validation photos; the space is a soup of 5 such runs (seeds), weights averaged. Each
+    photo's search vector also borrows the captions of the training photos it looks most
+    like; the checkpoint carries their image features and mean caption vectors (no photos,
+    no caption text). The reranker learns from cross-fitted candidates: each fold's
     captions ranked by an ITC model that never saw their photos, among --distractors; its
     weight is tuned on them (0 when it does not help), and its no-match threshold is
     measured on made-up queries. The shipped default was made with:
@@ -124,7 +130,7 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, desc
                        f"val t2i {entry['val']['t2i']} i2t {entry['val']['i2t']}", err=True)
 
     tc = TrainConfig(seed=seed, rerank_weight=rerank_weight, describe_weight=describe_weight,
-                     describe_prior=describe_prior, image_size=image_size or 0)
+                     describe_prior=describe_prior, image_size=image_size or 0, neighbour_weight=neighbour_weight)
     record = train_checkpoint(list(data), out, list(exclude), val_photos, seed, image_encoder,
                               image_weights, cache, log=log, tc=tc, distractors=distractors)
     click.echo(f"wrote {out} (hash {record['content_hash']}): {record['train_photos']} training photos, "

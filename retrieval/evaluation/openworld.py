@@ -63,10 +63,13 @@ def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: in
     q_itc, q_sent = emb.texts(fold.text)
     target, n = fold.caption_image, len(fold.pooled)
     bridge = untrained.photos(gallery).itc
-    enhanced = pv.search if emb.beta == MEASURED_BETA else Embedder(  # recall once when it is the same
-        model.result.space, memory, beta=MEASURED_BETA).photos(gallery).search
+    plain = emb.beta == MEASURED_BETA and not emb.neighbour_weight  # pv.search is that vector: recall once
+    enhanced = pv.search if plain else Embedder(model.result.space, memory, beta=MEASURED_BETA,
+                                                neighbours=0).photos(gallery).search
     sims = {"bridge (no training)": untrained.texts(fold.text)[0] @ bridge.T,
             "itc": q_itc @ pv.itc.T, f"itc + {MEASURED_BETA:g} memory in the search vector": q_itc @ enhanced.T}
+    if emb.neighbour_weight and model.result.space.neighbours is not None:
+        sims[f"+ {emb.neighbour_weight:g} captions of look-alike training photos"] = q_itc @ pv.search.T
     out = {}
     for name, sim in sims.items():
         out[name] = {"open": ranks_of(sim, target), "small": ranks_of(sim[:, :n], target)}

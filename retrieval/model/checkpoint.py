@@ -13,6 +13,7 @@ import torch
 
 from retrieval.errors import CheckpointError, disk_full, is_disk_full
 from retrieval.model.heads import FusionHead, ModelConfig, SharedSpace
+from retrieval.model.neighbours import Neighbours
 from retrieval.model.query_side import (FORMAT, config_of, content_hash, default_checkpoint_path,  # noqa: F401
                                         read_checkpoint)
 from retrieval.model.reranker import Reranker
@@ -37,6 +38,8 @@ class Checkpoint:
 
 def _tensors(space: SharedSpace, heads: dict, reranker: Reranker | None, bank=None) -> dict:
     out = {f"space.{k}": v for k, v in space.state_dict().items()}
+    if space.neighbours is not None:
+        out.update({f"neighbours.{k}": torch.as_tensor(v) for k, v in space.neighbours.tensors().items()})
     if bank is not None:
         out["bank.photos"] = torch.as_tensor(bank)
     for variant, head in heads.items():
@@ -94,6 +97,7 @@ def _build(path: Path, config: ModelConfig, meta: dict, tensors: dict) -> Checkp
     tensors = {k: v.float() for k, v in tensors.items()}
     space = SharedSpace(config, tensors["space.class_embeddings"])
     space.load_state_dict(_prefixed(tensors, "space."))
+    space.neighbours = Neighbours.from_tensors({k: v.numpy() for k, v in _prefixed(tensors, "neighbours.").items()})
     heads = {}
     for variant in meta["alphas"]:
         head = FusionHead(variant, config)

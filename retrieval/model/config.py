@@ -29,6 +29,10 @@ class ModelConfig:
     memory_digest: str = ""  # content hash of the caption memory the model was trained with
     match_threshold: float = 0.0  # best match probability below which search says none matches well
     share_temperature: float = 0.0  # shares = softmax((itc + rerank_weight x logit) / T) (0: of the logit)
+    neighbour_weight: float = 0.0  # weight of the captions borrowed from look-alike training photos
+    # in a photo's search vector (retrieval/model/neighbours.py; 0: off, as every checkpoint before)
+    neighbour_k: int = 20  # look-alike training photos each photo borrows from
+    neighbour_tau: float = 0.1  # softmax temperature over their cosines
 
     def to_dict(self) -> dict:
         return asdict(self)

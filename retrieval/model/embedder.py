@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 @dataclass
 class PhotoVectors:
     search: np.ndarray  # (N, d) what FAISS holds: ITC + memory_beta * recalled captions
+    # + neighbour_weight * captions borrowed from look-alike training photos
     itc: np.ndarray  # (N, d) the plain ITC vector (photo -> caption search uses it)
     evidence: PhotoEvidence
 
@@ -35,10 +36,11 @@ class Embedder:
     everything runs on the torch `space` (training and evaluation)."""
 
     def __init__(self, space: "SharedSpace | Callable[[], SharedSpace]", memory: CaptionMemory | None,
-                 beta: float | None = None, query: "QuerySide | None" = None):
+                 beta: float | None = None, query: "QuerySide | None" = None, neighbours: float | None = None):
         self._space, self.memory, self.query = space, memory, query
         cfg = query.config if query is not None else space.config
         self.beta = cfg.memory_beta if beta is None else beta  # override: measure other weights
+        self.neighbour_weight = cfg.neighbour_weight if neighbours is None else neighbours  # the same
         self.tau = cfg.memory_tau
         if query is not None:
             self.classes = query.classes
@@ -89,6 +91,9 @@ class Embedder:
             search = itc
             if self.beta:
                 search = l2n(itc + self.beta * l2n((w[:, :, None] * self.corpus_itc[ids]).sum(1)))
+        nb, cfg = self.space.neighbours, self.space.config
+        if nb is not None and self.neighbour_weight:
+            search = l2n(search + self.neighbour_weight * nb.transfer(f.pooled, cfg.neighbour_k, cfg.neighbour_tau))
         ev = PhotoEvidence(ids, w, label_ids[:, :LABELS].numpy().astype(np.int32),
                            label_w[:, :LABELS].numpy().astype(np.float32))
         return PhotoVectors(search.astype(np.float32), itc.astype(np.float32), ev)

@@ -35,6 +35,7 @@ class SharedSpace(nn.Module):
         for layer in (self.image_fc[1], self.text_fc):
             nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
         self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(20.0)))))
+        self.neighbours = None  # look-alike training photos to borrow captions from (neighbours.py)
 
     def labels(self, logits: torch.Tensor, cells: torch.Tensor | None = None):
         """The bridge's ImageNet classes and softmax weights, (N, bridge_top) each, best first.

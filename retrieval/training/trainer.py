@@ -19,7 +19,7 @@ from retrieval.model.memory import load_memory
 from retrieval.model.prior import bank_rows
 from retrieval.model.reranker import EVIDENCE, Reranker
 from retrieval.training.features import folder_features
-from retrieval.training.loop import TrainConfig, TrainResult, train_all
+from retrieval.training.loop import TrainConfig, TrainResult, attach_neighbours, train_all
 from retrieval.training.rerank import (Photos, choose_alpha, crossfit_candidates, fit_reranker,
                                        fit_share_temperature, nonsense_queries, top_probabilities)
 
@@ -65,6 +65,7 @@ def train_model(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: Datase
     `nonsense` queries) the match probability below which search says nothing matches well.
     `fusion train` and the open-world benchmark's folds both come through here."""
     result = train_all(cfg, class_emb, train, val, tc, log=log, unlabelled=distractors, memory=memory)
+    attach_neighbours(result.space, DatasetFeatures.concat([train] + ([val] if val is not None else [])), tc)
     cands, emb, gallery = crossfit_candidates(cfg, class_emb, train, memory, tc, result.history["itc_best_epoch"],
                                               distractors, log)
     reranker = fit_reranker(cands, tc.reranker_hidden, seed=tc.seed)
@@ -122,7 +123,8 @@ def model_config(image_encoder: str, text_encoder, memory, tc: TrainConfig) -> M
                        image_size=image_size(image_encoder, tc),
                        mid_dim=CONFIGS[image_encoder].mid_dim if tc.mid_features else 0,
                        text_encoder=text_encoder.config.name, text_dim=text_encoder.config.dim,
-                       bridge_cells=tc.bridge_cells, memory_beta=tc.memory_beta, memory_digest=memory.digest)
+                       bridge_cells=tc.bridge_cells, memory_beta=tc.memory_beta, memory_digest=memory.digest,
+                       neighbour_weight=tc.neighbour_weight, neighbour_k=tc.neighbour_k, neighbour_tau=tc.neighbour_tau)
 
 
 def train_checkpoint(data: list[Path], out: Path, exclude: list[Path] = (), val_photos: int = 50,
