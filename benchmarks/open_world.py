@@ -99,7 +99,8 @@ def roads_markdown(results: Path) -> str:
         road = (f"{enc} at {size} px, cell labels {'on' if r.get('bridge_cells', True) else 'off'}, "
                 f"mid-level features {'on' if r.get('mid_features', False) else 'off'}, "
                 f"memory weight {r.get('memory_beta', '?')}, soup {r.get('soup', 1)}, "
-                f"pseudo-captions {r.get('pseudo_captions', 0)}, their caption prior {r.get('pseudo_prior', 0)}, gallery {r['open_gallery']:,}")
+                f"pseudo-captions {r.get('pseudo_captions', 0)}, their caption prior {r.get('pseudo_prior', 0)}, "
+                f"look-alike captions {r.get('neighbour_weight', 0)}, gallery {r['open_gallery']:,}")
         for m, t in r["t2i"].items():
             if m.startswith("reranked at"):
                 continue
@@ -167,6 +168,10 @@ def main() -> None:
                     help="the reranker's weight in photo -> caption, as shipped (the caption prior is measured with it and without)")
     ap.add_argument("--rerank-weight", type=float, default=0.03,
                     help="the reranker's weight in search, as shipped (the weight each fold tunes is also measured)")
+    ap.add_argument("--neighbour-weight", type=float, default=TrainConfig.neighbour_weight,
+                    help="weight of captions borrowed from look-alike training photos in search vectors (0: off)")
+    ap.add_argument("--neighbour-dims", type=int, default=TrainConfig.neighbour_dims,
+                    help="principal directions of the image features kept to find look-alikes (0: all)")
     ap.add_argument("--name", default="recall", help="results file stem")
     args = ap.parse_args()
     start = time.perf_counter()
@@ -174,21 +179,24 @@ def main() -> None:
                      bridge_cells=not args.no_bridge_cells, mid_features=not args.no_mid_features,
                      reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions,
                      pseudo_prior=args.pseudo_prior, describe_weight=args.describe_weight,
-                     rerank_weight=args.rerank_weight, image_size=args.image_size)
+                     rerank_weight=args.rerank_weight, image_size=args.image_size,
+                     neighbour_weight=args.neighbour_weight, neighbour_dims=args.neighbour_dims)
     report = open_world_report(args.data, args.distractors, args.train_only, args.folds, args.seed,
                                args.image_encoder, tc=tc, log=lambda e: print(e, file=sys.stderr, flush=True))
     report.update(image_encoder=args.image_encoder, image_size=image_size(args.image_encoder, tc),
                   memory_beta=args.memory_beta,
                   bridge_cells=not args.no_bridge_cells, mid_features=not args.no_mid_features,
                   reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions,
-                  pseudo_prior=args.pseudo_prior, rerank_weight=args.rerank_weight)
+                  pseudo_prior=args.pseudo_prior, rerank_weight=args.rerank_weight,
+                  neighbour_weight=args.neighbour_weight, neighbour_dims=args.neighbour_dims)
     report["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     md = to_markdown(report, f"Open-world recall ({args.image_encoder} at {report['image_size']} px, memory weight {args.memory_beta:g}, "
                              f"cell labels {'on' if not args.no_bridge_cells else 'off'}, "
                              f"mid-level features {'off' if args.no_mid_features else 'on'}, soup {args.soup}, "
-                             f"pseudo-captions {args.pseudo_captions}, their caption prior {args.pseudo_prior:g})")
+                             f"pseudo-captions {args.pseudo_captions}, their caption prior {args.pseudo_prior:g}, "
+                             f"look-alike captions {args.neighbour_weight:g})")
     (RESULTS / f"{args.name}.md").write_text(md)
     main_md = RESULTS / "recall.md"  # the headline file carries the table of every road run so far
     if main_md.is_file():
