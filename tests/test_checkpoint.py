@@ -68,7 +68,9 @@ def test_damaged_and_missing(saved, tmp_path):
 
 def test_shipped_default_checkpoint():
     path = default_checkpoint_path()
-    assert path.is_file() and path.stat().st_size < 8_000_000
+    # 4.6 MB of fusion-head baselines, 2.7 MB of look-alike training photos (256 principal
+    # directions of their features and their mean caption vectors), the rest heads and bank
+    assert path.is_file() and path.stat().st_size < 11_000_000
     ck = load_checkpoint(image_encoder="efficientnet-lite0", text_encoder="all-MiniLM-L6-v2")
     assert set(ck.heads) == set(FUSION_VARIANTS)  # the fusion heads ship as baselines
     # search reranks with the evidence reranker, at a weight tuned on cross-fitted candidates
@@ -77,6 +79,9 @@ def test_shipped_default_checkpoint():
     assert 0 < ck.config.match_threshold < 1
     assert "data/demo" in " ".join(ck.record["excluded"])  # the demo photos were held out
     assert ck.config.image_size == 256  # Lite0 fed 256 px (README, Quality)
+    nb = ck.space.neighbours  # captions borrowed from look-alike training photos (README, The model)
+    assert ck.config.neighbour_weight > 0 and nb is not None and nb.basis.shape == (1280, 256)
+    assert len(nb.photos) == len(nb.captions) == ck.record["train_photos"] + ck.record["val_photos"]
 
 
 def test_the_runtime_feeds_the_encoder_the_size_its_checkpoint_records(saved, tmp_path):

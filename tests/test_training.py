@@ -68,14 +68,14 @@ def test_crossfit_spaces_borrow_captions_only_from_their_own_training_photos(fea
     the reranker's training candidates far easier than search's)."""
     from retrieval.model.neighbours import build_neighbours
 
-    cfg = ModelConfig(neighbour_weight=0.25)
+    cfg, tc = ModelConfig(neighbour_weight=0.25), TrainConfig(seed=0, batch_size=16)
     seen = []
-    for _, held, space, sub in crossfit_spaces(cfg, classes, feats, TrainConfig(seed=0, batch_size=16), 1, 3):
+    for _, held, space, sub in crossfit_spaces(cfg, classes, feats, tc, 1, 3):
         nb = space.neighbours
         rest = np.setdiff1d(np.arange(48), held)
         assert nb is not None and len(nb.photos) == len(rest)
-        np.testing.assert_allclose(nb.photos, build_neighbours(feats.pooled[rest], np.zeros((1, 384), np.float32),
-                                                               np.zeros(1, int)).photos, atol=1e-5)
+        alone = build_neighbours(feats.pooled[rest], np.zeros((1, 384), np.float32), np.zeros(1, int), tc.neighbour_dims)
+        np.testing.assert_allclose(nb.photos, alone.photos, atol=1e-5)
         assert nb._key(sub.pooled).dot(nb.photos.T).max() < 0.999  # no held-out photo is its own look-alike
         seen.extend(held)
     assert sorted(seen) == list(range(48))

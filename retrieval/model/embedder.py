@@ -1,6 +1,6 @@
 """From frozen features to what the library stores and search compares: a photo's search
-vector (its ITC vector moved towards the captions it recalls from the caption memory) and
-its rerank evidence; a query's ITC and sentence vectors. One place, used alike by the
+vector (its ITC vector moved towards the captions it recalls from the caption memory, and
+towards those of the training photos it looks like) and its rerank evidence; a query's ITC and sentence vectors. One place, used alike by the
 indexer, search and training, so the three cannot drift apart."""
 
 from __future__ import annotations
