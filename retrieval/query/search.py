@@ -264,8 +264,8 @@ class Searcher:
 
 def mark_likely(hits: list[Hit]) -> list[Hit]:
     """Flag the top hits whose shares hold LIKELY of the candidates' (the photo described is
-    among them that often, if the library holds it: benchmarks/results/recall.md), where
-    shares were computed and the line falls within `hits`."""
+    among them about that often when it is among the candidates: benchmarks/results/recall.md),
+    where shares were computed and the line falls within `hits`."""
     if not hits or any(h.share is None for h in hits):
         return hits
     n = likely_count([h.share for h in hits])
