@@ -119,7 +119,8 @@ class QuerySide:
     @classmethod
     def load(cls, path: Path | None = None) -> "QuerySide":
         path, meta, t = read_checkpoint(path, "numpy")
-        t = {k: v.astype(np.float32) for k, v in t.items()}
+        used = ("space.text_fc.", "space.class_embeddings", "reranker.", "bank.")  # not the photo side
+        t = {k: v.astype(np.float32) for k, v in t.items() if k.startswith(used)}
         rerank = {k[len("reranker."):]: v for k, v in t.items() if k.startswith("reranker.")} or None
         return cls(config_of(meta), meta["content_hash"], path, t["space.text_fc.weight"], t["space.text_fc.bias"],
                    l2n(t["space.class_embeddings"]), rerank, t.get("bank.photos"))
