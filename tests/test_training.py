@@ -7,8 +7,8 @@ from retrieval.training.datasets import load_dataset
 from retrieval.training.features import dataset_features
 from retrieval.model.heads import ModelConfig
 from retrieval.training.trainer import class_embeddings
-from retrieval.training.loop import (TrainConfig, crossfit_pairs, crossfit_spaces, itc_scores, train_all, train_head,
-                                     train_itc, train_itc_soup)
+from retrieval.training.fusion_heads import crossfit_pairs, train_head
+from retrieval.training.loop import TrainConfig, crossfit_spaces, itc_scores, train_all, train_itc, train_itc_soup
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from retrieval.errors import DatasetError
 from retrieval.training.features import dataset_features
 from retrieval.encoders.image_encoder import load_image_encoder
 from retrieval.encoders.text_encoder import load_text_encoder
-from retrieval.training.loop import itc_scores, rerank_recall
+from retrieval.training.fusion_heads import rerank_recall
+from retrieval.training.loop import itc_scores
 
 
 def recall_report(data: Path, checkpoint: Path | None = None, candidates: int = 32,
