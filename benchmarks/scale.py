@@ -171,7 +171,7 @@ def main() -> None:
                      f"{r['bytes_per_photo']:.0f} | {r['ram_bytes_per_photo']:.0f} | {r['build_s']} | {r['cold_start_s']} |")
     lines += ["", "Rerank cost per query (ms) by candidates K: " + ", ".join(f"K={k}: {v}" for k, v in cost.items()),
               "", f"Rerank evidence stored per photo: {PhotoEvidence.ROW_BYTES} bytes (16 recalled caption ids and "
-              "weights, 20 ImageNet labels and weights)."]
+              "weights, 20 ImageNet labels and weights, 256 look-alike directions, a hubness)."]
     (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

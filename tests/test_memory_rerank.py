@@ -10,6 +10,7 @@ import torch
 from retrieval.evaluation.openworld import calibration, projected_recall, recall_at
 from retrieval.evaluation.recall import ranks_of
 from retrieval.model.memory import corpus_path, load_memory, read_corpus
+from retrieval.model.evidence import KEY_DIMS
 from retrieval.model.reranker import EVIDENCE, LABELS, MEMORY_SIZE, PhotoEvidence, Reranker, evidence
 from retrieval.model.query_side import shares
 from retrieval.training.rerank import Candidates, fit_reranker, fit_share_temperature, nonsense_queries, reranked_ranks
@@ -62,13 +63,35 @@ def test_evidence_pack_round_trip():
     rng = np.random.default_rng(0)
     ev = PhotoEvidence(rng.integers(0, 23_000, (5, MEMORY_SIZE)).astype(np.int32),
                        rng.random((5, MEMORY_SIZE)).astype(np.float32),
-                       rng.integers(0, 1000, (5, LABELS)).astype(np.int32), rng.random((5, LABELS)).astype(np.float32))
+                       rng.integers(0, 1000, (5, LABELS)).astype(np.int32), rng.random((5, LABELS)).astype(np.float32),
+                       rng.standard_normal((5, KEY_DIMS)).astype(np.float32) / 16, rng.random(5).astype(np.float32) + 0.5)
     blobs = ev.pack()
     assert all(len(b) == PhotoEvidence.ROW_BYTES <= 4096 for b in blobs)
     back = PhotoEvidence.unpack(blobs)
     np.testing.assert_array_equal(back.memory_ids, ev.memory_ids)
     np.testing.assert_array_equal(back.label_ids, ev.label_ids)
     np.testing.assert_allclose(back.memory_weights, ev.memory_weights, atol=1e-3)
+    np.testing.assert_allclose(back.key, ev.key, atol=1e-3)
+    np.testing.assert_allclose(back.hub, ev.hub, atol=1e-3)
+    # a row written before key and hub (176 bytes) still reads, with zeros for both
+    old = PhotoEvidence.unpack([b[:PhotoEvidence.LEGACY_BYTES] for b in blobs])
+    assert PhotoEvidence.row_ok(blobs[0][:PhotoEvidence.LEGACY_BYTES]) and not PhotoEvidence.row_ok(blobs[0][:-1])
+    np.testing.assert_array_equal(old.memory_ids, ev.memory_ids)
+    assert not old.key.any() and not old.hub.any()
+
+
+def test_lookalike_evidence_picks_the_photo_like_the_query_s_training_photos():
+    # two training photos (keys e0, e1) with caption vectors c0, c1; a query matching c1 scores
+    # a candidate whose key is e1 above one whose key is e0, and the other way round
+    from retrieval.model.evidence import lookalike
+
+    d, p = 4, 3
+    photos, captions = np.eye(p, dtype=np.float32)[:2], np.eye(d, dtype=np.float32)[:2]
+    keys = np.stack([np.eye(p, dtype=np.float32)[:2]] * 2)  # (Q=2, K=2, p)
+    q = np.eye(d, dtype=np.float32)[[1, 0]]
+    la = lookalike(q, keys, (photos, captions))
+    assert la[0, 1] > la[0, 0] and la[1, 0] > la[1, 1]
+    assert not lookalike(q, keys, None).any()
 
 
 def test_reranker_is_not_separable():

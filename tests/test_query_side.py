@@ -11,6 +11,7 @@ import torch
 
 from indexer.run import index_paths
 from retrieval.model.checkpoint import load_checkpoint
+from retrieval.model.evidence import EVIDENCE, lookalike
 from retrieval.model.query_side import QuerySide, gelu
 from retrieval.model.runtime import Runtime
 
@@ -22,10 +23,23 @@ def test_query_side_equals_the_torch_checkpoint():
     with torch.no_grad():
         want = ck.space.embed_text(torch.from_numpy(pooled)).numpy()
     np.testing.assert_allclose(q.embed_text(pooled), want, atol=1e-6)
-    feats = np.random.default_rng(1).normal(size=(3, 32, 7)).astype(np.float32)
+    feats = np.random.default_rng(1).normal(size=(3, 32, len(EVIDENCE))).astype(np.float32)
     np.testing.assert_allclose(q.logits(feats), ck.reranker.logits(feats), atol=1e-4)
     np.testing.assert_allclose(q.probabilities(q.logits(feats)), ck.reranker.probabilities(ck.reranker.logits(feats)),
                                atol=1e-5)
+    # the look-alike evidence: the numpy side's training photos and caption vectors are the
+    # torch space's, so a query scores a candidate's key alike on both sides
+    nb = ck.space.neighbours
+    np.testing.assert_allclose(q.lookalikes[0], nb.photos, atol=1e-6)
+    np.testing.assert_allclose(q.lookalikes[1], nb.captions, atol=1e-6)
+    keys = nb.photos[np.random.default_rng(2).integers(0, len(nb.photos), (5, 4))]
+    la = lookalike(q.embed_text(pooled), keys, q.lookalikes)
+    np.testing.assert_allclose(la, lookalike(want, keys, (nb.photos, nb.captions)), atol=1e-4)
+    # a query that reads like training photo j's captions finds j's key above 3 random ones
+    rng = np.random.default_rng(3)
+    own = np.stack([np.concatenate([[j], rng.integers(0, len(nb.photos), 3)]) for j in range(20)])
+    picked = lookalike(q.lookalikes[1][:20], q.lookalikes[0][own], q.lookalikes).argmax(1)
+    assert (picked == 0).mean() >= 0.9, picked
 
 
 def test_gelu_is_the_exact_one():

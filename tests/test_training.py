@@ -76,7 +76,7 @@ def test_crossfit_spaces_borrow_captions_only_from_their_own_training_photos(fea
         assert nb is not None and len(nb.photos) == len(rest)
         alone = build_neighbours(feats.pooled[rest], np.zeros((1, 384), np.float32), np.zeros(1, int), tc.neighbour_dims)
         np.testing.assert_allclose(nb.photos, alone.photos, atol=1e-5)
-        assert nb._key(sub.pooled).dot(nb.photos.T).max() < 0.999  # no held-out photo is its own look-alike
+        assert nb.key(sub.pooled).dot(nb.photos.T).max() < 0.999  # no held-out photo is its own look-alike
         seen.extend(held)
     assert sorted(seen) == list(range(48))
     off = next(crossfit_spaces(ModelConfig(), classes, feats, TrainConfig(seed=0, batch_size=16), 1, 3))[2]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from retrieval.model.evidence import LABELS, MEMORY_SIZE, PhotoEvidence, evidence
+from retrieval.model.evidence import LABELS, MEMORY_SIZE, PhotoEvidence, evidence, hubness
 from retrieval.model.memory import CaptionMemory
 from retrieval.model.query_side import l2n
 
@@ -95,7 +95,9 @@ class Embedder:
         if nb is not None and self.neighbour_weight:
             search = l2n(search + self.neighbour_weight * nb.transfer(f.pooled, cfg.neighbour_k, cfg.neighbour_tau))
         ev = PhotoEvidence(ids, w, label_ids[:, :LABELS].numpy().astype(np.int32),
-                           label_w[:, :LABELS].numpy().astype(np.float32))
+                           label_w[:, :LABELS].numpy().astype(np.float32),
+                           None if nb is None else nb.key(f.pooled),
+                           None if self.memory is None else hubness(search, self.corpus_itc))
         return PhotoVectors(search.astype(np.float32), itc.astype(np.float32), ev)
 
     def evidence(self, itc: np.ndarray, q_itc: np.ndarray, q_sent: np.ndarray, ev: PhotoEvidence) -> np.ndarray:
@@ -103,13 +105,23 @@ class Embedder:
         Only the memory rows the candidates recall are projected, unless all already are (a
         search needs ~500 of 23k: projecting them all would add a quarter second to a cold
         search)."""
+        looks = self.lookalikes
         if self.memory is None:
             blank = np.zeros((1, self.classes.shape[1]), np.float32)
-            return evidence(itc, q_itc, q_sent, ev, blank, blank, self.classes)
+            return evidence(itc, q_itc, q_sent, ev, blank, blank, self.classes, looks)
         if "corpus_itc" in self.__dict__:
-            return evidence(itc, q_itc, q_sent, ev, self.memory.vectors, self.corpus_itc, self.classes)
+            return evidence(itc, q_itc, q_sent, ev, self.memory.vectors, self.corpus_itc, self.classes, looks)
         rows, local = np.unique(ev.memory_ids, return_inverse=True)
         ev = PhotoEvidence(local.reshape(ev.memory_ids.shape).astype(np.int32), ev.memory_weights,
-                           ev.label_ids, ev.label_weights)
+                           ev.label_ids, ev.label_weights, ev.key, ev.hub)
         sent = self.memory.vectors[rows]
-        return evidence(itc, q_itc, q_sent, ev, sent, self.texts(sent)[0], self.classes)
+        return evidence(itc, q_itc, q_sent, ev, sent, self.texts(sent)[0], self.classes, looks)
+
+    @property
+    def lookalikes(self) -> tuple | None:
+        """The training photos' keys and mean caption vectors (the look-alike evidence), from
+        the numpy query side when there is one (a text search never loads torch for them)."""
+        if self.query is not None:
+            return self.query.lookalikes
+        nb = self.space.neighbours
+        return None if nb is None else (nb.photos, nb.captions)

@@ -26,14 +26,16 @@ class Neighbours:
     photos: np.ndarray  # (R, p) training photos, centred, projected, L2-normalised
     captions: np.ndarray  # (R, d) each training photo's mean caption ITC vector, L2-normalised
 
-    def _key(self, pooled: np.ndarray) -> np.ndarray:
+    def key(self, pooled: np.ndarray) -> np.ndarray:
+        """(N, p) photos' look-alike keys: centred, projected, L2-normalised pooled features
+        (what the library stores for the reranker's look-alike evidence)."""
         x = np.asarray(pooled, np.float32) - self.mean
         return l2n(x if self.basis is None else x @ self.basis)
 
     def transfer(self, pooled: np.ndarray, k: int, tau: float) -> np.ndarray:
         """(N, d) L2-normalised: the captions of each photo's k most similar training photos,
         softmax(cosine / tau)-weighted."""
-        sim = self._key(pooled) @ self.photos.T
+        sim = self.key(pooled) @ self.photos.T
         k = min(k, sim.shape[1])
         top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
         w = softmax(np.take_along_axis(sim, top, 1), tau).astype(np.float32)
@@ -66,5 +68,5 @@ def build_neighbours(pooled: np.ndarray, caption_itc: np.ndarray, caption_image:
     own = np.asarray(caption_image) >= 0  # -1: a caption without a photo (text-only datasets)
     np.add.at(captions, np.asarray(caption_image)[own], np.asarray(caption_itc, np.float32)[own])
     nb = Neighbours(mean, basis, np.zeros((0, 1), np.float32), l2n(captions))
-    nb.photos = nb._key(x)
+    nb.photos = nb.key(x)
     return nb

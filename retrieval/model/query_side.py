@@ -16,6 +16,7 @@ import numpy as np
 
 from retrieval.errors import CheckpointError
 from retrieval.model.config import ModelConfig
+from retrieval.model.evidence import LEGACY
 
 FORMAT = "fusion-checkpoint/1"
 
@@ -115,15 +116,22 @@ class QuerySide:
     classes: np.ndarray  # (1000, d) ImageNet class-name vectors, L2-normalised
     rerank: dict | None  # the evidence reranker's arrays (None: the checkpoint has none)
     bank: np.ndarray | None = None  # (B, d) the caption prior's photo bank (retrieval/model/prior.py)
+    lookalikes: tuple | None = None  # the training photos' keys and mean caption vectors (evidence.lookalike)
 
     @classmethod
     def load(cls, path: Path | None = None) -> "QuerySide":
         path, meta, t = read_checkpoint(path, "numpy")
         used = ("space.text_fc.", "space.class_embeddings", "reranker.", "bank.")  # not the photo side
+        rerank_reads_lookalikes = "reranker.mean" in t and len(t["reranker.mean"]) > LEGACY
+        if rerank_reads_lookalikes:
+            used += ("neighbours.photos", "neighbours.captions")
         t = {k: v.astype(np.float32) for k, v in t.items() if k.startswith(used)}
         rerank = {k[len("reranker."):]: v for k, v in t.items() if k.startswith("reranker.")} or None
+        looks = None
+        if "neighbours.photos" in t:
+            looks = (l2n(t["neighbours.photos"]), l2n(t["neighbours.captions"]))
         return cls(config_of(meta), meta["content_hash"], path, t["space.text_fc.weight"], t["space.text_fc.bias"],
-                   l2n(t["space.class_embeddings"]), rerank, t.get("bank.photos"))
+                   l2n(t["space.class_embeddings"]), rerank, t.get("bank.photos"), looks)
 
     def embed_text(self, pooled: np.ndarray) -> np.ndarray:
         """A text's ITC vector from its raw MiniLM pooled vector (SharedSpace.embed_text)."""
@@ -140,7 +148,7 @@ class QuerySide:
         if self.rerank is None:
             raise CheckpointError(f"{self.path}: this checkpoint has no evidence reranker; search with rerank off")
         r = self.rerank
-        x = (np.asarray(feats, np.float32) - r["mean"]) / r["std"]
+        x = (np.asarray(feats, np.float32)[..., :len(r["mean"])] - r["mean"]) / r["std"]  # older: fewer
         if "net.2.weight" in r:  # one hidden layer
             x = gelu(x @ r["net.0.weight"].T + r["net.0.bias"])
             return (x @ r["net.2.weight"].T + r["net.2.bias"])[..., 0]

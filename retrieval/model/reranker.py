@@ -6,7 +6,7 @@ with binary cross-entropy on cross-fitted candidates plus a listwise softmax ter
 softmax over one query's candidates is the share search shows, and a Platt-scaled sigmoid
 is the match probability on its own.
 
-Per photo the library stores only ids and weights (`PhotoEvidence`, 176 bytes); everything
+Per photo the library stores ids, weights, a look-alike key and a hubness (`PhotoEvidence`, 690 bytes); everything
 else is computed per query over the K candidates, so a rerank of 32 costs well under 20 ms."""
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Reranker(nn.Module):
             self.net = nn.Sequential(nn.Linear(n_features, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[..., :len(self.mean)]  # a reranker trained on fewer features reads the first ones
         return self.net((x - self.mean) / self.std).squeeze(-1)
 
     def logits(self, feats: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ def stored_evidence(lib, ids) -> PhotoEvidence:
     with lib.session() as s:
         rows = dict(s.execute(select(PhotoFeatures.photo_id, PhotoFeatures.rerank)
                               .where(PhotoFeatures.photo_id.in_([int(i) for i in ids]))).all())
-    lost = [int(i) for i in ids if int(i) in rows and len(rows[int(i)] or b"") != PhotoEvidence.ROW_BYTES]
+    lost = [int(i) for i in ids if int(i) in rows and not PhotoEvidence.row_ok(rows[int(i)])]
     if lost:
         raise LibraryError(f"{lib.root / 'library.sqlite'}: rerank features missing for {len(lost)} "
                            f"photos (e.g. id {lost[0]}); repair with: fusion index PATH")
