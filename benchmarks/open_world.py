@@ -166,7 +166,7 @@ def main() -> None:
                     help="weight of the caption prior when those photos recall their pseudo-captions (0: plain ITC)")
     ap.add_argument("--describe-weight", type=float, default=0.03,
                     help="the reranker's weight in photo -> caption, as shipped (the caption prior is measured with it and without)")
-    ap.add_argument("--rerank-weight", type=float, default=0.03,
+    ap.add_argument("--rerank-weight", type=float, default=0.25,
                     help="the reranker's weight in search, as shipped (the weight each fold tunes is also measured)")
     ap.add_argument("--neighbour-weight", type=float, default=TrainConfig.neighbour_weight,
                     help="weight of captions borrowed from look-alike training photos in search vectors (0: off)")
