@@ -29,7 +29,7 @@ WORD_MATCH = 0.25
 # a combined result's share is softmax(fused / SHARE_TEMPERATURE) over the photos searched:
 # the fused score is a sum of z-scores, and on the constructed photo + words cases (one word,
 # the most used word, a whole caption; alone and among distractors) the temperature that
-# predicts the wanted photo best was 0.65-1.3; at 1 the calibration error is <= 0.0100 on
+# predicts the wanted photo best was 0.58-1.14; at 1 the calibration error is <= 0.0126 on
 # each (benchmarks/results/combined.md)
 SHARE_TEMPERATURE = 1.0
 
