@@ -177,8 +177,10 @@ def search(query, k, candidates, no_rerank, like, add, minus, under, after, befo
       fusion search "a beach" --add "dog"          a beach, and a dog too
       fusion search "a street" --minus "cars"      a street, without cars
     Each part is searched alone, the candidates pooled, and each part's scores standardised
-    over the pool before they are added (minus parts subtracted); words also count by how
-    many of the captions a photo recalls from the caption memory use them.
+    before they are added (minus parts subtracted); words also count by how many of the
+    captions a photo recalls from the caption memory use them. Beside words, --like counts
+    only up to a cap: it says which photos look like the photo, and the words choose among
+    them, so give the words that tell the photo you want from its look-alikes.
     """
     from retrieval.query.combine import Combined
     from retrieval.query.search import open_searcher

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from retrieval.model.query_side import softmax
-from retrieval.query.combine import SHARE_TEMPERATURE, Combined
+from retrieval.query.combine import SHARE_TEMPERATURE, Combined, fuse, pool_scores
+from retrieval.query.results import Filters
 from retrieval.query.words import stems, words
 
 
@@ -67,6 +68,31 @@ def evaluate(searcher, cases: list[Case], k: int = 50) -> dict:
         out[name] = {"top1": _rate(ranks, 1), "r5": _rate(ranks, 5),
                      "mrr": round(sum(1 / r for r in ranks if r) / max(len(ranks), 1), 4),
                      "ranks": ranks}
+    return out
+
+
+def fusion_grid(searcher, cases: list[Case], settings: list[tuple[float, float]], k: int = 100) -> dict:
+    """Top-1 rate and MRR of photo + words for each (word match weight, photo clip) setting,
+    over all cases and over each half of the liked photos (alternate ones in path order), so a
+    setting chosen on one half can be checked on the other. Each case's parts are scored once
+    (as `combined` with k scores them) and fused once per setting."""
+    halves = {like: n % 2 for n, like in enumerate(sorted({c.like for c in cases}))}
+    ranks = {s: [] for s in settings}
+    for c in cases:
+        ids, scored, _, _ = pool_scores(searcher, Combined(c.word, c.like), max(k, 32), True, Filters(), 64)
+        target = next((i for i, path in zip(ids, searcher.paths_of(ids)) if path == c.target), None)
+        for s in settings:
+            fused = fuse(scored, *s)
+            order = ids[np.lexsort((ids, -fused))][:k]
+            at = np.flatnonzero(order == target) if target is not None else []
+            ranks[s].append(int(at[0]) + 1 if len(at) else None)
+    out = {}
+    for s, rs in ranks.items():
+        row = {"top1": _rate(rs, 1), "mrr": round(sum(1 / r for r in rs if r) / max(len(rs), 1), 4)}
+        for h in (0, 1):
+            part = [r for r, c in zip(rs, cases) if halves[c.like] == h]
+            row[f"top1_half{h}"] = _rate(part, 1)
+        out[s] = row
     return out
 
 

@@ -129,7 +129,7 @@ class Searcher:
                              "fusion search \"a street\" --minus \"cars\"")
         self._check_k(k, candidates)
         self._need_photos()
-        ids, fused, main, notes = combined_ranking(self, q, max(k, candidates), rerank, filters)
+        ids, fused, main, notes = combined_ranking(self, q, max(k, candidates), rerank, filters, candidates)
         share = softmax(fused, SHARE_TEMPERATURE) if len(fused) else fused
         hits = [Hit(n, int(i), "", float(f), float(m), None, float(sh))
                 for n, (i, f, m, sh) in enumerate(zip(ids, fused, main, share), start=1)]
