@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from retrieval.model.query_side import softmax
-from retrieval.query.combine import SHARE_TEMPERATURE, Combined, fuse, pool_scores
+from retrieval.query.combine import SHARE_TEMPERATURE, Combined, fuse, pool_scores, ranked
 from retrieval.query.results import Filters
 from retrieval.query.words import stems, words
 
@@ -79,11 +79,11 @@ def fusion_grid(searcher, cases: list[Case], settings: list[tuple[float, float]]
     halves = {like: n % 2 for n, like in enumerate(sorted({c.like for c in cases}))}
     ranks = {s: [] for s in settings}
     for c in cases:
-        ids, scored, _, _ = pool_scores(searcher, Combined(c.word, c.like), max(k, 32), True, Filters(), 64)
+        ids, scored, _, _ = pool_scores(searcher, Combined(c.word, c.like), max(k, 32), True, Filters())
         target = next((i for i, path in zip(ids, searcher.paths_of(ids)) if path == c.target), None)
         for s in settings:
             fused = fuse(scored, *s)
-            order = ids[np.lexsort((ids, -fused))][:k]
+            order = ids[ranked(ids, fused)][:k]
             at = np.flatnonzero(order == target) if target is not None else []
             ranks[s].append(int(at[0]) + 1 if len(at) else None)
     out = {}

@@ -188,5 +188,10 @@ def combined_ranking(searcher, q: Combined, n: int, rerank: bool, filters, candi
     if len(ids) == 0:
         return ids, np.zeros(0, np.float32), main, notes
     fused = fuse(scored)
-    order = np.lexsort((ids, -fused))[:n]
+    order = ranked(ids, fused)[:n]
     return ids[order], fused[order], main[order], notes
+
+
+def ranked(ids: np.ndarray, fused: np.ndarray) -> np.ndarray:
+    """Positions of the pooled photos, best fused score first, ties by id."""
+    return np.lexsort((ids, -fused))
