@@ -103,8 +103,13 @@ def test_killing_the_driver_mid_run_then_rerunning_completes_the_library(tmp_pat
         for p in demo_photos:
             shutil.copy(p, photos / f"{n}-{p.name}")
     db = tmp_path / "lib"
-    cmd = [sys.executable, "-m", "retrieval.cli", "index", str(photos), "--db", str(db), "--ray", "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # the killed driver commits 4 photos a task, so its commits spread over seconds: at the
+    # default 32 they can land within one poll of each other, and the kill finds none left to lose
+    driver = ("import sys; from pathlib import Path; from indexer.run import index_paths; "
+              "from indexer.on_ray import RayOptions; "
+              "index_paths([Path(sys.argv[1])], Path(sys.argv[2]), ray=RayOptions(photos_per_task=4))")
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(photos), str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while proc.poll() is None and time.monotonic() < deadline and count(db, "select count(*) from photos") == 0:
         time.sleep(0.02)
@@ -112,6 +117,7 @@ def test_killing_the_driver_mid_run_then_rerunning_completes_the_library(tmp_pat
     proc.wait()
     left = count(db, "select count(*) from photos")
     assert 0 < left < 144  # killed in the middle of the run
+    cmd = [sys.executable, "-m", "retrieval.cli", "index", str(photos), "--db", str(db), "--ray", "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     s = json.loads(done.stdout)
