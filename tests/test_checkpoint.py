@@ -78,7 +78,7 @@ def test_shipped_default_checkpoint():
     assert ck.config.memory_digest == corpus_digest()  # trained with the memory that ships
     assert 0 < ck.config.match_threshold < 1
     assert "data/demo" in " ".join(ck.record["excluded"])  # the demo photos were held out
-    assert ck.config.image_size == 256  # Lite0 fed 256 px (README, Quality)
+    assert ck.config.image_size == 256  # Lite0 fed 256 px (docs/quality.md)
     nb = ck.space.neighbours  # captions borrowed from look-alike training photos (README, The model)
     assert ck.config.neighbour_weight > 0 and nb is not None and nb.basis.shape == (1280, 256)
     assert len(nb.photos) == len(nb.captions) == ck.record["train_photos"] + ck.record["val_photos"]

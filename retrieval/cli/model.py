@@ -82,11 +82,11 @@ def encode(paths, batch_size, workers, top, as_json):
                    "that fit every photo sink).")
 @click.option("--neighbour-weight", default=0.25, show_default=True, type=click.FloatRange(0, None),
               help="Weight of the captions each photo borrows from its 20 most alike training photos "
-                   "(by the image encoder's features) in its search vector; 0: off (README, Quality).")
+                   "(by the image encoder's features) in its search vector; 0: off (docs/quality.md).")
 @click.option("--image-size", type=click.IntRange(96, 640),
               help="Input side in pixels the image encoder is fed, a multiple of 32; the checkpoint "
                    "records it and indexing uses it. Default: 256 for efficientnet-lite0 (measured "
-                   "better than the 224 it was trained at: README, Quality), else its training size.")
+                   "better than the 224 it was trained at: docs/quality.md), else its training size.")
 @click.option("--seed", default=0, show_default=True, help="Seed for splits, sampling and init.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache folder [default: $FUSION_CACHE or ~/.cache/fusion/features].")
@@ -111,7 +111,7 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, desc
                    --exclude data/demo --rerank-weight W --describe-weight D --describe-prior P \\
                    --out retrieval/model/checkpoints/default.safetensors
 
-    where W, D and P are the weights the open-world folds chose (README, Quality).
+    where W, D and P are the weights the open-world folds chose (docs/quality.md).
     """
     from retrieval.training.loop import TrainConfig
     from retrieval.training.trainer import train_checkpoint

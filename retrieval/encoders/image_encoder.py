@@ -62,7 +62,7 @@ class ImageFeatures:
 # Lite0 learned ImageNet from random-resized crops, which show objects larger than a whole photo
 # squeezed to 224 px does, so it sees a whole photo better a little larger (the train-test
 # resolution discrepancy, Touvron et al., "Fixing the train-test resolution discrepancy", 2019).
-# Fed 256 px, the open-world folds gain on both splits (README, Quality) at ~1.3x the forward
+# Fed 256 px, the open-world folds gain on both splits (docs/quality.md) at ~1.3x the forward
 # cost; 288 px measured a draw with 256 and indexes below 55 photos/s here.
 RUN_SIZES = {"efficientnet-lite0": 256}
 SIZE_RANGE = (96, 640)  # input sides load_image_encoder accepts (multiples of 32)

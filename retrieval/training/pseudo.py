@@ -1,7 +1,7 @@
 """Semi-supervised pairs: uncaptioned photos (a user's distractor folder) captioned by the
 caption memory. A first shared space recalls each photo's nearest memory captions; the best
 few become its pseudo-captions, and the space is trained again on the real pairs plus these.
-Measured on the open-world folds (benchmarks/open_world.py; README, Quality): with 754
+Measured on the open-world folds (benchmarks/open_world.py; docs/quality.md): with 754
 uncaptioned photos, projected 5K t2i R@10 +2.9 points, R@1 +1.0."""
 
 from __future__ import annotations
