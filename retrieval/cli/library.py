@@ -246,8 +246,15 @@ def similar(image, k, under, after, before, as_json, db):
 @db_option
 @fusion_errors
 def describe(image, k, as_json, db):
-    """The captions nearest to IMAGE, from the caption corpora in the library
-    (index one first, e.g. fusion index ../shared/data/coco-captions-val2017.jsonl)."""
+    """The captions that fit IMAGE best: from the caption corpora indexed in the
+    library (fusion index FILE.jsonl, one {"caption": "..."} a line), else from the
+    23,013 MS-COCO captions shipped with the model (a note says so).
+
+    Each line: rank, score, caption. The score is the photo's cosine to the caption in
+    the shared space, less the caption's prior (how well it fits photos in general, so
+    captions that fit any photo sink): it orders one photo's captions and is not a
+    probability. A caption met twice is shown once.
+    """
     from retrieval.query.search import open_searcher
 
     print_hits(open_searcher(db).describe(image, k), as_json)

@@ -38,10 +38,11 @@ class Hit:
 @dataclass
 class CaptionHit:
     rank: int
-    id: int
+    id: int | None  # the caption's id in the library; None for one from the caption memory
     text: str
-    score: float
-    image_path: str | None = None
+    score: float  # what the order is by: ITC, rescored as the model's describe settings say
+    image_path: str | None = None  # the photo a library caption was written for, if any
+    source: str = "library"  # or "memory": the captions shipped with the model
 
 
 @dataclass

@@ -14,10 +14,10 @@ from retrieval.errors import LibraryError
 from retrieval.store.library import Library, index_running
 from retrieval.model.query_side import likely_count, shares, softmax
 from retrieval.model.runtime import Runtime
-from retrieval.query.rerank import caption_scores, match_logits
-from retrieval.query.results import CaptionHit, Filters, Hit, QueryError, Results
+from retrieval.query.rerank import match_logits
+from retrieval.query.results import Filters, Hit, QueryError, Results
 from retrieval.query.shots import one_per_shot
-from retrieval.store.meta import Caption, Photo
+from retrieval.store.meta import Photo
 
 if TYPE_CHECKING:
     from retrieval.query.combine import Combined
@@ -142,26 +142,12 @@ class Searcher:
         return [paths.get(int(i)) for i in ids]
 
     def describe(self, image: str | os.PathLike, k: int = 5, candidates: int = 32, rerank: bool = True) -> Results:
-        """The captions from the indexed caption corpora that fit a photo best: ITC's top
-        `candidates`, rescored by the reranker with each caption in the query's seat."""
+        """The captions that fit a photo best, from the indexed caption corpora or, with none
+        indexed, the model's caption memory (retrieval/query/describe.py)."""
+        from retrieval.query.describe import describe
+
         self._check_k(k, candidates)
-        if len(self.lib.captions) == 0:
-            raise LibraryError(f"{self.lib.root}: no captions indexed; index a captions file first, "
-                               "e.g. fusion index ../shared/data/coco-captions-val2017.jsonl")
-        pv = self._photo_vectors(image)
-        scores, ids = self.lib.captions.search(pv.itc, max(k, candidates))
-        pairs = [(float(sc), int(i)) for sc, i in zip(scores[0], ids[0]) if i >= 0]
-        with self.lib.session() as s:
-            rows = {c.id: c for c in s.scalars(select(Caption).where(Caption.id.in_([i for _, i in pairs])))}
-        pairs = [(sc, i) for sc, i in pairs if i in rows]  # an index run removed the rest since
-        cfg = self.runtime.config
-        if rerank and (cfg.describe_weight or cfg.describe_prior) and pairs:
-            scores = caption_scores(self.runtime, pv.evidence, [rows[i].text for _, i in pairs],
-                                    np.array([sc for sc, _ in pairs], np.float32))
-            pairs = [(float(sc), i) for sc, (_, i) in zip(scores, pairs)]
-        pairs = sorted(pairs, key=lambda t: (-t[0], t[1]))[:k]
-        return Results([CaptionHit(n, i, rows[i].text, sc, rows[i].image_path)
-                        for n, (sc, i) in enumerate(pairs, start=1)])
+        return describe(self, self._photo_vectors(image), k, candidates, rerank)
 
     def _photo(self, photo_id: int) -> tuple[str, int, int]:
         """(path, size, mtime_ns) recorded for a library photo; LibraryError if there is none."""

@@ -1,0 +1,74 @@
+"""`fusion describe`: the captions that fit a photo best. From the caption corpora indexed in
+the library; with none indexed, from the caption memory shipped with the model (23,013 human
+MS-COCO captions), so a photo can be described out of the box. Either way the photo's plain
+ITC vector picks the first-stage candidates and the model's describe settings rescore them
+(the shipped model: ITC minus 0.5 x each caption's prior, see retrieval/model/prior.py)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy import select
+
+from retrieval.errors import LibraryError
+from retrieval.model.embedder import PhotoVectors
+from retrieval.query.rerank import caption_scores
+from retrieval.query.results import CaptionHit, Results
+from retrieval.store.meta import Caption
+
+if TYPE_CHECKING:
+    from retrieval.query.search import Searcher
+
+MEMORY_NOTE = ("no caption corpus is indexed in this library: these captions come from the {n:,} MS-COCO "
+               "captions shipped with the model; index your own with fusion index FILE.jsonl")
+
+
+def describe(searcher: "Searcher", pv: PhotoVectors, k: int, candidates: int, rerank: bool) -> Results:
+    """The top `k` of `candidates` captions for one photo's vectors `pv`, best first (ties by id)."""
+    if len(searcher.lib.captions):
+        return _from_library(searcher, pv, k, candidates, rerank)
+    memory = searcher.runtime.memory
+    if memory is None:  # a checkpoint trained without the caption memory
+        raise LibraryError(f"{searcher.lib.root}: no captions indexed and this model has no caption memory; "
+                           "index a captions file first: fusion index FILE.jsonl (one {\"caption\": ...} a line)")
+    sims = searcher.runtime.embedder.corpus_itc @ pv.itc[0]
+    top = np.argsort(-sims, kind="stable")[:max(k, candidates)]
+    scores = _rescore(searcher, pv, [memory.texts[i] for i in top], sims[top], rerank)
+    order = _distinct(sorted(range(len(top)), key=lambda n: (-scores[n], int(top[n]))), lambda n: memory.texts[top[n]])
+    return Results([CaptionHit(r, None, memory.texts[top[n]], float(scores[n]), source="memory")
+                    for r, n in enumerate(order[:k], start=1)], notes=[MEMORY_NOTE.format(n=len(memory.texts))])
+
+
+def _from_library(searcher: "Searcher", pv: PhotoVectors, k: int, candidates: int, rerank: bool) -> Results:
+    scores, ids = searcher.lib.captions.search(pv.itc, max(k, candidates))
+    pairs = [(float(sc), int(i)) for sc, i in zip(scores[0], ids[0]) if i >= 0]
+    with searcher.lib.session() as s:
+        rows = {c.id: c for c in s.scalars(select(Caption).where(Caption.id.in_([i for _, i in pairs])))}
+    pairs = [(sc, i) for sc, i in pairs if i in rows]  # an index run removed the rest since
+    if pairs:
+        rescored = _rescore(searcher, pv, [rows[i].text for _, i in pairs], np.array([sc for sc, _ in pairs]), rerank)
+        pairs = [(float(sc), i) for sc, (_, i) in zip(rescored, pairs)]
+    pairs = _distinct(sorted(pairs, key=lambda t: (-t[0], t[1])), lambda t: rows[t[1]].text)[:k]
+    return Results([CaptionHit(n, i, rows[i].text, sc, rows[i].image_path)
+                    for n, (sc, i) in enumerate(pairs, start=1)])
+
+
+def _distinct(ranked: list, text) -> list:
+    """`ranked` without the lower copies of a caption met before (corpora hold some twice;
+    case, spaces and a final full stop aside)."""
+    seen, out = set(), []
+    for item in ranked:
+        key = " ".join(text(item).lower().split()).rstrip(".")
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
+def _rescore(searcher: "Searcher", pv: PhotoVectors, texts: list[str], itc: np.ndarray, rerank: bool) -> np.ndarray:
+    cfg = searcher.runtime.config
+    itc = np.asarray(itc, np.float32)
+    if rerank and (cfg.describe_weight or cfg.describe_prior):
+        return caption_scores(searcher.runtime, pv.evidence, texts, itc)
+    return itc

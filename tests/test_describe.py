@@ -1,0 +1,81 @@
+"""`fusion describe`: from the caption corpora indexed in the library, else from the caption
+memory shipped with the model; the lower copies of a caption met twice are not shown. Real
+photos, the real model, real libraries."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from indexer.run import index_paths
+from retrieval.cli import main
+from retrieval.query.rerank import caption_scores
+from retrieval.query.search import open_searcher
+
+ZEBRA = "000000113354.jpg"
+
+
+def key(text: str) -> str:
+    return " ".join(text.lower().split()).rstrip(".")
+
+
+@pytest.fixture(scope="module")
+def photos_only(tmp_path_factory, demo_photos):
+    """A library of 7 demo photos, the zebras among them, and no captions."""
+    root = tmp_path_factory.mktemp("describe")
+    (root / "p").mkdir()
+    for p in demo_photos[:6] + [p for p in demo_photos if p.name == ZEBRA]:
+        shutil.copy(p, root / "p" / p.name)
+    index_paths([root / "p"], root / "lib")
+    return root
+
+
+def test_without_a_corpus_describe_ranks_the_shipped_memory(photos_only):
+    s = open_searcher(photos_only / "lib")
+    assert len(s.lib.captions) == 0
+    zebra = photos_only / "p" / ZEBRA
+    r = s.describe(zebra, k=5)
+    assert len(r.notes) == 1 and "no caption corpus is indexed" in r.notes[0]
+    assert [h.source for h in r.hits] == ["memory"] * 5 and all(h.id is None for h in r.hits)
+    texts = [h.text for h in r.hits]
+    assert all("zebra" in t.lower() for t in texts[:3]), texts
+    assert len({key(t) for t in texts}) == 5
+    # the scores are the model's describe scores of these very captions, best first
+    rt, pv = s.runtime, s._photo_vectors(zebra)
+    q_itc, _ = rt.embedder.texts(rt.text_encoder.encode(texts, normalize=False).pooled)
+    want = caption_scores(rt, pv.evidence, texts, (q_itc @ pv.itc.T)[:, 0])
+    np.testing.assert_allclose([h.score for h in r.hits], want, atol=2e-3)
+    assert [h.score for h in r.hits] == sorted((h.score for h in r.hits), reverse=True)
+    # an unrelated photo gets other captions
+    other = [h.text for h in s.describe(photos_only / "p" / sorted(p.name for p in (photos_only / "p").iterdir()
+                                                                     if p.name != ZEBRA)[0], k=5).hits]
+    assert not set(other) & set(texts)
+
+
+def test_the_cli_says_where_the_captions_come_from(photos_only):
+    args = ["describe", str(photos_only / "p" / ZEBRA), "--db", str(photos_only / "lib"), "-k", "3"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert len(r.stdout.splitlines()) == 3 and "zebra" in r.stdout.lower()
+    assert "note: no caption corpus is indexed" in r.stderr and "fusion index FILE.jsonl" in r.stderr
+    out = json.loads(CliRunner().invoke(main, args + ["--json"]).stdout)
+    assert [(h["rank"], h["source"], h["id"]) for h in out] == [(1, "memory", None), (2, "memory", None),
+                                                                 (3, "memory", None)]
+
+
+def test_an_indexed_corpus_is_used_and_a_caption_met_twice_is_shown_once(photos_only, tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    lines = ["Two zebras grazing in a field.", "two zebras  grazing in a field", "Two Zebras grazing in a field",
+             "A plate of pasta on a table.", "A red bus on a city street.", "A zebra standing alone by a tree."]
+    corpus.write_text("".join(json.dumps({"caption": t}) + "\n" for t in lines))
+    db = tmp_path / "lib"
+    shutil.copytree(photos_only / "lib", db)
+    index_paths([corpus], db)
+    r = open_searcher(db).describe(photos_only / "p" / ZEBRA, k=4)
+    texts = [h.text for h in r.hits]
+    assert r.notes == [] and [h.source for h in r.hits] == ["library"] * 4 and all(h.id for h in r.hits)
+    assert [key(t) for t in texts].count("two zebras grazing in a field") == 1
+    assert {key(t) for t in texts} == {key(t) for t in lines}  # the 4 distinct captions, no copy
+    assert "zebra" in texts[0].lower() and "zebra" in texts[1].lower()
