@@ -98,6 +98,7 @@ def test_search_open_and_more_like_this(server, browser):
     wait_for(lambda: "open" in b.find_element(By.ID, "viewer").get_attribute("class"))
     captions = wait_for(lambda: b.find_elements(By.CSS_SELECTOR, "#captions li"))
     assert "zebra" in captions[0].text.lower()
+    assert not b.find_element(By.ID, "captionsource").is_displayed()  # the library's own captions
     b.find_element(By.ID, "more").click()
     wait_for(lambda: f"similar={zebra_id}" in b.current_url)
     similar = wait_for(lambda: [t for t in tiles(b) if t.get_attribute("data-id") != ""] if
@@ -153,3 +154,20 @@ def test_refine_a_photo_with_words_and_the_duplicates_view(server, browser):
     wait_for(lambda: "like your photo, for “on a road”" in b.find_element(By.ID, "status").text)
     b.get(base + "/?view=duplicates")
     wait_for(lambda: "near-duplicate" in b.find_element(By.ID, "status").text.lower())
+
+
+def test_without_a_caption_corpus_the_viewer_shows_the_shipped_captions_and_says_so(tmp_path, demo_dir, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    index_paths([demo_dir / "images"], tmp_path / "lib", runtime=Runtime())  # photos, no captions
+    with running_server(tmp_path / "lib") as base:
+        b = browser
+        b.get(base + "/?q=two+zebras+grazing")
+        zebra = wait_for(lambda: [t for t in tiles(b) if t.get_attribute("data-path").endswith(ZEBRA)])[0]
+        zebra.send_keys(Keys.ENTER)
+        captions = wait_for(lambda: b.find_elements(By.CSS_SELECTOR, "#captions li"))
+        assert "zebra" in captions[0].text.lower()
+        note = wait_for(lambda: b.find_element(By.ID, "captionsource").is_displayed()
+                        and b.find_element(By.ID, "captionsource"))
+        assert "shipped with the model" in note.text and "fusion index" in note.text
