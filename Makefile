@@ -11,7 +11,7 @@ RESNET_PINS := torch==2.14.1 torchvision==0.29.1
 # download doubled that and filled a CI machine's disk (Errno 28 in test-resnet).
 PIP := pip install -q --no-cache-dir
 
-.PHONY: install browser demo test test-fast test-resnet bench clean
+.PHONY: install browser demo test test-slow test-resnet bench clean
 
 install: $(VENV)/.installed
 
@@ -41,11 +41,13 @@ $(VENV)/.ray-installed: $(VENV)/.installed
 	$(BIN)/$(PIP) -e '.[ray]'
 	touch $@
 
+# The default run (about 6 minutes on 2 cores); the slow ones (fuzzing at length, ten kills,
+# 10,000 requests: about 9 minutes more) run in CI after it.
 test: install browser $(VENV)/.ray-installed
-	$(BIN)/pytest -q -m 'not resnet'
-
-test-fast: install browser $(VENV)/.ray-installed
 	$(BIN)/pytest -q -m 'not resnet and not slow'
+
+test-slow: install browser $(VENV)/.ray-installed
+	$(BIN)/pytest -q -m 'slow and not resnet'
 
 # The optional torchvision path, in a second environment (CI runs this too).
 test-resnet:
