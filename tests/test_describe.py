@@ -79,3 +79,17 @@ def test_an_indexed_corpus_is_used_and_a_caption_met_twice_is_shown_once(photos_
     assert [key(t) for t in texts].count("two zebras grazing in a field") == 1
     assert {key(t) for t in texts} == {key(t) for t in lines}  # the 4 distinct captions, no copy
     assert "zebra" in texts[0].lower() and "zebra" in texts[1].lower()
+
+
+def test_agreement_measures_of_benchmarks_describe_memory():
+    from retrieval.evaluation.describe import agreed_words, closeness, uses_agreed_word
+
+    own = ["Two zebras grazing on grass.", "A zebra eats grass in a field.", "Zebras in the wild.",
+           "Animals standing by a tree."]
+    assert agreed_words(own) == {"zebra", "grass"}  # plural folded; "field", "tree" are used once
+    assert agreed_words(own, agree=3) == {"zebra"}
+    assert uses_agreed_word("A lone zebra by the road", own)
+    assert not uses_agreed_word("A field with a tree", own)  # words only one caption uses
+    shown = np.array([[1, 0, 0], [0, 0.6, 0.8]], np.float32)
+    mine = np.array([[0, 1, 0], [0.6, 0.8, 0]], np.float32)
+    np.testing.assert_allclose(closeness(shown, mine), [0.6, 0.6])
