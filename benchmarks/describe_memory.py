@@ -94,7 +94,8 @@ def main() -> None:
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# fusion describe from the shipped caption memory", "",
              f"{len(own)} photos of {args.data}, indexed without their captions (none of them is in the "
-             f"memory, and the model never trained on the photos), each described from the "
+             f"memory; the shipped model never trained on the demo photos, and did on coco-extra's), each "
+             f"described from the "
              f"{len(memory.texts):,} memory captions. \"Agrees\": the caption uses a content word (plural "
              "folded) that at least 2 of the photo's own captions use. Closeness: the caption's best MiniLM "
              "sentence cosine to the photo's own captions. A random caption's figures are exact expectations "
