@@ -79,6 +79,12 @@ def test_an_indexed_corpus_is_used_and_a_caption_met_twice_is_shown_once(photos_
     assert [key(t) for t in texts].count("two zebras grazing in a field") == 1
     assert {key(t) for t in texts} == {key(t) for t in lines}  # the 4 distinct captions, no copy
     assert "zebra" in texts[0].lower() and "zebra" in texts[1].lower()
+    # as many lines as asked for when copies are dropped, also with k as large as the candidates
+    more = tmp_path / "more.jsonl"
+    more.write_text("".join(json.dumps({"caption": f"A zebra and {n} birds on the grass."}) + "\n" for n in range(40)))
+    index_paths([more], db)
+    r = open_searcher(db).describe(photos_only / "p" / ZEBRA, k=32)
+    assert len(r.hits) == 32 and len({key(h.text) for h in r.hits}) == 32
 
 
 def test_agreement_measures_of_benchmarks_describe_memory():

@@ -20,6 +20,7 @@ from retrieval.store.meta import Caption
 if TYPE_CHECKING:
     from retrieval.query.search import Searcher
 
+COPY_ROOM = 8  # candidates beyond k, so that dropping copies of a caption still leaves k
 MEMORY_NOTE = ("no caption corpus is indexed in this library: these captions come from the {n:,} MS-COCO "
                "captions shipped with the model; index your own with fusion index FILE.jsonl")
 
@@ -33,7 +34,7 @@ def describe(searcher: "Searcher", pv: PhotoVectors, k: int, candidates: int, re
         raise LibraryError(f"{searcher.lib.root}: no captions indexed and this model has no caption memory; "
                            "index a captions file first: fusion index FILE.jsonl (one {\"caption\": ...} a line)")
     sims = searcher.runtime.embedder.corpus_itc @ pv.itc[0]
-    top = np.argsort(-sims, kind="stable")[:max(k, candidates)]
+    top = np.argsort(-sims, kind="stable")[:max(k + COPY_ROOM, candidates)]
     scores = _rescore(searcher, pv, [memory.texts[i] for i in top], sims[top], rerank)
     order = _distinct(sorted(range(len(top)), key=lambda n: (-scores[n], int(top[n]))), lambda n: memory.texts[top[n]])
     return Results([CaptionHit(r, None, memory.texts[top[n]], float(scores[n]), source="memory")
@@ -41,7 +42,7 @@ def describe(searcher: "Searcher", pv: PhotoVectors, k: int, candidates: int, re
 
 
 def _from_library(searcher: "Searcher", pv: PhotoVectors, k: int, candidates: int, rerank: bool) -> Results:
-    scores, ids = searcher.lib.captions.search(pv.itc, max(k, candidates))
+    scores, ids = searcher.lib.captions.search(pv.itc, max(k + COPY_ROOM, candidates))
     pairs = [(float(sc), int(i)) for sc, i in zip(scores[0], ids[0]) if i >= 0]
     with searcher.lib.session() as s:
         rows = {c.id: c for c in s.scalars(select(Caption).where(Caption.id.in_([i for _, i in pairs])))}
