@@ -35,14 +35,6 @@ OFF = 100.0  # a photo cap no z-score reaches
 GRID = [(w, c) for c in (OFF, 1.0, 1.5, 2.0, 2.5) for w in (0.0, 0.125, 0.25, 0.5)]
 
 
-def captions_by_path(data: Path) -> dict[str, list[str]]:
-    ds = load_dataset(data)
-    out: dict[str, list[str]] = {}
-    for c in ds.captions:
-        out.setdefault(str(ds.image_path(c.image).resolve()), []).append(c.text)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "demo", help="captioned dataset folder")
@@ -57,7 +49,7 @@ def main() -> None:
     ap.add_argument("--name", default="combined", help="results file name (without .md/.json)")
     args = ap.parse_args()
     combine.WORD_MATCH, combine.PHOTO_CLIP = args.word_match, args.photo_clip
-    caps = captions_by_path(args.data)
+    caps = load_dataset(args.data).texts_by_path()
     kept = set(sorted(caps)[::args.every])
     runtime = Runtime()
     report = {"data": str(args.data), "word_match": args.word_match, "photo_clip": args.photo_clip,

@@ -26,7 +26,6 @@ import numpy as np
 
 from indexer.run import index_paths
 from retrieval.evaluation.describe import agreed_words, closeness, uses_agreed_word
-from retrieval.model.query_side import l2n
 from retrieval.model.runtime import Runtime
 from retrieval.query.search import open_searcher
 from retrieval.query.words import stems
@@ -41,14 +40,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "demo", help="captioned dataset folder")
     ap.add_argument("--name", default="describe_memory", help="results file name (without .md/.json)")
     args = ap.parse_args()
-    ds = load_dataset(args.data)
-    own: dict[str, list[str]] = {}
-    for c in ds.captions:
-        own.setdefault(str(ds.image_path(c.image).resolve()), []).append(c.text)
+    own = load_dataset(args.data).texts_by_path()
     runtime = Runtime()
     memory = runtime.memory
     mem_stems = [stems(t) for t in memory.texts]
-    enc = lambda texts: l2n(runtime.text_encoder.encode(texts, normalize=False).pooled)  # noqa: E731
+    enc = lambda texts: runtime.text_encoder.encode(texts).pooled  # noqa: E731 (L2-normalised)
     rows = {m: {"first_agrees": [], "any3_agrees": [], "closeness": []} for m in
             ("describe (shipped: ITC minus the caption prior)", "ITC alone", "a random memory caption",
              "the memory caption closest to the photo's own (ceiling)")}

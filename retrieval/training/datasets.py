@@ -32,6 +32,14 @@ class Dataset:
     def image_path(self, index: int) -> Path:
         return self.root / self.images[index]
 
+    def texts_by_path(self) -> dict[str, list[str]]:
+        """Each captioned image's resolved path with its captions' texts, in file order."""
+        out: dict[str, list[str]] = {}
+        for c in self.captions:
+            if c.image is not None:
+                out.setdefault(str(self.image_path(c.image).resolve()), []).append(c.text)
+        return out
+
     def captions_of(self) -> list[list[int]]:
         """For each image, the indices of its captions."""
         out: list[list[int]] = [[] for _ in self.images]
