@@ -35,7 +35,7 @@ def describe(searcher: "Searcher", pv: PhotoVectors, k: int, candidates: int, re
                            "index a captions file first: fusion index FILE.jsonl (one {\"caption\": ...} a line)")
     sims = searcher.runtime.embedder.corpus_itc @ pv.itc[0]
     top = np.argsort(-sims, kind="stable")[:max(k + COPY_ROOM, candidates)]
-    scores = _rescore(searcher, pv, [memory.texts[i] for i in top], sims[top], rerank)
+    scores = _rescore(searcher, pv, [memory.texts[i] for i in top], sims[top], rerank, memory.vectors[top])
     order = _distinct(sorted(range(len(top)), key=lambda n: (-scores[n], int(top[n]))), lambda n: memory.texts[top[n]])
     return Results([CaptionHit(r, None, memory.texts[top[n]], float(scores[n]), source="memory")
                     for r, n in enumerate(order[:k], start=1)], notes=[MEMORY_NOTE.format(n=len(memory.texts))])
@@ -67,9 +67,10 @@ def _distinct(ranked: list, text) -> list:
     return out
 
 
-def _rescore(searcher: "Searcher", pv: PhotoVectors, texts: list[str], itc: np.ndarray, rerank: bool) -> np.ndarray:
+def _rescore(searcher: "Searcher", pv: PhotoVectors, texts: list[str], itc: np.ndarray, rerank: bool,
+             pooled: np.ndarray | None = None) -> np.ndarray:
     cfg = searcher.runtime.config
     itc = np.asarray(itc, np.float32)
     if rerank and (cfg.describe_weight or cfg.describe_prior):
-        return caption_scores(searcher.runtime, pv.evidence, texts, itc)
+        return caption_scores(searcher.runtime, pv.evidence, texts, itc, pooled)
     return itc

@@ -39,12 +39,16 @@ def match_logits(runtime, lib, ids, itc, query_pooled: np.ndarray,
     return runtime.query.logits(feats)[0]
 
 
-def caption_scores(runtime, photo: PhotoEvidence, texts: list[str], itc: np.ndarray) -> np.ndarray:
+def caption_scores(runtime, photo: PhotoEvidence, texts: list[str], itc: np.ndarray,
+                   pooled: np.ndarray | None = None) -> np.ndarray:
     """describe's second stage for one photo (its evidence) and its candidate captions `texts`
     (`itc`: their first-stage cosines): itc + describe_weight * the reranker's match logit,
-    each caption in the query's seat, - describe_prior * the caption's prior."""
+    each caption in the query's seat, - describe_prior * the caption's prior. `pooled`: the
+    captions' MiniLM vectors where they are at hand (the caption memory's), else encoded."""
     cfg, emb = runtime.config, runtime.embedder
-    q_itc, q_sent = emb.texts(runtime.text_encoder.encode(texts, normalize=False).pooled)
+    if pooled is None:
+        pooled = runtime.text_encoder.encode(texts, normalize=False).pooled
+    q_itc, q_sent = emb.texts(pooled)
     out = np.asarray(itc, np.float32).copy()
     if cfg.describe_weight:
         pairs = photo.take(np.zeros((len(texts), 1), np.int64))
