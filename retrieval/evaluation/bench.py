@@ -16,7 +16,6 @@ from retrieval.training.features import dataset_features
 from retrieval.encoders.image_encoder import load_image_encoder
 from retrieval.encoders.text_encoder import load_text_encoder
 from retrieval.training.fusion_heads import rerank_recall
-from retrieval.training.loop import itc_scores
 
 
 def recall_report(data: Path, checkpoint: Path | None = None, candidates: int = 32,
@@ -24,9 +23,8 @@ def recall_report(data: Path, checkpoint: Path | None = None, candidates: int = 
                   cache_dir: Path | None = None) -> dict:
     """Embed every photo and caption of `data` and rank: each caption against all photos
     (t2i), each photo against all captions (i2t, any of its captions is a hit)."""
-    from retrieval.evaluation.openworld import NOT_METHODS, fold_scores, recall_at
+    from retrieval.evaluation.closed import closed_gallery_recall
     from retrieval.model.memory import load_memory
-    from retrieval.training.rerank import Photos
 
     ck = load_checkpoint(checkpoint, image_encoder=image_encoder)
     ds = load_dataset(data)
@@ -39,22 +37,12 @@ def recall_report(data: Path, checkpoint: Path | None = None, candidates: int = 
     memory = load_memory(te) if ck.config.memory_digest else None
     bank = None if ck.bank is None else ck.bank.numpy()
     model = SimpleNamespace(config=ck.config, result=SimpleNamespace(space=ck.space), reranker=ck.reranker, bank=bank)
-    scores = fold_scores(model, memory, f, Photos.of(f).take(slice(0, 0)), candidates,
-                          own_label=f"reranked (shipped, weight {ck.config.rerank_weight:g})")
     report = {
         "images": int(len(f.pooled)), "captions": int(len(f.text)), "candidates": candidates,
         "checkpoint": {"path": str(ck.path), "hash": ck.content_hash, "rerank": ck.config.rerank,
                        "rerank_weight": ck.config.rerank_weight},
+        **closed_gallery_recall(model, memory, f, candidates),
     }
-    report["t2i"] = {name: recall_at(r["small"]) for name, r in scores.items() if name not in NOT_METHODS}
-    report["i2t"] = {"itc (the caption corpus is the dataset's own captions)": itc_scores(ck.space, f)["i2t"]}
-    w, lam = ck.config.describe_weight, ck.config.describe_prior
-    reranked = scores.get("i2t_small_reranked", {})
-    ranked = f"reranked at weight {w:g}" if w else "itc"  # weight 0: the reranker takes no part
-    for key, name in ((f"{w:g}", f"reranked at weight {w:g}"),
-                      (f"{w:g}, prior {lam:g}", f"{ranked} minus caption prior {lam:g} (fusion describe)")):
-        if key in reranked:
-            report["i2t"][name] = reranked[key]
     for variant, head in ck.heads.items():
         alpha = ck.alphas[variant]
         r = rerank_recall(head, alpha, f, ck.space, candidates)
