@@ -20,8 +20,10 @@ from pathlib import Path
 from retrieval.encoders.image_encoder import CONFIGS
 from retrieval.evaluation.openworld import open_world_report
 from retrieval.model.query_side import LIKELY
-from retrieval.training.loop import TrainConfig
 from retrieval.training.trainer import image_size
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipe import add_recipe_options, changed, recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -149,54 +151,23 @@ def main() -> None:
     ap.add_argument("--train-only", type=Path, action="append", default=[], help="dataset only trained on")
     ap.add_argument("--distractors", type=Path, required=True, help="folder of uncaptioned photos")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--image-encoder", default="efficientnet-lite0")
-    ap.add_argument("--image-size", type=int, default=0,
-                    help="input side fed to the image encoder (0: as fusion train does, 256 for Lite0)")
-    ap.add_argument("--memory-beta", type=float, default=TrainConfig.memory_beta,
-                    help="weight of recalled captions in search vectors (0: memory only as rerank evidence)")
-    ap.add_argument("--no-bridge-cells", action="store_true", help="bridge from pooled logits only")
-    ap.add_argument("--no-mid-features", action="store_true",
-                    help="image_fc reads the pooled features only, not also the mid-level ones")
-    ap.add_argument("--reranker-hidden", type=int, default=0, help="hidden width of the reranker (0: linear)")
-    ap.add_argument("--soup", type=int, default=TrainConfig.soup, help="ITC runs averaged into one (1: one run)")
-    ap.add_argument("--pseudo-captions", type=int, default=TrainConfig.pseudo_captions,
-                    help="memory captions per training-half distractor as pseudo-captions (0: off)")
-    ap.add_argument("--pseudo-prior", type=float, default=TrainConfig.pseudo_prior,
-                    help="weight of the caption prior when those photos recall their pseudo-captions (0: plain ITC)")
-    ap.add_argument("--describe-weight", type=float, default=0.03,
-                    help="the reranker's weight in photo -> caption, as shipped (the caption prior is measured with it and without)")
-    ap.add_argument("--rerank-weight", type=float, default=0.25,
-                    help="the reranker's weight in search, as shipped (the weight each fold tunes is also measured)")
-    ap.add_argument("--neighbour-weight", type=float, default=TrainConfig.neighbour_weight,
-                    help="weight of captions borrowed from look-alike training photos in search vectors (0: off)")
-    ap.add_argument("--neighbour-dims", type=int, default=TrainConfig.neighbour_dims,
-                    help="principal directions of the image features kept to find look-alikes (0: all)")
+    add_recipe_options(ap)
     ap.add_argument("--name", default="recall", help="results file stem")
     args = ap.parse_args()
     start = time.perf_counter()
-    tc = TrainConfig(seed=args.seed, variants=(), memory_beta=args.memory_beta,
-                     bridge_cells=not args.no_bridge_cells, mid_features=not args.no_mid_features,
-                     reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions,
-                     pseudo_prior=args.pseudo_prior, describe_weight=args.describe_weight,
-                     rerank_weight=args.rerank_weight, image_size=args.image_size,
-                     neighbour_weight=args.neighbour_weight, neighbour_dims=args.neighbour_dims)
+    tc = recipe(args)
     report = open_world_report(args.data, args.distractors, args.train_only, args.folds, args.seed,
                                args.image_encoder, tc=tc, log=lambda e: print(e, file=sys.stderr, flush=True))
     report.update(image_encoder=args.image_encoder, image_size=image_size(args.image_encoder, tc),
-                  memory_beta=args.memory_beta,
-                  bridge_cells=not args.no_bridge_cells, mid_features=not args.no_mid_features,
-                  reranker_hidden=args.reranker_hidden, soup=args.soup, pseudo_captions=args.pseudo_captions,
-                  pseudo_prior=args.pseudo_prior, rerank_weight=args.rerank_weight,
-                  neighbour_weight=args.neighbour_weight, neighbour_dims=args.neighbour_dims)
+                  memory_beta=tc.memory_beta, bridge_cells=tc.bridge_cells, mid_features=tc.mid_features,
+                  reranker_hidden=tc.reranker_hidden, soup=tc.soup, pseudo_captions=tc.pseudo_captions,
+                  pseudo_prior=tc.pseudo_prior, rerank_weight=tc.rerank_weight,
+                  neighbour_weight=tc.neighbour_weight, neighbour_dims=tc.neighbour_dims, recipe=changed(tc))
     report["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = to_markdown(report, f"Open-world recall ({args.image_encoder} at {report['image_size']} px, memory weight {args.memory_beta:g}, "
-                             f"cell labels {'on' if not args.no_bridge_cells else 'off'}, "
-                             f"mid-level features {'off' if args.no_mid_features else 'on'}, soup {args.soup}, "
-                             f"pseudo-captions {args.pseudo_captions}, their caption prior {args.pseudo_prior:g}, "
-                             f"look-alike captions {args.neighbour_weight:g})")
+    md = to_markdown(report, f"Open-world recall ({args.image_encoder} at {report['image_size']} px, "
+                             f"recipe changes: {report['recipe'] or 'none'})")
     (RESULTS / f"{args.name}.md").write_text(md)
     main_md = RESULTS / "recall.md"  # the headline file carries the table of every road run so far
     if main_md.is_file():
