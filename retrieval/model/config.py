@@ -13,6 +13,10 @@ class ModelConfig:
     image_size: int = 0  # input side the tower is fed, in pixels (0: the size it was trained at, as
     # every checkpoint before sizes were recorded)
     mid_dim: int = 0  # size of the tower's mid-level features image_fc also reads (0: none)
+    image_bridge: bool = True  # a photo starts at its ImageNet-label bridge and image_fc adds a
+    # zero-initialised correction (False: image_fc alone, a full learned projection)
+    image_hidden: int = 0  # hidden width of image_fc's correction (0: one linear layer, as every
+    # checkpoint before; docs/quality.md measures widths on Flickr8k dev and the open-world folds)
     text_encoder: str = "all-MiniLM-L6-v2"  # text tower
     text_dim: int = 384  # its hidden size; also the shared space's size
     bridge_top: int = 20  # ImageNet classes mixed into a photo's bridge vector

@@ -30,9 +30,15 @@ class SharedSpace(nn.Module):
         self.config = config
         self.register_buffer("class_embeddings", class_embeddings.float())  # (1000, text_dim)
         norm = SplitNorm(config.image_dim, config.mid_dim) if config.mid_dim else nn.LayerNorm(config.image_dim)
-        self.image_fc = nn.Sequential(norm, nn.Linear(config.image_dim + config.mid_dim, config.text_dim))
+        width = config.image_dim + config.mid_dim
+        if config.image_hidden:
+            self.image_fc = nn.Sequential(norm, nn.Linear(width, config.image_hidden), nn.GELU(),
+                                          nn.Linear(config.image_hidden, config.text_dim))
+        else:
+            self.image_fc = nn.Sequential(norm, nn.Linear(width, config.text_dim))
         self.text_fc = nn.Linear(config.text_dim, config.text_dim)
-        for layer in (self.image_fc[1], self.text_fc):
+        # the corrections start at zero (a full projection, without the bridge, cannot)
+        for layer in ((self.image_fc[-1],) if config.image_bridge else ()) + (self.text_fc,):
             nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
         self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(20.0)))))
         self.neighbours = None  # look-alike training photos to borrow captions from (neighbours.py)
@@ -58,17 +64,29 @@ class SharedSpace(nn.Module):
             if mid is None:
                 raise ValueError("this model reads mid-level image features: pass mid")
             pooled = torch.cat([pooled, mid], dim=-1)
+        if not self.config.image_bridge:
+            return F.normalize(self.image_fc(pooled), dim=-1)
         return F.normalize(self.bridge(logits, cells) + self.image_fc(pooled), dim=-1)
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
         text = F.normalize(text, dim=-1)
         return F.normalize(text + self.text_fc(text), dim=-1)
 
-    def loss(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-        """Symmetric InfoNCE over a batch of matching (image, text) embedding pairs."""
-        logits = self.logit_scale.exp().clamp(max=100) * img @ txt.T
+    def loss(self, img: torch.Tensor, txt: torch.Tensor, hard_weight: float = 0.0,
+             margin: float = 0.2) -> torch.Tensor:
+        """Symmetric InfoNCE over a batch of matching (image, text) embedding pairs, plus
+        `hard_weight` x VSE++'s max-violation hinge (Faghri et al. 2018): each pair's hardest
+        negative in the batch, both ways, must stay `margin` below it."""
+        sim = img @ txt.T
+        logits = self.logit_scale.exp().clamp(max=100) * sim
         target = torch.arange(len(img), device=img.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        if hard_weight:
+            pos = sim.diag()
+            neg = sim.masked_fill(torch.eye(len(sim), dtype=torch.bool, device=sim.device), -2.0)
+            hinge = (margin + neg.max(1).values - pos).clamp(min=0) + (margin + neg.max(0).values - pos).clamp(min=0)
+            loss = loss + hard_weight * hinge.mean()
+        return loss
 
 
 class SplitNorm(nn.Module):

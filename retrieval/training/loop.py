@@ -31,6 +31,9 @@ class TrainConfig:
     variants: tuple = FUSION_VARIANTS  # fusion heads to train (benchmark baselines)
     bridge_cells: bool = True  # bridge from pooled and per-cell-max logits (False: pooled only)
     mid_features: bool = True  # image_fc also reads the pooled mid-level features
+    image_hidden: int = 0  # hidden width of image_fc's correction (0: linear)
+    image_bridge: bool = True  # photos start at their ImageNet-label bridge (False: a full projection)
+    hard_weight: float = 0.0  # weight of VSE++'s max-violation hinge beside InfoNCE (0: off)
     image_size: int = 0  # input side fed to the image encoder (0: its run_size, 256 px for Lite0)
     memory_beta: float = 0.5  # weight of recalled captions in a photo's search vector (0: ITC)
     rerank_folds: int = 5  # cross-fitting folds for the reranker's training candidates
@@ -82,11 +85,13 @@ def rsum(scores: dict) -> float:
 
 
 def train_itc(cfg: ModelConfig, class_emb: torch.Tensor, train: DatasetFeatures,
-              val: DatasetFeatures | None, tc: TrainConfig, epochs: int | None = None, log=None):
+              val: DatasetFeatures | None, tc: TrainConfig, epochs: int | None = None, log=None,
+              init_seed: int | None = None):
     """Symmetric InfoNCE with learnable temperature; keeps the epoch with the best validation
-    recall sum (or runs `epochs` epochs when there is no validation set)."""
+    recall sum (or runs `epochs` epochs when there is no validation set). `init_seed` seeds
+    the heads' initial weights (a soup's runs share it, so their average is meaningful)."""
     gen = torch.Generator().manual_seed(tc.seed)
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(tc.seed if init_seed is None else init_seed)
     space = SharedSpace(cfg, class_emb)
     opt = torch.optim.AdamW(space.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     caps = [np.flatnonzero(train.caption_image == i) for i in range(len(train.pooled))]
@@ -103,7 +108,7 @@ def train_itc(cfg: ModelConfig, class_emb: torch.Tensor, train: DatasetFeatures,
             if len(idx) < 2:
                 continue
             img = space.embed_image(pooled[idx], logits[idx], cells[idx], mid[idx])
-            loss = space.loss(img, space.embed_text(text[pick[idx]]))
+            loss = space.loss(img, space.embed_text(text[pick[idx]]), tc.hard_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -135,9 +140,16 @@ def train_itc_soup(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: Dat
     one model of the same size, and it beat single runs on the open-world folds (ITC R@1
     12.1 -> 13.2 with 5 runs)."""
     if tc.soup <= 1:
-        return train_itc(cfg, class_emb, train, val, tc, epochs, log)
-    runs = [train_itc(cfg, class_emb, train, val, replace(tc, seed=tc.seed * 100 + i), epochs,
-                      log if i == 0 else None) for i in range(tc.soup)]
+        run = train_itc(cfg, class_emb, train, val, tc, epochs, log)
+        if log:
+            log({"stage": "itc-run", "run": 1, "of": 1, "best_epoch": run[1]})
+        return run
+    runs = []
+    for i in range(tc.soup):
+        runs.append(train_itc(cfg, class_emb, train, val, replace(tc, seed=tc.seed * 100 + i), epochs,
+                              log if i == 0 else None, init_seed=tc.seed))
+        if log:
+            log({"stage": "itc-run", "run": i + 1, "of": tc.soup, "best_epoch": runs[-1][1]})
     space = runs[0][0]
     states = [r[0].state_dict() for r in runs]
     space.load_state_dict({k: sum(s[k] for s in states) / len(states) if v.is_floating_point() else v
@@ -195,7 +207,7 @@ def train_all(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: DatasetF
 
     itc_train, pseudo = itc_view(train), 0
     if unlabelled is not None and len(unlabelled) and memory is not None and tc.pseudo_captions:
-        first, _, _ = train_itc_soup(cfg, class_emb, itc_train, val, tc)
+        first, _, _ = train_itc_soup(cfg, class_emb, itc_train, val, tc, log=log)
         extra = pseudo_pairs(first, memory, unlabelled, tc.pseudo_captions, itc_train, tc.pseudo_prior, tc.seed)
         itc_train, pseudo = DatasetFeatures.concat([itc_train, extra]), len(extra.pooled)
     space, best_epoch, curve = train_itc_soup(cfg, class_emb, itc_train, val, tc, log=log)

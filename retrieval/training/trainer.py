@@ -122,6 +122,7 @@ def model_config(image_encoder: str, text_encoder, memory, tc: TrainConfig) -> M
     return ModelConfig(image_encoder=image_encoder, image_dim=CONFIGS[image_encoder].feature_dim,
                        image_size=image_size(image_encoder, tc),
                        mid_dim=CONFIGS[image_encoder].mid_dim if tc.mid_features else 0,
+                       image_hidden=tc.image_hidden, image_bridge=tc.image_bridge,
                        text_encoder=text_encoder.config.name, text_dim=text_encoder.config.dim,
                        bridge_cells=tc.bridge_cells, memory_beta=tc.memory_beta, memory_digest=memory.digest,
                        neighbour_weight=tc.neighbour_weight, neighbour_k=tc.neighbour_k, neighbour_tau=tc.neighbour_tau)
