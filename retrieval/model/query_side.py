@@ -26,7 +26,7 @@ def default_checkpoint_path() -> Path:
 
 
 def content_hash(tensors: dict) -> str:
-    """sha256 prefix over the sorted names and float16 bytes (torch tensors or numpy arrays)."""
+    """sha256 prefix over the sorted names and stored bytes (torch tensors or numpy arrays)."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         h.update(name.encode())
