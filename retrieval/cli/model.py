@@ -87,14 +87,19 @@ def encode(paths, batch_size, workers, top, as_json):
               help="Input side in pixels the image encoder is fed, a multiple of 32; the checkpoint "
                    "records it and indexing uses it. Default: 256 for efficientnet-lite0 (measured "
                    "better than the 224 it was trained at: docs/quality.md), else its training size.")
+@click.option("--baselines", is_flag=True,
+              help="Also train the four fusion-head baselines (additive, multiplicative, concat-mlp, "
+                   "cross-attention) that `fusion bench recall` compares; no search uses them, and on "
+                   "35k captions they take most of the training time.")
 @click.option("--seed", default=0, show_default=True, help="Seed for splits, sampling and init.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache folder [default: $FUSION_CACHE or ~/.cache/fusion/features].")
 @image_encoder_options
 @fusion_errors
 def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, describe_weight, describe_prior,
-          neighbour_weight, image_size, cache, image_encoder, image_weights):
-    """Train the shared space (ITC), the fusion-head baselines and the evidence reranker.
+          neighbour_weight, image_size, baselines, cache, image_encoder, image_weights):
+    """Train the shared space (ITC) and the evidence reranker (and, with --baselines, the
+    fusion-head baselines).
 
     Encoders stay frozen; their features are computed once and cached. ITC stops early on
     the validation photos; the space is a soup of 5 such runs (seeds), weights averaged. Each
@@ -113,26 +118,43 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, desc
 
     where W, D and P are the weights the open-world folds chose (docs/quality.md).
     """
+    from tqdm import tqdm
+
     from retrieval.training.loop import TrainConfig
     from retrieval.training.trainer import train_checkpoint
 
-    def log(entry):
-        if entry.get("stage") == "reranker":
-            click.echo(f"reranker: weight {entry['alpha']:g}, cross-fitted t2i {entry['crossfit_t2i']}, "
-                       f"no match below {entry['no_match_below']:.3f}", err=True)
-        elif entry.get("stage"):
-            click.echo(f"{entry['stage']} fold {entry['fold']}: {entry['photos']} photos ranked", err=True)
-        elif "alpha" in entry:
-            click.echo(f"{entry['variant']}: rerank weight {entry['alpha']:g}, val t2i {entry['val']['t2i']}",
-                       err=True)
-        elif "variant" not in entry:
-            click.echo(f"itc epoch {entry['epoch']}: loss {entry['loss']:.3f}, "
-                       f"val t2i {entry['val']['t2i']} i2t {entry['val']['i2t']}", err=True)
-
     tc = TrainConfig(seed=seed, rerank_weight=rerank_weight, describe_weight=describe_weight,
-                     describe_prior=describe_prior, image_size=image_size or 0, neighbour_weight=neighbour_weight)
+                     describe_prior=describe_prior, image_size=image_size or 0, neighbour_weight=neighbour_weight,
+                     **({} if baselines else {"variants": ()}))
+    # one step per ITC run (a soup, twice with pseudo-captions), fusion head and cross-fitting
+    # fold, and one for the reranker; features and the caption memory have bars of their own
+    steps = tc.soup * (2 if distractors and tc.pseudo_captions else 1) + len(tc.variants) + tc.rerank_folds + 1
+    bar = tqdm(total=steps, desc="training", unit="step", disable=None)
+
+    def say(line: str) -> None:
+        tqdm.write(line, file=sys.stderr)
+
+    def log(entry):
+        stage = entry.get("stage")
+        if stage == "reranker":
+            say(f"reranker: weight {entry['alpha']:g}, cross-fitted t2i {entry['crossfit_t2i']}, "
+                f"no match below {entry['no_match_below']:.3f}")
+        elif stage == "itc-run":
+            bar.set_postfix_str(f"ITC run {entry['run']}/{entry['of']}, best epoch {entry['best_epoch']}")
+        elif stage:
+            bar.set_postfix_str(f"{stage} fold {entry['fold']}: {entry['photos']} photos ranked")
+        elif "alpha" in entry:
+            say(f"{entry['variant']}: rerank weight {entry['alpha']:g}, val t2i {entry['val']['t2i']}")
+        elif "variant" not in entry:
+            bar.set_postfix_str(f"ITC epoch {entry['epoch']}, loss {entry['loss']:.3f}, val t2i R@1 "
+                                f"{entry['val']['t2i']['r1']:g}")
+            return
+        if stage in ("itc-run", "rerank-crossfit", "reranker") or "alpha" in entry:
+            bar.update()
+
     record = train_checkpoint(list(data), out, list(exclude), val_photos, seed, image_encoder,
                               image_weights, cache, log=log, tc=tc, distractors=distractors)
+    bar.close()
     click.echo(f"wrote {out} (hash {record['content_hash']}): {record['train_photos']} training photos, "
                f"ITC best epoch {record['itc_best_epoch']}, val t2i {record['val_itc']['t2i']}")
 
