@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from retrieval.training.datasets import load_dataset
-from retrieval.training.features import dataset_features
+from retrieval.training.features import DatasetFeatures, dataset_features
 from retrieval.model.heads import ModelConfig
 from retrieval.training.trainer import class_embeddings
 from retrieval.training.fusion_heads import crossfit_pairs, train_head
@@ -163,3 +163,19 @@ def test_training_with_uncaptioned_photos_adds_their_pseudo_pairs(feats, classes
     assert with_pseudo.history["pseudo_photos"] == 8 and without.history["pseudo_photos"] == 0
     assert not np.allclose(with_pseudo.space.image_fc[1].weight.detach().numpy(),
                            without.space.image_fc[1].weight.detach().numpy())
+
+
+def test_features_without_cells_and_tokens_keep_what_itc_reads_and_hold_nothing_big():
+    rng = np.random.default_rng(0)
+    n, m = 4, 8
+    f = DatasetFeatures(rng.normal(size=(n, 6)).astype(np.float32), rng.normal(size=(n, 1000)).astype(np.float32),
+                        rng.normal(size=(n, 9, 6)).astype(np.float16), rng.normal(size=(m, 5)).astype(np.float32),
+                        rng.normal(size=(m, 7, 5)).astype(np.float16), np.ones((m, 7), bool), np.repeat(np.arange(n), 2),
+                        rng.normal(size=(n, 1000)).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32))
+    slim = f.without_cells_and_tokens()
+    assert slim.grid.shape == (n, 0, 6) and slim.tokens.shape == (m, 0, 5) and slim.mask.shape == (m, 0)
+    assert not np.shares_memory(slim.grid, f.grid) and not np.shares_memory(slim.tokens, f.tokens)
+    for name in ("pooled", "logits", "text", "caption_image", "cells", "mid"):
+        assert np.array_equal(getattr(slim, name), getattr(f, name))
+    both = DatasetFeatures.concat([slim, slim.subset(np.array([1, 3]))])
+    assert len(both.pooled) == 6 and both.grid.shape == (6, 0, 6) and list(both.caption_image[-4:]) == [4, 4, 5, 5]

@@ -247,9 +247,10 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     tc = tc or TrainConfig(seed=seed, variants=())
     ie = load_image_encoder(image_encoder, image_size=image_size(image_encoder, tc))
     te = load_text_encoder()
-    evals = DatasetFeatures.concat([dataset_features(load_dataset(d), ie, te, cache_dir) for d in data])
+    slim = (lambda f: f) if tc.variants else DatasetFeatures.without_cells_and_tokens
+    evals = DatasetFeatures.concat([slim(dataset_features(load_dataset(d), ie, te, cache_dir)) for d in data])
     evals = evals.subset(np.arange(len(evals.pooled)))
-    extra = [dataset_features(load_dataset(d), ie, te, cache_dir) for d in train_only]
+    extra = [slim(dataset_features(load_dataset(d), ie, te, cache_dir)) for d in train_only]
     extra = [e.subset(np.arange(len(e.pooled))) for e in extra]
     others = folder_features(distractors, ie, cache_dir)
     memory = load_memory(te)

@@ -38,6 +38,15 @@ class DatasetFeatures:
                                self.text[keep], self.tokens[keep], self.mask[keep],
                                remap[self.caption_image[keep]], self.cells[images], self.mid[images])
 
+    def without_cells_and_tokens(self) -> "DatasetFeatures":
+        """The same photos and captions without grid cells and token states (only the fusion-head
+        baselines read them: 2.5 GB of Flickr8k's 2.6), in arrays of their own, not views that
+        would keep the big ones alive."""
+        n, m = len(self.pooled), len(self.text)
+        return DatasetFeatures(self.pooled, self.logits, np.zeros((n, 0) + self.grid.shape[2:], self.grid.dtype),
+                               self.text, np.zeros((m, 0) + self.tokens.shape[2:], self.tokens.dtype),
+                               np.zeros((m, 0), bool), self.caption_image, self.cells, self.mid)
+
     @staticmethod
     def concat(parts: list["DatasetFeatures"]) -> "DatasetFeatures":
         offsets = np.cumsum([0] + [len(p.pooled) for p in parts[:-1]])

@@ -123,6 +123,7 @@ def model_config(image_encoder: str, text_encoder, memory, tc: TrainConfig) -> M
                        image_size=image_size(image_encoder, tc),
                        mid_dim=CONFIGS[image_encoder].mid_dim if tc.mid_features else 0,
                        image_hidden=tc.image_hidden, image_bridge=tc.image_bridge,
+                       text_hidden=tc.text_hidden,
                        text_encoder=text_encoder.config.name, text_dim=text_encoder.config.dim,
                        bridge_cells=tc.bridge_cells, memory_beta=tc.memory_beta, memory_digest=memory.digest,
                        neighbour_weight=tc.neighbour_weight, neighbour_k=tc.neighbour_k, neighbour_tau=tc.neighbour_tau)
@@ -140,6 +141,8 @@ def train_checkpoint(data: list[Path], out: Path, exclude: list[Path] = (), val_
     te = load_text_encoder()
     datasets = [load_dataset(d) for d in data]
     feats = [dataset_features(ds, ie, te, cache_dir) for ds in datasets]
+    if not tc.variants:  # nothing reads cells and tokens then: a third of the memory
+        feats = [f.without_cells_and_tokens() for f in feats]
     others = folder_features(distractors, ie, cache_dir) if distractors else None
     held = {Path(p).name for d in exclude for p in load_dataset(d).images}
     train, val = split(feats, [ds.images for ds in datasets], held, val_photos, tc.seed)
