@@ -129,7 +129,7 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, desc
     # one step per ITC run (a soup, twice with pseudo-captions), fusion head and cross-fitting
     # fold, and one for the reranker; features and the caption memory have bars of their own
     steps = tc.soup * (2 if distractors and tc.pseudo_captions else 1) + len(tc.variants) + tc.rerank_folds + 1
-    bar = tqdm(total=steps, desc="training", unit="step", disable=None)
+    bar = tqdm(total=steps, desc="training", unit="step")
 
     def say(line: str) -> None:
         tqdm.write(line, file=sys.stderr)
