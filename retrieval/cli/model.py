@@ -129,12 +129,15 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, desc
     # one step per ITC run (a soup, twice with pseudo-captions), fusion head and cross-fitting
     # fold, and one for the reranker; features and the caption memory have bars of their own
     steps = tc.soup * (2 if distractors and tc.pseudo_captions else 1) + len(tc.variants) + tc.rerank_folds + 1
-    bar = tqdm(total=steps, desc="training", unit="step")
+    bars = []  # made at the first step, so that input refused before training draws none
 
     def say(line: str) -> None:
         tqdm.write(line, file=sys.stderr)
 
     def log(entry):
+        if not bars:
+            bars.append(tqdm(total=steps, desc="training", unit="step"))
+        bar = bars[0]
         stage = entry.get("stage")
         if stage == "reranker":
             say(f"reranker: weight {entry['alpha']:g}, cross-fitted t2i {entry['crossfit_t2i']}, "
@@ -154,7 +157,8 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, desc
 
     record = train_checkpoint(list(data), out, list(exclude), val_photos, seed, image_encoder,
                               image_weights, cache, log=log, tc=tc, distractors=distractors)
-    bar.close()
+    for bar in bars:
+        bar.close()
     click.echo(f"wrote {out} (hash {record['content_hash']}): {record['train_photos']} training photos, "
                f"ITC best epoch {record['itc_best_epoch']}, val t2i {record['val_itc']['t2i']}")
 
