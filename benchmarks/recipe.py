@@ -20,6 +20,7 @@ NUMBERS = {
     "--neighbour-k": ("neighbour_k", "look-alike training photos each photo borrows from"),
     "--neighbour-dims": ("neighbour_dims", "principal directions of the image features kept to find look-alikes (0: all)"),
     "--image-hidden": ("image_hidden", "hidden width of image_fc's correction (0: one linear layer)"),
+    "--text-hidden": ("text_hidden", "hidden width of text_fc's correction (0: one linear layer; torch side only)"),
     "--hard-weight": ("hard_weight", "weight of VSE++'s max-violation hinge beside InfoNCE (0: off)"),
     "--batch-size": ("batch_size", "photos per contrastive batch"),
     "--lr": ("lr", "AdamW learning rate of the ITC heads"),

@@ -15,6 +15,8 @@ class ModelConfig:
     mid_dim: int = 0  # size of the tower's mid-level features image_fc also reads (0: none)
     image_bridge: bool = True  # a photo starts at its ImageNet-label bridge and image_fc adds a
     # zero-initialised correction (False: image_fc alone, a full learned projection)
+    text_hidden: int = 0  # hidden width of text_fc's correction (0: one linear layer; an experiment,
+    # the numpy query side reads only the linear one)
     image_hidden: int = 0  # hidden width of image_fc's correction (0: one linear layer, as every
     # checkpoint before; docs/quality.md measures widths on Flickr8k dev and the open-world folds)
     text_encoder: str = "all-MiniLM-L6-v2"  # text tower

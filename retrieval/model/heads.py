@@ -37,8 +37,12 @@ class SharedSpace(nn.Module):
         else:
             self.image_fc = nn.Sequential(norm, nn.Linear(width, config.text_dim))
         self.text_fc = nn.Linear(config.text_dim, config.text_dim)
+        if config.text_hidden:
+            self.text_fc = nn.Sequential(nn.Linear(config.text_dim, config.text_hidden), nn.GELU(),
+                                         nn.Linear(config.text_hidden, config.text_dim))
         # the corrections start at zero (a full projection, without the bridge, cannot)
-        for layer in ((self.image_fc[-1],) if config.image_bridge else ()) + (self.text_fc,):
+        last_text = self.text_fc[-1] if config.text_hidden else self.text_fc
+        for layer in ((self.image_fc[-1],) if config.image_bridge else ()) + (last_text,):
             nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
         self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(20.0)))))
         self.neighbours = None  # look-alike training photos to borrow captions from (neighbours.py)

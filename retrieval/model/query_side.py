@@ -121,6 +121,9 @@ class QuerySide:
     @classmethod
     def load(cls, path: Path | None = None) -> "QuerySide":
         path, meta, t = read_checkpoint(path, "numpy")
+        if config_of(meta).text_hidden:
+            raise CheckpointError(f"{path}: its text_fc has a hidden layer, which only training reads "
+                                  "(an experiment); train the checkpoint without it")
         used = ("space.text_fc.", "space.class_embeddings", "reranker.", "bank.")  # not the photo side
         rerank_reads_lookalikes = "reranker.mean" in t and len(t["reranker.mean"]) > LEGACY
         if rerank_reads_lookalikes:

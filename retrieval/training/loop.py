@@ -32,6 +32,7 @@ class TrainConfig:
     bridge_cells: bool = True  # bridge from pooled and per-cell-max logits (False: pooled only)
     mid_features: bool = True  # image_fc also reads the pooled mid-level features
     image_hidden: int = 0  # hidden width of image_fc's correction (0: linear)
+    text_hidden: int = 0  # hidden width of text_fc's correction (0: linear; an experiment)
     image_bridge: bool = True  # photos start at their ImageNet-label bridge (False: a full projection)
     hard_weight: float = 0.0  # weight of VSE++'s max-violation hinge beside InfoNCE (0: off)
     image_size: int = 0  # input side fed to the image encoder (0: its run_size, 256 px for Lite0)
