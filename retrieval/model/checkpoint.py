@@ -42,7 +42,7 @@ class Checkpoint:
 INT8_ROWS = ("neighbours.photos", "neighbours.captions")
 
 
-def _int8_rows(v: torch.Tensor) -> torch.Tensor:
+def int8_rows(v: torch.Tensor) -> torch.Tensor:
     v = v.detach().float()
     scale = v.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
     return torch.round(v / scale * 127).to(torch.int8).contiguous()
@@ -58,7 +58,7 @@ def _tensors(space: SharedSpace, heads: dict, reranker: Reranker | None, bank=No
         out.update({f"head.{variant}.{k}": v for k, v in head.state_dict().items()})
     if reranker is not None:
         out.update({f"reranker.{k}": v for k, v in reranker.state_dict().items()})
-    return {k: _int8_rows(v) if k in INT8_ROWS else v.detach().to(torch.float16).contiguous()
+    return {k: int8_rows(v) if k in INT8_ROWS else v.detach().to(torch.float16).contiguous()
             for k, v in out.items()}
 
 
