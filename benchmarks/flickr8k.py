@@ -112,9 +112,9 @@ def run(args) -> dict:
     seconds = time.perf_counter() - start
     test = feats[datasets.index(flickr)].subset(dev)
     scores = closed_gallery_recall(model, memory, test, args.candidates)
-    for variant, head in model.result.heads.items():  # fusion classifiers over ITC's top K
-        from retrieval.training.fusion_heads import rerank_recall
+    from retrieval.training.fusion_heads import rerank_recall
 
+    for variant, head in model.result.heads.items():  # fusion classifiers over ITC's top K
         alpha = model.result.alphas[variant]
         r = rerank_recall(head, alpha, test, model.result.space, args.candidates)
         scores["t2i"][f"itc top {args.candidates} reranked by the {variant} fusion head (weight {alpha:g})"] = r["t2i"]
@@ -123,7 +123,7 @@ def run(args) -> dict:
             "train_photos": int(len(train.pooled)), "train_captions": int(len(train.text)),
             "val_photos": int(len(val.pooled)), "val_from": "flickr8k" if args.val_from_flickr else str(args.data[0]),
             "itc_best_epoch": model.result.history["itc_best_epoch"],
-            "train_seconds": round(seconds, 1), "recipe": changed(tc), "rerank_weight": cfg_weight(model),
+            "train_seconds": round(seconds, 1), "recipe": changed(tc), "rerank_weight": float(model.config.rerank_weight),
             "tuned_rerank_weight": model.record["tuned_alpha"], "experiment": experiment(args), **scores}
 
 
@@ -134,10 +134,6 @@ def experiment(args) -> dict:
     if args.val_photos != 50:
         out["val_photos"] = args.val_photos
     return out
-
-
-def cfg_weight(model) -> float:
-    return float(model.config.rerank_weight)
 
 
 def fmt(r: dict) -> str:
