@@ -129,7 +129,8 @@ def run(args) -> dict:
 
 def experiment(args) -> dict:
     """The benchmark's own options that change what is trained (beside the recipe)."""
-    out = {"heads": args.heads, "max_pool": args.max_pool, "val_from_flickr": args.val_from_flickr}
+    out = {"heads": args.heads, "max_pool": args.max_pool, "val_from_flickr": args.val_from_flickr,
+           "image_encoder": args.image_encoder if args.image_encoder != "efficientnet-lite0" else None}
     out = {k: v for k, v in out.items() if v}
     if args.val_photos != 50:
         out["val_photos"] = args.val_photos
