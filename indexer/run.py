@@ -15,7 +15,7 @@ from indexer.pipeline import Encoded, Timing, photo_stream
 from indexer.processes import plan_processes, process_photo_stream
 from indexer.scan import plan, walk
 from indexer.writer import Writer
-from retrieval.training.datasets import is_dataset
+from retrieval.data.datasets import is_dataset
 from retrieval.errors import DiskFullError, LibraryError, disk_full, is_disk_full
 from retrieval.store.library import CAPTION_INDEX, DB_FILE, LOCK_FILE, PHOTO_INDEX, Library, check_root, library_dir
 from retrieval.model.runtime import Runtime

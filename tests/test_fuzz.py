@@ -24,7 +24,7 @@ from retrieval.errors import DatasetError, FusionError, ImageError
 from retrieval.model.runtime import Runtime
 from retrieval.query.results import Filters
 from retrieval.query.search import open_searcher
-from retrieval.training.datasets import load_dataset
+from retrieval.data.datasets import load_dataset
 from tests.serving import get, running_server
 
 BUDGET_S = 5.0  # per input: a decoder stuck in a loop fails the test instead of hanging CI

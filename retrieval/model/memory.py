@@ -36,7 +36,7 @@ def read_corpus(path: Path | None = None) -> list[str]:
 
 
 def memory_cache_dir() -> Path:
-    from retrieval.training.features import default_cache_dir
+    from retrieval.data.cache import default_cache_dir
 
     return default_cache_dir().parent / "memory"
 
