@@ -12,3 +12,8 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "fusion" / "features"
+
+
+def memory_cache_dir() -> Path:
+    """The caption memory's sentence vectors, beside the feature cache."""
+    return default_cache_dir().parent / "memory"

@@ -49,7 +49,11 @@ def read_checkpoint(path: Path | None, framework: str) -> tuple[Path, dict, dict
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    made = meta.get("format") if isinstance(meta, dict) else None
+    if isinstance(made, str) and made.startswith(FORMAT.split("/")[0] + "/") and made != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {made}, but this fusion reads {FORMAT}; "
+                              "use the fusion that made it, or re-train with this one (fusion train)")
+    if made != FORMAT:
         raise CheckpointError(f"{path}: not a Fusion Retrieval checkpoint (no {FORMAT} metadata)")
     if content_hash(tensors) != meta["content_hash"]:
         raise CheckpointError(f"{path}: damaged checkpoint (content hash mismatch); re-train it")
