@@ -24,7 +24,7 @@ from retrieval.model.runtime import Runtime
 from retrieval.query import combine
 from retrieval.query.combine import Combined
 from retrieval.query.search import open_searcher
-from retrieval.training.datasets import load_dataset
+from retrieval.data.datasets import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

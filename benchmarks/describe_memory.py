@@ -29,7 +29,7 @@ from retrieval.evaluation.describe import agreed_words, closeness, uses_agreed_w
 from retrieval.model.runtime import Runtime
 from retrieval.query.search import open_searcher
 from retrieval.query.words import stems
-from retrieval.training.datasets import load_dataset
+from retrieval.data.datasets import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval.training.datasets import load_dataset
+from retrieval.data.datasets import load_dataset
 from retrieval.encoders.image_encoder import load_image_encoder
 from retrieval.encoders.text_encoder import load_text_encoder
 

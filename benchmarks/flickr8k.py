@@ -52,7 +52,7 @@ def with_max_pool(f):
 
 def distractors_with_max_pool(folder: Path, ie):
     from retrieval.encoders.encode import find_photos
-    from retrieval.training.rerank import Photos
+    from retrieval.training.features import Photos
 
     f, _, _ = ie.encode_files(find_photos([folder]), normalize=False, grid=True)
     return Photos(f.pooled, f.logits, f.cells, np.concatenate([f.mid, f.grid.max(1)], axis=1))
@@ -71,7 +71,7 @@ def run(args) -> dict:
     from retrieval.encoders.image_encoder import load_image_encoder
     from retrieval.encoders.text_encoder import load_text_encoder
     from retrieval.model.memory import load_memory
-    from retrieval.training.datasets import load_dataset
+    from retrieval.data.datasets import load_dataset
     from retrieval.training.features import DatasetFeatures, dataset_features, folder_features
     from retrieval.training.rerank import nonsense_queries
     from retrieval.training.trainer import class_embeddings, image_size, model_config, split, train_model

@@ -39,7 +39,7 @@ def main() -> None:
     from retrieval.model.memory import load_memory
     from retrieval.model.neighbours import Neighbours, build_neighbours
     from retrieval.model.query_side import l2n
-    from retrieval.training.datasets import load_dataset
+    from retrieval.data.datasets import load_dataset
     from retrieval.training.features import dataset_features
 
     ck = load_checkpoint()

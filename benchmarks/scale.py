@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_speed import cold_start  # noqa: E402
 from synthetic import build, real_features  # noqa: E402
 
-from retrieval.training.datasets import load_dataset  # noqa: E402
+from retrieval.data.datasets import load_dataset  # noqa: E402
 from retrieval.store.library import Library  # noqa: E402
 from retrieval.model.runtime import Runtime  # noqa: E402
 from retrieval.model.reranker import PhotoEvidence  # noqa: E402

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import insert
 
-from retrieval.training.datasets import load_dataset
+from retrieval.data.datasets import load_dataset
 from retrieval.training.features import dataset_features
 from retrieval.encoders.image_encoder import ImageFeatures
 from retrieval.store.library import Library

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import delete, select
 
-from retrieval.training.datasets import load_dataset
+from retrieval.data.datasets import load_dataset
 from retrieval.store.library import Library
 from retrieval.store.meta import VECTOR_DTYPE, Caption, CaptionSource, new_ids
 

@@ -15,9 +15,10 @@ from indexer.pipeline import Encoded, Timing, photo_stream
 from indexer.processes import plan_processes, process_photo_stream
 from indexer.scan import plan, walk
 from indexer.writer import Writer
-from retrieval.training.datasets import is_dataset
+from retrieval.data.datasets import is_dataset
 from retrieval.errors import DiskFullError, LibraryError, disk_full, is_disk_full
-from retrieval.store.library import CAPTION_INDEX, DB_FILE, LOCK_FILE, PHOTO_INDEX, Library, check_root, library_dir
+from retrieval.store.library import (CAPTION_INDEX, DB_FILE, LOCK_FILE, PHOTO_INDEX, SHIPPED_MODEL, Library,
+                                     check_root, library_dir)
 from retrieval.model.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -39,6 +40,18 @@ def rebuild(root: Path, runtime: Runtime) -> None:
         for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm"):
             (root / name).unlink(missing_ok=True)
         shutil.rmtree(root / "thumbs", ignore_errors=True)  # keyed by photo ids, which restart
+
+
+def prepare_memory(runtime: Runtime, notice=None) -> None:
+    """Encode the model's caption memory now if this machine has not yet (once per machine,
+    about a minute on two cores), saying so through `notice`."""
+    from retrieval.model.memory import memory_cached
+
+    if not runtime.config.memory_digest:
+        return
+    if notice and not memory_cached(runtime.text_encoder):
+        notice("encoding the caption memory that describe and search use (once per machine, about a minute)")
+    _ = runtime.memory
 
 
 @contextlib.contextmanager
@@ -68,18 +81,20 @@ def writer_lock(root: Path):
 def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool = False,
                 runtime: Runtime | None = None, batch_size: int = 4, workers: int = 1,
                 bar=None, index_type: str | None = None, ray: "RayOptions | None" = None,
-                processes: int | None = None) -> dict:
+                processes: int | None = None, notice=None) -> dict:
     """Bring the library up to date with `paths`. `bar(total)` may return a progress object
     with update(n) and set_postfix_str(s). With `ray`, photos are read, decoded and encoded
     on Ray Data workers (indexer/on_ray.py); else by `processes` worker processes (None:
     automatic, see indexer/processes.py; 0: in this process). Everything else is the same.
+    `notice(text)`, if given, hears of one-off work before the photos (the caption memory).
     Returns the summary (see `fusion index --help`)."""
     runtime = runtime or Runtime()
     root = library_dir(db)
     check_root(root)  # before the lock file is made in it
     with writer_lock(root):
         try:
-            return _index(paths, root, rebuild_first, runtime, batch_size, workers, bar, index_type, ray, processes)
+            return _index(paths, root, rebuild_first, runtime, batch_size, workers, bar, index_type, ray, processes,
+                          notice)
         except DiskFullError:
             raise
         except Exception as e:  # the batch in flight rolls back; committed photos stay
@@ -89,11 +104,12 @@ def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool =
 
 
 def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size: int, workers: int,
-           bar, index_type, ray, processes) -> dict:
+           bar, index_type, ray, processes, notice) -> dict:
     start = time.perf_counter()
     if rebuild_first and root.is_dir():
         rebuild(root, runtime)
-    lib = Library.open(root, runtime.fingerprint, runtime.dim, create=True, writer=True)
+    model_path = str(Path(runtime.checkpoint_path).resolve()) if runtime.checkpoint_path else SHIPPED_MODEL
+    lib = Library.open(root, runtime.fingerprint, runtime.dim, create=True, writer=True, model_path=model_path)
     skipped: list[dict] = []
     files, roots = walk(paths, skipped)
     with lib.session() as s:
@@ -105,6 +121,8 @@ def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size:
     existing = {f.path: pid for pid, f in todo.changed}
     renames = {sha: pid for pid, (_path, sha) in todo.missing.items()}
     work = todo.new + [f for _pid, f in todo.changed]
+    if work:  # one-off work first, so that photos/s counts only the photos' own
+        prepare_memory(runtime, notice)
     progress = bar(len(work)) if (bar and work) else None
     photo_start = time.perf_counter()
     procs = (0, 0) if ray is not None else plan_processes(len(work), processes)  # (processes, threads)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from retrieval.training.datasets import is_dataset, load_dataset
+from retrieval.data.datasets import is_dataset, load_dataset
 from retrieval.errors import DatasetError
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from retrieval.evaluation.recall import i2t_recall, ranks_of, rerank, t2i_recall
+from retrieval.training.recall import i2t_recall, ranks_of, rerank, t2i_recall
 
 
 def brute_t2i(scores, caption_image, k):

@@ -20,7 +20,7 @@ from retrieval.encoders.images import is_photo_name, open_image
 from retrieval.errors import ImageError, ImageTooLargeError
 from retrieval.model.runtime import Runtime
 from retrieval.query.search import open_searcher
-from retrieval.training.datasets import load_dataset
+from retrieval.data.datasets import load_dataset
 from tests.photo_formats import claim_size, exif_bytes, save_as
 from tests.serving import get, running_server
 

@@ -11,20 +11,20 @@ import json
 import time
 import urllib.parse
 
-import click
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from indexer.run import index_paths
-from retrieval.cli.library import _date
+from retrieval.api import timestamp
+from retrieval.query.results import QueryError
 from retrieval.encoders.images import open_image
 from retrieval.errors import DatasetError, FusionError, ImageError
 from retrieval.model.runtime import Runtime
 from retrieval.query.results import Filters
 from retrieval.query.search import open_searcher
-from retrieval.training.datasets import load_dataset
+from retrieval.data.datasets import load_dataset
 from tests.serving import get, running_server
 
 BUDGET_S = 5.0  # per input: a decoder stuck in a loop fails the test instead of hanging CI
@@ -132,8 +132,8 @@ test_captions_lines_many = pytest.mark.slow(make_captions_test(10_000))
 @given(value=st.one_of(st.text(), st.dates().map(str), st.datetimes().map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S"))))
 def test_dates(value):
     try:
-        assert isinstance(_date(value, "--after"), float)
-    except click.BadParameter as e:
+        assert isinstance(timestamp(value, "--after"), float)
+    except QueryError as e:
         assert "YYYY-MM-DD" in str(e)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from retrieval.evaluation.openworld import calibration, projected_recall, recall_at
-from retrieval.evaluation.recall import ranks_of
+from retrieval.training.recall import ranks_of
 from retrieval.model.memory import corpus_path, load_memory, read_corpus
 from retrieval.model.evidence import KEY_DIMS
 from retrieval.model.reranker import EVIDENCE, LABELS, MEMORY_SIZE, PhotoEvidence, Reranker, evidence

@@ -9,7 +9,7 @@ from retrieval.model.embedder import Embedder
 from retrieval.model.heads import ModelConfig, SharedSpace
 from retrieval.model.neighbours import build_neighbours
 from retrieval.model.query_side import l2n
-from retrieval.training.rerank import Photos
+from retrieval.training.features import Photos
 
 RNG = np.random.default_rng(0)
 

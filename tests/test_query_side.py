@@ -12,7 +12,8 @@ import torch
 from indexer.run import index_paths
 from retrieval.model.checkpoint import load_checkpoint
 from retrieval.model.evidence import EVIDENCE, lookalike
-from retrieval.model.query_side import QuerySide, gelu
+from retrieval.encoders.minilm_numpy import gelu
+from retrieval.model.query_side import QuerySide
 from retrieval.model.runtime import Runtime
 
 

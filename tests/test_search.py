@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from indexer.run import index_paths
 from retrieval.cli import main
-from retrieval.training.datasets import load_dataset
+from retrieval.data.datasets import load_dataset
 from retrieval.model.query_side import likely_count
 from retrieval.query.results import Filters
 from retrieval.query.search import open_searcher

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from retrieval.training.datasets import load_dataset
+from retrieval.data.datasets import load_dataset
 from retrieval.training.features import DatasetFeatures, dataset_features
 from retrieval.model.heads import ModelConfig
 from retrieval.training.trainer import class_embeddings
 from retrieval.training.fusion_heads import crossfit_pairs, train_head
-from retrieval.training.loop import TrainConfig, crossfit_spaces, itc_scores, train_all, train_itc, train_itc_soup
+from retrieval.training.loop import TrainConfig, crossfit_spaces, itc_scores, train_itc, train_itc_soup
+from retrieval.training.stages import train_all
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_pseudo_captions_are_the_memory_captions_a_photo_recalls(feats, classes,
     read like its real captions (closer to them than to the other photos' captions)."""
     from retrieval.model.checkpoint import load_checkpoint
     from retrieval.training.pseudo import itc_view, pseudo_pairs
-    from retrieval.training.rerank import Photos
+    from retrieval.training.features import Photos
 
     space = load_checkpoint().space
     photos = Photos.of(feats)
@@ -138,7 +139,7 @@ def test_the_caption_prior_trades_generic_pseudo_captions_for_specific_ones(feat
     reads like their own real captions."""
     from retrieval.model.checkpoint import load_checkpoint
     from retrieval.training.pseudo import itc_view, pseudo_pairs
-    from retrieval.training.rerank import Photos
+    from retrieval.training.features import Photos
 
     space, photos = load_checkpoint().space, Photos.of(feats)
     plain, prior = (pseudo_pairs(space, memory, photos, 3, itc_view(feats), w) for w in (0.0, 0.5))
@@ -153,7 +154,7 @@ def test_the_caption_prior_trades_generic_pseudo_captions_for_specific_ones(feat
 
 
 def test_training_with_uncaptioned_photos_adds_their_pseudo_pairs(feats, classes, memory):
-    from retrieval.training.rerank import Photos
+    from retrieval.training.features import Photos
 
     tc = TrainConfig(seed=0, batch_size=16, max_epochs=2, patience=1, soup=2, pseudo_captions=2, variants=())
     train, val = feats.subset(np.arange(40)), feats.subset(np.arange(40, 48))

@@ -36,9 +36,14 @@ from retrieval.cli.output import print_hits
                    "the same paths (a shared filesystem). This machine still plans the run and "
                    "writes the one library (files are listed here, read and hashed only on the "
                    "workers); the result is the same library as without --ray.")
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path),
+              help="A checkpoint from fusion train --out FILE to index with. The library records it: "
+                   "search, similar, describe, duplicates and serve then use it without being told. "
+                   "A library indexed with another model needs --rebuild. [default: the library's "
+                   "model; for a new library, the one shipped with fusion]")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @fusion_errors
-def index(paths, db, rebuild, workers, batch_size, processes, index_type, ray_address, as_json):
+def index(paths, db, rebuild, workers, batch_size, processes, index_type, ray_address, model, as_json):
     """Index photos under PATHS into the library; run it again whenever they change.
 
     Finds jpg, jpeg, png, webp, bmp, tif(f), gif, heic/heif (iPhone), avif and camera RAW
@@ -57,7 +62,7 @@ def index(paths, db, rebuild, workers, batch_size, processes, index_type, ray_ad
     """
     from tqdm import tqdm
 
-    from indexer.run import index_paths
+    from retrieval.api import open_library
 
     paths, ray = list(paths), None
     if ray_address is not None:
@@ -70,8 +75,14 @@ def index(paths, db, rebuild, workers, batch_size, processes, index_type, ray_ad
     def bar(total):
         return tqdm(total=total, unit="photo", file=sys.stderr, disable=as_json or None)
 
-    s = index_paths(paths, db, rebuild, batch_size=batch_size, workers=workers, bar=bar,
-                    index_type=index_type, ray=ray, processes=processes)
+    def notice(text):
+        if not as_json:
+            click.echo(text, err=True)
+
+    summary = open_library(db, model).index(paths, notice=notice, rebuild=rebuild, workers=workers,
+                                            batch_size=batch_size, processes=processes, index_type=index_type,
+                                            ray=ray, bar=bar)
+    s = summary.as_dict()
     if as_json:
         click.echo(json.dumps(s, indent=2))
     else:
@@ -104,11 +115,9 @@ def _ray_options(address: str):
 @fusion_errors
 def info(db, as_json):
     """What the library holds: photos, captions, index type, model, bytes on disk."""
-    from retrieval.store.library import Library, library_dir
-    from retrieval.model.runtime import Runtime
+    from retrieval.api import open_library
 
-    rt = Runtime()
-    data = Library.open(library_dir(db), rt.fingerprint, rt.dim).info()
+    data = open_library(db).info()
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -122,25 +131,17 @@ def filter_options(fn):
     return click.option("--under", type=click.Path(path_type=Path), help="Only photos under this folder.")(fn)
 
 
-def make_filters(under, after, before):
-    import os
+def check_dates(after, before):
+    """--after and --before as usage errors here, before any model loads."""
+    from retrieval.api import timestamp
+    from retrieval.query.results import QueryError
 
-    from retrieval.query.results import Filters
-
-    return Filters(os.path.abspath(under) if under else None, _date(after, "--after"), _date(before, "--before"))
-
-
-def _date(value, name):
-    from datetime import datetime
-
-    if value is None:
-        return None
-    for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m", "%Y"):
+    for value, name in ((after, "--after"), (before, "--before")):
         try:
-            return datetime.strptime(value, fmt).timestamp()
-        except ValueError:
-            pass
-    raise click.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD, e.g. 2024-06-30", param_hint=name)
+            timestamp(value, name)
+        except QueryError:
+            raise click.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD, e.g. 2024-06-30",
+                                     param_hint=name) from None
 
 
 @main.command()
@@ -182,14 +183,13 @@ def search(query, k, candidates, no_rerank, like, add, minus, under, after, befo
     only up to a cap: it says which photos look like the photo, and the words choose among
     them, so give the words that tell the photo you want from its look-alikes.
     """
-    from retrieval.query.combine import Combined
-    from retrieval.query.search import open_searcher
+    from retrieval.api import open_library
 
     if query is None and like is None and not add:
         raise click.UsageError("give QUERY, --like PHOTO or --add WORDS, e.g. fusion search \"a dog on a beach\"")
-    filters = make_filters(under, after, before)
-    q = Combined(query, like, tuple(add), tuple(minus))
-    print_hits(open_searcher(db).combined(q, k, candidates, not no_rerank, filters), as_json)
+    check_dates(after, before)
+    print_hits(open_library(db).search(query, k, like=like, add=add, minus=minus, candidates=candidates,
+                                       rerank=not no_rerank, under=under, after=after, before=before), as_json)
 
 
 @main.command()
@@ -208,10 +208,9 @@ def duplicates(threshold, as_json, db):
     """
     from dataclasses import asdict
 
-    from retrieval.query.duplicates import DEFAULT_THRESHOLD, duplicate_groups
-    from retrieval.query.search import open_searcher
+    from retrieval.api import open_library
 
-    groups = duplicate_groups(open_searcher(db).lib, DEFAULT_THRESHOLD if threshold is None else threshold)
+    groups = open_library(db).duplicates(threshold)
     if as_json:
         click.echo(json.dumps([asdict(g) for g in groups], indent=2))
         return
@@ -234,9 +233,10 @@ def duplicates(threshold, as_json, db):
 @fusion_errors
 def similar(image, k, under, after, before, as_json, db):
     """Photos that look like IMAGE (which need not be in the library)."""
-    from retrieval.query.search import open_searcher
+    from retrieval.api import open_library
 
-    print_hits(open_searcher(db).similar(image, k, make_filters(under, after, before)), as_json)
+    check_dates(after, before)
+    print_hits(open_library(db).similar(image, k, under=under, after=after, before=before), as_json)
 
 
 @main.command()
@@ -255,9 +255,9 @@ def describe(image, k, as_json, db):
     captions that fit any photo sink): it orders one photo's captions and is not a
     probability. A caption met twice is shown once.
     """
-    from retrieval.query.search import open_searcher
+    from retrieval.api import open_library
 
-    print_hits(open_searcher(db).describe(image, k), as_json)
+    print_hits(open_library(db).describe(image, k), as_json)
 
 
 @main.command()
@@ -282,12 +282,12 @@ def serve(db, host, port, allow_host, token):
     (DNS rebinding) are refused, no CORS headers are sent, and beyond loopback every request
     needs the token printed at start (the printed URL sets it as a cookie).
     """
-    from retrieval.query.search import open_searcher
+    from retrieval.api import open_library
     from retrieval.serve.guard import Guard
     from retrieval.serve.server import serve as run
 
     guard = Guard.for_address(host, port, allow_host, token)
-    searcher = open_searcher(db)
+    searcher = open_library(db).searcher
     shown = "localhost" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}/" + (f"?token={guard.token}" if guard.token else "")
     click.echo(f"serving {searcher.lib.root} on {url} (Ctrl-C stops)", err=True)

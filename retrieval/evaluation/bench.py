@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from retrieval.model.checkpoint import load_checkpoint
-from retrieval.training.datasets import load_dataset
+from retrieval.data.datasets import load_dataset
 from retrieval.errors import DatasetError
 from retrieval.training.features import dataset_features
 from retrieval.encoders.image_encoder import load_image_encoder

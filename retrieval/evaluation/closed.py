@@ -9,7 +9,7 @@ import numpy as np
 
 from retrieval.evaluation.openworld import NOT_METHODS, fold_scores, recall_at
 from retrieval.training.features import DatasetFeatures
-from retrieval.training.rerank import Photos
+from retrieval.training.features import Photos
 
 SHIPPED = "shipped ranking"
 DESCRIBE = "describe's ranking"

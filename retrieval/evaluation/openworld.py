@@ -15,14 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.evaluation.recall import KS, i2t_recall, ranks_of, rerank
+from retrieval.training.recall import KS, i2t_recall, ranks_of, rerank
 from retrieval.model.embedder import Embedder
 from retrieval.model.heads import SharedSpace
 from retrieval.model.prior import caption_prior
 from retrieval.model.query_side import LIKELY, likely_count, shares
 from retrieval.model.reranker import EVIDENCE
 from retrieval.training.features import DatasetFeatures
-from retrieval.training.rerank import ALPHAS, Candidates, Photos, reranked_ranks
+from retrieval.training.features import Photos
+from retrieval.training.rerank import ALPHAS, Candidates, reranked_ranks
 
 PROJECT_TO = 5046  # the photos of the library our users' figures were measured in
 NOT_METHODS = ("calibration", "i2t", "i2t_small", "i2t_reranked", "i2t_small_reranked", "no_match")
@@ -238,7 +239,7 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     from retrieval.encoders.image_encoder import load_image_encoder
     from retrieval.encoders.text_encoder import load_text_encoder
     from retrieval.model.memory import load_memory
-    from retrieval.training.datasets import load_dataset
+    from retrieval.data.datasets import load_dataset
     from retrieval.training.features import dataset_features, folder_features
     from retrieval.training.loop import TrainConfig
     from retrieval.training.rerank import nonsense_queries

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.data.cache import memory_cache_dir
+
 CORPUS = "memory/coco-captions.tsv"  # coco_id <TAB> caption_id <TAB> caption, one a line
 
 
@@ -33,12 +35,6 @@ def corpus_digest(path: Path | None = None) -> str:
 def read_corpus(path: Path | None = None) -> list[str]:
     with open(path or corpus_path(), encoding="utf-8") as f:
         return [line.rstrip("\n").split("\t", 2)[2] for line in f if line.strip()]
-
-
-def memory_cache_dir() -> Path:
-    from retrieval.training.features import default_cache_dir
-
-    return default_cache_dir().parent / "memory"
 
 
 @dataclass
@@ -67,13 +63,22 @@ class CaptionMemory:
         return ids, weights
 
 
+def _cache_file(text_encoder, cache_dir: Path | None, digest: str) -> Path:
+    return (cache_dir or memory_cache_dir()) / f"{digest}-{text_encoder.config.name}.npy"
+
+
+def memory_cached(text_encoder, cache_dir: Path | None = None) -> bool:
+    """Whether this machine holds the shipped corpus's sentence vectors already."""
+    return _cache_file(text_encoder, cache_dir, corpus_digest(corpus_path())).is_file()
+
+
 def load_memory(text_encoder, cache_dir: Path | None = None, progress: bool = True) -> CaptionMemory:
     """The shipped corpus with its sentence vectors, encoded on first use (about a minute on
     two cores) and cached as float16 under the feature cache."""
     path = corpus_path()
     digest = corpus_digest(path)
     texts = read_corpus(path)
-    cache = (cache_dir or memory_cache_dir()) / f"{digest}-{text_encoder.config.name}.npy"
+    cache = _cache_file(text_encoder, cache_dir, digest)
     if cache.is_file():
         vectors = np.load(cache).astype(np.float32)
         if vectors.shape == (len(texts), text_encoder.config.dim):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.encoders.minilm_numpy import gelu
 from retrieval.errors import CheckpointError
 from retrieval.model.config import ModelConfig
 from retrieval.model.evidence import LEGACY
@@ -48,7 +49,11 @@ def read_checkpoint(path: Path | None, framework: str) -> tuple[Path, dict, dict
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    made = meta.get("format") if isinstance(meta, dict) else None
+    if isinstance(made, str) and made.startswith(FORMAT.split("/")[0] + "/") and made != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {made}, but this fusion reads {FORMAT}; "
+                              "use the fusion that made it, or re-train with this one (fusion train)")
+    if made != FORMAT:
         raise CheckpointError(f"{path}: not a Fusion Retrieval checkpoint (no {FORMAT} metadata)")
     if content_hash(tensors) != meta["content_hash"]:
         raise CheckpointError(f"{path}: damaged checkpoint (content hash mismatch); re-train it")
@@ -93,17 +98,6 @@ def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 def l2n(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def gelu(x: np.ndarray) -> np.ndarray:
-    """Exact (erf) GELU as torch's nn.GELU(); erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7,
-    so the GELU is off by under |x| * 1e-7), in float64."""
-    dtype, x = x.dtype, x.astype(np.float64)
-    z = np.abs(x) / np.sqrt(2.0)
-    t = 1.0 / (1.0 + 0.3275911 * z)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    erf = np.sign(x) * (1.0 - poly * np.exp(-z * z))
-    return (0.5 * x * (1.0 + erf)).astype(dtype)
 
 
 @dataclass

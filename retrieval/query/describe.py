@@ -6,49 +6,46 @@ ITC vector picks the first-stage candidates and the model's describe settings re
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from sqlalchemy import select
 
 from retrieval.errors import LibraryError
 from retrieval.model.embedder import PhotoVectors
+from retrieval.model.runtime import Runtime
 from retrieval.query.rerank import caption_scores
 from retrieval.query.results import CaptionHit, Results
+from retrieval.store.library import Library
 from retrieval.store.meta import Caption
-
-if TYPE_CHECKING:
-    from retrieval.query.search import Searcher
 
 COPY_ROOM = 8  # candidates beyond k, so that dropping copies of a caption still leaves k
 MEMORY_NOTE = ("no caption corpus is indexed in this library: these captions come from the {n:,} MS-COCO "
                "captions shipped with the model; index your own with fusion index FILE.jsonl")
 
 
-def describe(searcher: "Searcher", pv: PhotoVectors, k: int, candidates: int, rerank: bool) -> Results:
+def describe(lib: Library, runtime: Runtime, pv: PhotoVectors, k: int, candidates: int, rerank: bool) -> Results:
     """The top `k` of `candidates` captions for one photo's vectors `pv`, best first (ties by id)."""
-    if len(searcher.lib.captions):
-        return _from_library(searcher, pv, k, candidates, rerank)
-    memory = searcher.runtime.memory
+    if len(lib.captions):
+        return _from_library(lib, runtime, pv, k, candidates, rerank)
+    memory = runtime.memory
     if memory is None:  # a checkpoint trained without the caption memory
-        raise LibraryError(f"{searcher.lib.root}: no captions indexed and this model has no caption memory; "
+        raise LibraryError(f"{lib.root}: no captions indexed and this model has no caption memory; "
                            "index a captions file first: fusion index FILE.jsonl (one {\"caption\": ...} a line)")
-    sims = searcher.runtime.embedder.corpus_itc @ pv.itc[0]
+    sims = runtime.embedder.corpus_itc @ pv.itc[0]
     top = np.argsort(-sims, kind="stable")[:max(k + COPY_ROOM, candidates)]
-    scores = _rescore(searcher, pv, [memory.texts[i] for i in top], sims[top], rerank, memory.vectors[top])
+    scores = _rescore(runtime, pv, [memory.texts[i] for i in top], sims[top], rerank, memory.vectors[top])
     order = _distinct(sorted(range(len(top)), key=lambda n: (-scores[n], int(top[n]))), lambda n: memory.texts[top[n]])
     return Results([CaptionHit(r, None, memory.texts[top[n]], float(scores[n]), source="memory")
                     for r, n in enumerate(order[:k], start=1)], notes=[MEMORY_NOTE.format(n=len(memory.texts))])
 
 
-def _from_library(searcher: "Searcher", pv: PhotoVectors, k: int, candidates: int, rerank: bool) -> Results:
-    scores, ids = searcher.lib.captions.search(pv.itc, max(k + COPY_ROOM, candidates))
+def _from_library(lib: Library, runtime: Runtime, pv: PhotoVectors, k: int, candidates: int, rerank: bool) -> Results:
+    scores, ids = lib.captions.search(pv.itc, max(k + COPY_ROOM, candidates))
     pairs = [(float(sc), int(i)) for sc, i in zip(scores[0], ids[0]) if i >= 0]
-    with searcher.lib.session() as s:
+    with lib.session() as s:
         rows = {c.id: c for c in s.scalars(select(Caption).where(Caption.id.in_([i for _, i in pairs])))}
     pairs = [(sc, i) for sc, i in pairs if i in rows]  # an index run removed the rest since
     if pairs:
-        rescored = _rescore(searcher, pv, [rows[i].text for _, i in pairs], np.array([sc for sc, _ in pairs]), rerank)
+        rescored = _rescore(runtime, pv, [rows[i].text for _, i in pairs], np.array([sc for sc, _ in pairs]), rerank)
         pairs = [(float(sc), i) for sc, (_, i) in zip(rescored, pairs)]
     pairs = _distinct(sorted(pairs, key=lambda t: (-t[0], t[1])), lambda t: rows[t[1]].text)[:k]
     return Results([CaptionHit(n, i, rows[i].text, sc, rows[i].image_path)
@@ -67,10 +64,10 @@ def _distinct(ranked: list, text) -> list:
     return out
 
 
-def _rescore(searcher: "Searcher", pv: PhotoVectors, texts: list[str], itc: np.ndarray, rerank: bool,
+def _rescore(runtime: Runtime, pv: PhotoVectors, texts: list[str], itc: np.ndarray, rerank: bool,
              pooled: np.ndarray | None = None) -> np.ndarray:
-    cfg = searcher.runtime.config
+    cfg = runtime.config
     itc = np.asarray(itc, np.float32)
     if rerank and (cfg.describe_weight or cfg.describe_prior):
-        return caption_scores(searcher.runtime, pv.evidence, texts, itc, pooled)
+        return caption_scores(runtime, pv.evidence, texts, itc, pooled)
     return itc

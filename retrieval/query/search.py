@@ -147,7 +147,7 @@ class Searcher:
         from retrieval.query.describe import describe
 
         self._check_k(k, candidates)
-        return describe(self, self._photo_vectors(image), k, candidates, rerank)
+        return describe(self.lib, self.runtime, self._photo_vectors(image), k, candidates, rerank)
 
     def _photo(self, photo_id: int) -> tuple[str, int, int]:
         """(path, size, mtime_ns) recorded for a library photo; LibraryError if there is none."""

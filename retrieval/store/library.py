@@ -22,6 +22,7 @@ DB_FILE = "library.sqlite"
 PHOTO_INDEX = "photos.faiss"
 CAPTION_INDEX = "captions.faiss"
 LOCK_FILE = "index.lock"  # flock'd by `fusion index` while it writes (indexer/run.py)
+SHIPPED_MODEL = ""  # the model_path recorded for the checkpoint shipped in the package
 
 
 def library_dir(db: str | os.PathLike | None = None) -> Path:
@@ -32,6 +33,23 @@ def library_dir(db: str | os.PathLike | None = None) -> Path:
         return Path(os.environ["FUSION_HOME"]).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "fusion"
+
+
+def recorded_model(root: Path) -> str | None:
+    """The checkpoint file the library at `root` was indexed with (SHIPPED_MODEL for the one in
+    the package), or None when there is no library there yet, it predates the record or its
+    database is unreadable."""
+    if not (root / DB_FILE).is_file():
+        return None
+    try:
+        engine = open_db(root / DB_FILE)
+    except LibraryError:  # damaged: opening the library says so, and --rebuild starts afresh
+        return None
+    try:
+        with Session(engine) as s:
+            return get_meta(s, "model_path")
+    finally:
+        engine.dispose()
 
 
 def check_root(root: Path) -> None:
@@ -66,14 +84,15 @@ class Library:
 
     @classmethod
     def open(cls, root: Path, fingerprint: str, dim: int, create: bool = False, writer: bool = False,
-             mmap: bool = False, reconcile: bool = True) -> "Library":
+             mmap: bool = False, reconcile: bool = True, model_path: str | None = None) -> "Library":
         """Open the library at `root` for the model `fingerprint`. Refuses another model's
         library (ModelMismatchError naming the fix); with `create`, makes a new one. A reader
         repairs stale FAISS indexes in memory only; a `writer` also saves the repair. `mmap`
         (readers only) maps the FAISS files instead of reading them whole. Without `reconcile`
         (a reader while an index run is writing), the FAISS files are taken as the indexer last
         saved them, a consistent snapshot as of that save, instead of rebuilding from SQLite
-        rows that move on every batch."""
+        rows that move on every batch. A `writer` records `model_path`, the checkpoint file the
+        fingerprint is of (recorded_model), for the commands that follow."""
         check_root(root)
         started = time.time()
         if not (root / DB_FILE).is_file():
@@ -89,7 +108,9 @@ class Library:
             elif stored != fingerprint:
                 raise ModelMismatchError(
                     f"{root}: built with model {stored}, but the model in use is {fingerprint}; "
-                    f"re-index with: fusion index --rebuild PATH --db {root}")
+                    f"re-index with: fusion index --rebuild [--model FILE] PATH --db {root}")
+            if writer and model_path is not None:
+                set_meta(s, "model_path", model_path)
         mmap = mmap and not writer
         if not reconcile and not writer:
             saved = [(root / n).stat().st_mtime for n in (PHOTO_INDEX, CAPTION_INDEX) if (root / n).exists()]
@@ -158,6 +179,7 @@ class Library:
             photos = s.scalar(select(func.count(Photo.id)))
             captions = s.scalar(select(func.count(Caption.id)))
             model = get_meta(s, "model")
+            model_path = get_meta(s, "model_path")
             schema = get_meta(s, "schema_version")
         files = [p for p in self.root.iterdir() if p.is_file()]
         disk = sum(p.stat().st_size for p in files)
@@ -165,7 +187,8 @@ class Library:
             "library": str(self.root), "photos": photos, "vectors": len(self.photos),
             "captions": captions, "caption_vectors": len(self.captions),
             "index_type": self.photos.describe(),
-            "model": model, "schema_version": int(schema), "bytes_on_disk": disk,
+            "model": model, "model_file": model_path or "the model shipped with fusion",
+            "schema_version": int(schema), "bytes_on_disk": disk,
             "bytes_per_photo": round(disk / photos) if photos else 0,
         }
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.training.datasets import Dataset
+from retrieval.data.cache import default_cache_dir
+from retrieval.data.datasets import Dataset
 from retrieval.errors import DatasetError
 
 MAX_TOKENS = 48  # token states kept per caption for cross-attention (COCO captions are ~14)
@@ -55,14 +56,6 @@ class DatasetFeatures:
                                  ("pooled", "logits", "grid", "text", "tokens", "mask")),
                                np.concatenate(cap), *(np.concatenate([getattr(p, f) for p in parts])
                                                       for f in ("cells", "mid")))
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("FUSION_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fusion" / "features"
 
 
 def _cache_key(ds: Dataset, image_name: str, text_name: str) -> str:
@@ -111,6 +104,34 @@ def _encode(ds: Dataset, image_encoder, text_encoder, progress: bool) -> Dataset
                            np.concatenate(tokens), np.concatenate(mask), caption_image, f.cells, f.mid)
 
 
+@dataclass
+class Photos:
+    """Frozen features of photos without captions (distractors): what the image tower
+    gives (image_encoder.ImageFeatures without the grid)."""
+    pooled: np.ndarray
+    logits: np.ndarray
+    cells: np.ndarray
+    mid: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    def take(self, idx) -> "Photos":
+        return Photos(*(getattr(self, k)[idx] for k in PHOTO_FIELDS))
+
+    @staticmethod
+    def of(f) -> "Photos":
+        """The photo features of anything that has them (DatasetFeatures, ImageFeatures)."""
+        return Photos(*(getattr(f, k) for k in PHOTO_FIELDS))
+
+    @staticmethod
+    def concat(*parts: "Photos") -> "Photos":
+        return Photos(*(np.concatenate([getattr(p, k) for p in parts]) for k in PHOTO_FIELDS))
+
+
+PHOTO_FIELDS = ("pooled", "logits", "cells", "mid")
+
+
 def _fit_tokens(a: np.ndarray) -> np.ndarray:
     out = np.zeros((a.shape[0], MAX_TOKENS) + a.shape[2:], a.dtype)
     n = min(MAX_TOKENS, a.shape[1])
@@ -122,7 +143,6 @@ def folder_features(folder: Path, image_encoder, cache_dir: Path | None = None, 
     """Pooled features, logits and per-cell-max logits of every photo under `folder`
     (uncaptioned distractors), cached like dataset features. Unreadable files are skipped."""
     from retrieval.encoders.encode import find_photos
-    from retrieval.training.rerank import Photos
 
     paths = find_photos([folder])
     if not paths:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retrieval.evaluation.recall import i2t_recall, rerank, t2i_recall
+from retrieval.training.recall import i2t_recall, rerank, t2i_recall
 from retrieval.model.heads import FusionHead, ModelConfig, SharedSpace
 from retrieval.training.features import DatasetFeatures
 from retrieval.training.loop import TrainConfig, _t, crossfit_spaces, embed, mine

@@ -10,39 +10,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retrieval.evaluation.recall import KS
+from retrieval.training.features import Photos
+from retrieval.training.recall import KS
 from retrieval.model.embedder import Embedder
 from retrieval.model.reranker import EVIDENCE, Reranker
 
 ALPHAS = (0.0, 0.03, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
-@dataclass
-class Photos:
-    """Frozen features of photos without captions (distractors): what the image tower
-    gives (image_encoder.ImageFeatures without the grid)."""
-    pooled: np.ndarray
-    logits: np.ndarray
-    cells: np.ndarray
-    mid: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.pooled)
-
-    def take(self, idx) -> "Photos":
-        return Photos(*(getattr(self, k)[idx] for k in PHOTO_FIELDS))
-
-    @staticmethod
-    def of(f) -> "Photos":
-        """The photo features of anything that has them (DatasetFeatures, ImageFeatures)."""
-        return Photos(*(getattr(f, k) for k in PHOTO_FIELDS))
-
-    @staticmethod
-    def concat(*parts: "Photos") -> "Photos":
-        return Photos(*(np.concatenate([getattr(p, k) for p in parts]) for k in PHOTO_FIELDS))
-
-
-PHOTO_FIELDS = ("pooled", "logits", "cells", "mid")
 
 
 @dataclass

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from retrieval.model.checkpoint import save_checkpoint
-from retrieval.training.datasets import load_dataset
+from retrieval.data.datasets import load_dataset
 from retrieval.errors import DatasetError
 from retrieval.training.features import DatasetFeatures, dataset_features
 from retrieval.encoders.image_encoder import CONFIGS, imagenet_classes, load_image_encoder, run_size
@@ -18,9 +18,10 @@ from retrieval.encoders.text_encoder import load_text_encoder
 from retrieval.model.memory import load_memory
 from retrieval.model.prior import bank_rows
 from retrieval.model.reranker import EVIDENCE, Reranker
-from retrieval.training.features import folder_features
-from retrieval.training.loop import TrainConfig, TrainResult, attach_neighbours, train_all
-from retrieval.training.rerank import (Photos, choose_alpha, crossfit_candidates, fit_reranker,
+from retrieval.training.features import Photos, folder_features
+from retrieval.training.loop import TrainConfig, TrainResult, attach_neighbours
+from retrieval.training.stages import train_all
+from retrieval.training.rerank import (choose_alpha, crossfit_candidates, fit_reranker,
                                        fit_share_temperature, nonsense_queries, top_probabilities)
 
 

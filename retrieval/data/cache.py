@@ -1,0 +1,19 @@
+"""Where fusion keeps what it can rebuild: encoded dataset features and the caption memory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("FUSION_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fusion" / "features"
+
+
+def memory_cache_dir() -> Path:
+    """The caption memory's sentence vectors, beside the feature cache."""
+    return default_cache_dir().parent / "memory"
