@@ -208,6 +208,55 @@ def train_arm(name, ie, te, maps, states, offsets, caps_of, train_idx, dev_idx, 
                "plain": recall(img, txt, dev_owner), "mirror-averaged": recall(both, txt, dev_owner)}
         history.append(row)
         print(name, json.dumps(row), file=sys.stderr, flush=True)
+    return history, itop, ttop
+
+
+class Lab:
+    """A Flickr8k folder's cached block inputs, its train / dev split and dev's captions."""
+
+    def __init__(self, ds, ie, te):
+        from retrieval.data.cache import default_cache_dir
+
+        src = ds.source.stat()
+        ident = f"{ds.source.resolve()}|{src.st_size}|{src.st_mtime_ns}|{ie.feature_id}"
+        key = hashlib.sha1(ident.encode()).hexdigest()[:16]
+        cache = default_cache_dir() / "finetune"
+        self.maps = cached(cache / f"maps-{key}.npz", lambda: photo_maps(ds, ie))["maps"]
+        self.text = cached(cache / f"states-{key}.npz", lambda: caption_states(ds, te))
+        splits = split_of(ds)
+        self.caps_of = ds.captions_of()
+        self.train_idx, self.dev_idx = np.flatnonzero(splits != "dev"), np.flatnonzero(splits == "dev")
+        self.dev_caps = [c for i in self.dev_idx for c in self.caps_of[i]]
+        where = {int(p): k for k, p in enumerate(self.dev_idx)}
+        self.dev_owner = np.array([where[ds.captions[c].image] for c in self.dev_caps])
+
+
+def tune_tops(ie, te, flickr_ds, epochs: int, seed: int = 0, all_photos: bool = False):
+    """The lab's "both" arm on `flickr_ds`'s non-dev photos, installed into `ie` and `te`:
+    Lite0's last block and head convolution and MiniLM's top layer replaced by the tuned ones,
+    their names (and so every feature and memory cache key) marked with the tuned weights' hash,
+    the numpy query path off. `all_photos`: train on dev's photos too (for benchmarks that
+    measure elsewhere; the logged dev figures are then on training photos). Returns the arm's
+    dev history."""
+    from dataclasses import replace
+
+    lab = Lab(flickr_ds, ie, te)
+    if all_photos:
+        lab.train_idx = np.arange(len(lab.maps))
+    args = argparse.Namespace(epochs=epochs, batch=128, dim=512, lr=2e-3, top_lr=0.1, wd=1e-4, crop=True, seed=seed)
+    history, itop, ttop = train_arm("both", ie, te, lab.maps, lab.text["states"], lab.text["offsets"], lab.caps_of,
+                                    lab.train_idx, lab.dev_idx, lab.dev_caps, lab.dev_owner, args)
+    n = ie.network.net
+    n._blocks[-1], n._conv_head, te.network.layers[-1] = itop.block.eval(), itop.head.eval(), ttop.layer.eval()
+    h = hashlib.sha256()
+    for m in (itop.block, itop.head, ttop.layer):
+        for p in m.parameters():
+            p.requires_grad_(False)
+            h.update(p.detach().numpy().tobytes())
+    tag = h.hexdigest()[:12]
+    ie.config = replace(ie.config, name=f"{ie.config.name}+tuned-{tag}")
+    te.config = replace(te.config, name=f"{te.config.name}+tuned-{tag}")
+    te.numpy_queries = False
     return history
 
 
@@ -231,26 +280,16 @@ def main(argv=None):
     from retrieval.encoders.image_encoder import load_image_encoder, run_size
     from retrieval.encoders.text_encoder import load_text_encoder
     from retrieval.data.datasets import load_dataset
-    from retrieval.data.cache import default_cache_dir
 
     ie = load_image_encoder(image_size=run_size("efficientnet-lite0"))
     te = load_text_encoder()
-    ds = load_dataset(args.flickr)
-    src = ds.source.stat()
-    key = hashlib.sha1(f"{ds.source.resolve()}|{src.st_size}|{src.st_mtime_ns}|{ie.feature_id}".encode()).hexdigest()[:16]
-    cache = default_cache_dir() / "finetune"
-    maps = cached(cache / f"maps-{key}.npz", lambda: photo_maps(ds, ie))["maps"]
-    text = cached(cache / f"states-{key}.npz", lambda: caption_states(ds, te))
-    splits = split_of(ds)
-    caps_of = ds.captions_of()
-    train_idx, dev_idx = np.flatnonzero(splits != "dev"), np.flatnonzero(splits == "dev")
-    dev_caps = [c for i in dev_idx for c in caps_of[i]]
-    where = {int(p): k for k, p in enumerate(dev_idx)}
-    dev_owner = np.array([where[ds.captions[c].image] for c in dev_caps])
+    lab = Lab(load_dataset(args.flickr), ie, te)
+    train_idx, dev_idx, dev_caps, dev_owner = lab.train_idx, lab.dev_idx, lab.dev_caps, lab.dev_owner
+    maps, text, caps_of = lab.maps, lab.text, lab.caps_of
     runs = {}
     for arm in args.arms.split(","):
         runs[arm] = train_arm(arm, ie, te, maps, text["states"], text["offsets"], caps_of, train_idx, dev_idx,
-                              dev_caps, dev_owner, args)
+                              dev_caps, dev_owner, args)[0]
     report = {"train_photos": len(train_idx), "dev_photos": len(dev_idx), "dev_captions": len(dev_caps),
               "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "arms": runs}
     write(report, args.name)

@@ -84,6 +84,11 @@ def run(args) -> dict:
     ie = load_image_encoder(args.image_encoder, image_size=image_size(args.image_encoder, tc))
     te = load_text_encoder()
     flickr = load_dataset(args.flickr)
+    tuned = None
+    if args.tune_tops:  # an experiment: the fine-tuning lab's tops first, then the recipe on their features
+        from finetune import tune_tops
+
+        tuned = tune_tops(ie, te, flickr, args.tune_tops, tc.seed)[-1]
     datasets = [load_dataset(d) for d in args.data]
     datasets = [flickr] + datasets if args.val_from_flickr else datasets + [flickr]
     feats = [dataset_features(ds, ie, te) for ds in datasets]
@@ -124,13 +129,15 @@ def run(args) -> dict:
             "val_photos": int(len(val.pooled)), "val_from": "flickr8k" if args.val_from_flickr else str(args.data[0]),
             "itc_best_epoch": model.result.history["itc_best_epoch"],
             "train_seconds": round(seconds, 1), "recipe": changed(tc), "rerank_weight": float(model.config.rerank_weight),
-            "tuned_rerank_weight": model.record["tuned_alpha"], "experiment": experiment(args), **scores}
+            "tuned_rerank_weight": model.record["tuned_alpha"], "experiment": experiment(args),
+            **({"tuned_tops_last_epoch": tuned} if tuned else {}), **scores}
 
 
 def experiment(args) -> dict:
     """The benchmark's own options that change what is trained (beside the recipe)."""
     out = {"heads": args.heads, "max_pool": args.max_pool, "val_from_flickr": args.val_from_flickr,
-           "image_encoder": args.image_encoder if args.image_encoder != "efficientnet-lite0" else None}
+           "image_encoder": args.image_encoder if args.image_encoder != "efficientnet-lite0" else None,
+           "tune_tops": args.tune_tops}
     out = {k: v for k, v in out.items() if v}
     if args.val_photos != 50:
         out["val_photos"] = args.val_photos
@@ -182,6 +189,9 @@ def main() -> None:
     ap.add_argument("--val-from-flickr", action="store_true",
                     help="validation photos from Flickr8k's train split instead of the first --data")
     ap.add_argument("--candidates", type=int, default=32)
+    ap.add_argument("--tune-tops", type=int, default=0, metavar="EPOCHS",
+                    help="experiment: first train Lite0's last block and MiniLM's top layer on Flickr8k train "
+                         "(benchmarks/finetune.py's 'both' arm) for EPOCHS, then the recipe on their features")
     ap.add_argument("--max-pool", action="store_true",
                     help="experiment: image_fc also reads each photo's max over its grid cells")
     ap.add_argument("--heads", default="", help="fusion heads to train and measure, comma-separated "

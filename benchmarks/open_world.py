@@ -145,6 +145,21 @@ def plot(r: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def tuned_encoders(args, tc):
+    """Lite0 and MiniLM with their tops trained on all of --tune-on's photos (none of them a
+    COCO fold's), as benchmarks/finetune.py's 'both' arm trains them."""
+    from finetune import tune_tops
+
+    from retrieval.data.datasets import load_dataset
+    from retrieval.encoders.image_encoder import load_image_encoder
+    from retrieval.encoders.text_encoder import load_text_encoder
+
+    ie = load_image_encoder(args.image_encoder, image_size=image_size(args.image_encoder, tc))
+    te = load_text_encoder()
+    tune_tops(ie, te, load_dataset(args.tune_on or args.train_only[0]), args.tune_tops, tc.seed, all_photos=True)
+    return ie, te
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, action="append", required=True, help="evaluated dataset (repeatable)")
@@ -152,17 +167,25 @@ def main() -> None:
     ap.add_argument("--distractors", type=Path, required=True, help="folder of uncaptioned photos")
     ap.add_argument("--folds", type=int, default=5)
     add_recipe_options(ap)
+    ap.add_argument("--tune-tops", type=int, default=0, metavar="EPOCHS",
+                    help="experiment: first train Lite0's last block and MiniLM's top layer on every photo of "
+                         "--tune-on (benchmarks/finetune.py's 'both' arm), then the folds on their features")
+    ap.add_argument("--tune-on", type=Path, help="the Flickr8k folder --tune-tops trains on [default: the "
+                                                 "first --train-only folder]")
     ap.add_argument("--name", default="recall", help="results file stem")
     args = ap.parse_args()
     start = time.perf_counter()
     tc = recipe(args)
+    encoders = tuned_encoders(args, tc) if args.tune_tops else None
     report = open_world_report(args.data, args.distractors, args.train_only, args.folds, args.seed,
-                               args.image_encoder, tc=tc, log=lambda e: print(e, file=sys.stderr, flush=True))
+                               args.image_encoder, tc=tc, log=lambda e: print(e, file=sys.stderr, flush=True),
+                               encoders=encoders)
     report.update(image_encoder=args.image_encoder, image_size=image_size(args.image_encoder, tc),
                   memory_beta=tc.memory_beta, bridge_cells=tc.bridge_cells, mid_features=tc.mid_features,
                   reranker_hidden=tc.reranker_hidden, soup=tc.soup, pseudo_captions=tc.pseudo_captions,
                   pseudo_prior=tc.pseudo_prior, rerank_weight=tc.rerank_weight,
-                  neighbour_weight=tc.neighbour_weight, neighbour_dims=tc.neighbour_dims, recipe=changed(tc))
+                  neighbour_weight=tc.neighbour_weight, neighbour_dims=tc.neighbour_dims, recipe=changed(tc),
+                  tune_tops=args.tune_tops)
     report["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")

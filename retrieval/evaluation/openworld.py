@@ -230,12 +230,13 @@ def _mean_std(rows: list[dict]) -> dict:
 
 def open_world_report(data: list[Path], distractors: Path, train_only: list[Path] = (), folds: int = 5,
                       seed: int = 0, image_encoder: str = "efficientnet-lite0", cache_dir: Path | None = None,
-                      candidates: int = 32, tc=None, log=None) -> dict:
+                      candidates: int = 32, tc=None, log=None, encoders=None) -> dict:
     """Cross-validate over the captioned photos of `data`: each fold is held out, the model is
     trained on the rest (plus `train_only` datasets, never evaluated) and evaluated among
     the other distractors. A fixed half of the distractors is training material (the
     reranker's candidates are ranked among them, and they are the uncaptioned photos that
-    get pseudo-captions); the evaluation gallery is the fold plus the other half."""
+    get pseudo-captions); the evaluation gallery is the fold plus the other half. `encoders`:
+    an (image, text) encoder pair to use instead of the named image encoder and MiniLM."""
     from retrieval.encoders.image_encoder import load_image_encoder
     from retrieval.encoders.text_encoder import load_text_encoder
     from retrieval.model.memory import load_memory
@@ -246,8 +247,8 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     from retrieval.training.trainer import class_embeddings, image_size, model_config, train_model
 
     tc = tc or TrainConfig(seed=seed, variants=())
-    ie = load_image_encoder(image_encoder, image_size=image_size(image_encoder, tc))
-    te = load_text_encoder()
+    ie, te = encoders or (load_image_encoder(image_encoder, image_size=image_size(image_encoder, tc)),
+                          load_text_encoder())
     slim = (lambda f: f) if tc.variants else DatasetFeatures.without_cells_and_tokens
     evals = DatasetFeatures.concat([slim(dataset_features(load_dataset(d), ie, te, cache_dir)) for d in data])
     evals = evals.subset(np.arange(len(evals.pooled)))
