@@ -4,6 +4,7 @@ whenever their ids disagree with SQLite (after a crash, or a lost file)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -39,17 +40,18 @@ def recorded_model(root: Path) -> str | None:
     """The checkpoint file the library at `root` was indexed with (SHIPPED_MODEL for the one in
     the package), or None when there is no library there yet, it predates the record or its
     database is unreadable."""
+    import sqlite3
+
     if not (root / DB_FILE).is_file():
         return None
+    # one SELECT, not open_db: every command reads this before it opens the library, and
+    # open_db's schema checks and migrations would then run twice
     try:
-        engine = open_db(root / DB_FILE)
-    except LibraryError:  # damaged: opening the library says so, and --rebuild starts afresh
+        with contextlib.closing(sqlite3.connect(root / DB_FILE, timeout=10)) as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'model_path'").fetchone()
+    except sqlite3.Error:  # damaged: opening the library says so, and --rebuild starts afresh
         return None
-    try:
-        with Session(engine) as s:
-            return get_meta(s, "model_path")
-    finally:
-        engine.dispose()
+    return None if row is None else row[0]
 
 
 def check_root(root: Path) -> None:
