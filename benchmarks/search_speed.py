@@ -1,5 +1,7 @@
-"""Search latency: cold start of `fusion search` (a new process) and warm queries with rerank,
-in process and over `fusion serve`, on synthetic libraries of the given sizes.
+"""Search latency, the two inference engines side by side: cold start of `fusion search` (a
+new process) and warm queries with rerank, in process and over `fusion serve`, on synthetic
+libraries of the given sizes. Each measurement alternates the engines (FUSION_ENGINE=onnx, the
+default, and FUSION_ENGINE=torch), so the machine's drift falls on both alike.
 
     python benchmarks/search_speed.py [--sizes 10000,100000] [--data DIR ...]
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,49 +40,85 @@ def pct(xs, q):
     return round(sorted(xs)[min(len(xs) - 1, int(q * len(xs)))], 2)
 
 
-def cold_start(db: Path, runs: int = 3) -> dict:
-    walls = []
+ENGINES = ("onnx", "torch")
+
+
+def with_engine(engine: str) -> dict:
+    return {**os.environ, "FUSION_ENGINE": engine}
+
+
+def cold_start(db: Path, runs: int = 5) -> dict:
+    walls: dict[str, list[float]] = {e: [] for e in ENGINES}
     for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "retrieval.cli", "search", "a dog on a beach", "--db", str(db)],
-                       check=True, capture_output=True)
-        walls.append(time.perf_counter() - start)
+        for engine in ENGINES:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "retrieval.cli", "search", "a dog on a beach", "--db", str(db)],
+                           check=True, capture_output=True, env=with_engine(engine))
+            walls[engine].append(time.perf_counter() - start)
     # where the time goes, measured in a fresh process
-    probe = ("import time;t0=time.perf_counter();import torch;t1=time.perf_counter();"
-             "from retrieval.query.search import open_searcher;t2=time.perf_counter();"
-             f"s=open_searcher({str(db)!r});t3=time.perf_counter();s.runtime.checkpoint;t4=time.perf_counter();"
-             "s.runtime.text_encoder.network;t5=time.perf_counter();s.text('a dog on a beach');t6=time.perf_counter();"
-             "print(t1-t0,t2-t1,t3-t2,t4-t3,t5-t4,t6-t5)")
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.split()
-    parts = ["import_torch_s", "import_rest_s", "open_library_s", "load_checkpoint_s", "load_text_model_s", "first_query_s"]
-    return {"wall_s_median": round(statistics.median(walls), 3),
-            "breakdown": {k: round(float(v), 3) for k, v in zip(parts, out)}}
+    probe = ("import sys,time;t0=time.perf_counter();import retrieval.cli;"
+             "from retrieval.query.search import open_searcher;t1=time.perf_counter();"
+             f"s=open_searcher({str(db)!r});t2=time.perf_counter();s.runtime.query;s.runtime.memory;"
+             "t3=time.perf_counter();s.runtime.text_encoder.warm();t4=time.perf_counter();"
+             "s.text('a dog on a beach');t5=time.perf_counter();"
+             "print(t1-t0,t2-t1,t3-t2,t4-t3,t5-t4,'torch' in sys.modules)")
+    parts = ["imports_s", "open_library_s", "query_side_and_memory_s", "load_text_model_s", "first_query_s"]
+    out = {}
+    for engine in ENGINES:
+        got = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
+                             env=with_engine(engine)).stdout.split()
+        out[engine] = {"wall_s_median": round(statistics.median(walls[engine]), 3),
+                       "wall_s": [round(w, 3) for w in walls[engine]],
+                       "breakdown": {k: round(float(v), 3) for k, v in zip(parts, got)},
+                       "torch_imported": got[-1] == "True"}
+    return out
 
 
-def warm(db: Path, n: int = 50) -> dict:
-    s = open_searcher(db)
-    s.text("warm up")
-    times = []
+def warm(db: Path, n: int = 100) -> dict:
+    """p50 / p95 ms of a text query (encode, FAISS, rerank of 32, paths), the engines taking
+    turns query by query in one process."""
+    searchers = {e: open_searcher(db, Runtime(engine=e)) for e in ENGINES}
+    times: dict[str, list[float]] = {e: [] for e in ENGINES}
+    for s in searchers.values():
+        s.text("warm up")
     for i in range(n):
-        start = time.perf_counter()
-        s.text(QUERIES[i % len(QUERIES)], k=10, candidates=32)
-        times.append(1000 * (time.perf_counter() - start))
-    return {"p50_ms": pct(times, 0.5), "p95_ms": pct(times, 0.95)}
+        for engine, s in searchers.items():
+            start = time.perf_counter()
+            s.text(QUERIES[i % len(QUERIES)], k=10, candidates=32)
+            times[engine].append(1000 * (time.perf_counter() - start))
+    encode = {}
+    for engine, s in searchers.items():
+        te = s.runtime.text_encoder
+        t = []
+        for i in range(n):
+            start = time.perf_counter()
+            te.encode([QUERIES[i % len(QUERIES)]], normalize=False)
+            t.append(1000 * (time.perf_counter() - start))
+        encode[engine] = pct(t, 0.5)
+    return {e: {"p50_ms": pct(times[e], 0.5), "p95_ms": pct(times[e], 0.95), "encode_p50_ms": encode[e]}
+            for e in ENGINES}
 
 
 def served(db: Path, n: int = 50) -> dict:
     sys.path.insert(0, str(ROOT))
     from tests.serving import running_server
 
-    with running_server(db) as root:
-        base = root + "/api/search?"
-        times = []
-        for i in range(n + 5):
-            start = time.perf_counter()
-            urllib.request.urlopen(base + urllib.parse.urlencode({"q": QUERIES[i % len(QUERIES)]})).read()
-            if i >= 5:
-                times.append(1000 * (time.perf_counter() - start))
-        return {"p50_ms": pct(times, 0.5), "p95_ms": pct(times, 0.95)}
+    out = {}
+    for engine in ENGINES:
+        os.environ["FUSION_ENGINE"] = engine  # the server process inherits it
+        try:
+            with running_server(db) as root:
+                base = root + "/api/search?"
+                times = []
+                for i in range(n + 5):
+                    start = time.perf_counter()
+                    urllib.request.urlopen(base + urllib.parse.urlencode({"q": QUERIES[i % len(QUERIES)]})).read()
+                    if i >= 5:
+                        times.append(1000 * (time.perf_counter() - start))
+        finally:
+            os.environ.pop("FUSION_ENGINE", None)
+        out[engine] = {"p50_ms": pct(times, 0.5), "p95_ms": pct(times, 0.95)}
+    return out
 
 
 def main() -> None:
@@ -98,18 +137,28 @@ def main() -> None:
             rows[n] = {"build_s": round(build_s, 1), "cold_start": cold_start(db), "warm_in_process": warm(db),
                        "warm_http": served(db)}
             print(n, rows[n], flush=True)
+    write(rows, real, data)
+
+
+def write(rows: dict, real, data) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "search_speed.json").write_text(json.dumps(rows, indent=2) + "\n")
-    lines = ["# Search latency", "", f"Synthetic libraries drawn from {len(real[0])} real photos "
-             f"({', '.join(d.name for d in data)}); exact FAISS index; rerank of 32 candidates, k = 10.", "",
-             "| photos | cold `fusion search` s | warm p50 / p95 ms (in process) | warm p50 / p95 ms (HTTP) |",
-             "| ---: | ---: | ---: | ---: |"]
+    lines = ["# Search latency: ONNX Runtime against torch", "", f"Synthetic libraries drawn from {len(real[0])} "
+             f"real photos ({', '.join(d.name for d in data)}); exact FAISS index; rerank of 32 candidates, k = 10. "
+             "Each row's engines took turns (FUSION_ENGINE=onnx, the default, and torch), on one machine in one run. "
+             "Warm: in one process, encoding the query, FAISS, the rerank and the paths.", "",
+             "| photos | engine | cold `fusion search` s (median of 5) | warm p50 / p95 ms (in process) | "
+             "of which the query's encoding, p50 ms | warm p50 / p95 ms (HTTP) | torch imported by a search |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | --- |"]
     for n, r in rows.items():
-        lines.append(f"| {n:,} | {r['cold_start']['wall_s_median']} | {r['warm_in_process']['p50_ms']} / "
-                     f"{r['warm_in_process']['p95_ms']} | {r['warm_http']['p50_ms']} / {r['warm_http']['p95_ms']} |")
-    lines += ["", "Cold start breakdown (s):", ""]
+        for e in ENGINES:
+            c, w, h = r["cold_start"][e], r["warm_in_process"][e], r["warm_http"][e]
+            lines.append(f"| {n:,} | {e} | {c['wall_s_median']} | {w['p50_ms']} / {w['p95_ms']} | {w['encode_p50_ms']} | "
+                         f"{h['p50_ms']} / {h['p95_ms']} | {'yes' if c['torch_imported'] else 'no'} |")
+    lines += ["", "Cold start breakdown (s, one fresh process each):", ""]
     for n, r in rows.items():
-        lines.append(f"- {n:,}: " + ", ".join(f"{k} {v}" for k, v in r["cold_start"]["breakdown"].items()))
+        for e in ENGINES:
+            lines.append(f"- {n:,}, {e}: " + ", ".join(f"{k} {v}" for k, v in r["cold_start"][e]["breakdown"].items()))
     (RESULTS / "search_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -144,4 +144,5 @@ def _stream(stats, runtime, rename_shas, timing, opts: RayOptions, batch_size):
                                    f"{mine}; install the same fusion-retrieval (and --checkpoint) on every node")
             timing.decode_s += float(batch["decode_s"][n])
             timing.forward_s += float(batch["forward_s"][n])
+            timing.network_s += float(batch["network_s"][n])
             yield from pickle.loads(batch["events"][n])

@@ -42,6 +42,14 @@ def rebuild(root: Path, runtime: Runtime) -> None:
         shutil.rmtree(root / "thumbs", ignore_errors=True)  # keyed by photo ids, which restart
 
 
+def prepare_engine(runtime: Runtime, notice=None) -> None:
+    """Export the encoders' ONNX graphs now if this machine lacks them (once per machine and
+    model, a few seconds), before worker processes start and before the photos/s clock."""
+    if runtime.engine == "onnx":
+        runtime.image_encoder.graph.ensure(notice)
+        runtime.text_encoder.graph.ensure(notice)
+
+
 def prepare_memory(runtime: Runtime, notice=None) -> None:
     """Encode the model's caption memory now if this machine has not yet (once per machine,
     about a minute on two cores), saying so through `notice`."""
@@ -122,10 +130,11 @@ def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size:
     renames = {sha: pid for pid, (_path, sha) in todo.missing.items()}
     work = todo.new + [f for _pid, f in todo.changed]
     if work:  # one-off work first, so that photos/s counts only the photos' own
+        prepare_engine(runtime, notice)
         prepare_memory(runtime, notice)
     progress = bar(len(work)) if (bar and work) else None
     photo_start = time.perf_counter()
-    procs = (0, 0) if ray is not None else plan_processes(len(work), processes)  # (processes, threads)
+    procs = (0, 0) if ray is not None else plan_processes(len(work), processes, runtime.engine)
     if ray is not None and work:
         from indexer.on_ray import ray_photo_stream  # Ray is imported only with --ray
 
@@ -134,7 +143,7 @@ def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size:
         stream = process_photo_stream(work, runtime, set(renames), timing, *procs, batch_size)
     else:
         if work:
-            _ = runtime.image_encoder.network  # load before timing the photos
+            runtime.image_encoder.warm()  # load before timing the photos
             photo_start = time.perf_counter()
         stream = photo_stream(work, runtime, set(renames), timing, workers, batch_size, WRITE_BATCH)
     summary["processes"] = procs[0]

@@ -33,11 +33,12 @@ def copies(tmp_path, demo_photos, n=3) -> Path:
 
 def test_automatic_plan():
     cpus = usable_cpus()
-    assert plan_processes(MIN_PHOTOS - 1, None) == (0, 0)  # small runs: starting workers costs more
+    assert plan_processes(MIN_PHOTOS - 1, None, "torch") == (0, 0)  # small runs: starting workers costs more
     assert plan_processes(10, 0) == (0, 0) and plan_processes(10, 1) == (0, 0) and plan_processes(0, 4) == (0, 0)
-    assert plan_processes(10, 2) == (2, max(1, cpus // 2))
-    auto = plan_processes(MIN_PHOTOS, None)
+    assert plan_processes(10, 2) == (2, max(1, cpus // 2)) == plan_processes(10, 2, "torch")
+    auto = plan_processes(MIN_PHOTOS, None, "torch")
     assert auto == ((min(cpus, 4), max(1, cpus // min(cpus, 4))) if cpus >= 2 else (0, 0))
+    assert plan_processes(100_000, None, "onnx") == (0, 0)  # ONNX Runtime uses both cores in one process
 
 
 def test_processes_give_the_same_library_on_the_demo_collection_and_the_battery(tmp_path, demo_dir, demo_photos):

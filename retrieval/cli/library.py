@@ -24,7 +24,8 @@ from retrieval.cli.output import print_hits
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256),
               help="Photos per forward pass (4 is fastest on 2 CPU cores).")
 @click.option("--processes", type=click.IntRange(0, 64), help="Worker processes that read, decode and encode "
-              "photos; 0: this process. [default: one per core, at most 4, for 300+ photos to encode]")
+              "photos; 0: this process. [default: this process; with FUSION_ENGINE=torch, one per core, at most "
+              "4, for 300+ photos to encode]")
 @click.option("--index-type", type=click.Choice(["auto", "flat", "ivf"]),
               help="Photo vector index: exact (flat), IVF with 8-bit codes (ivf), or by library size "
                    "(auto: ivf from 200,000 photos). Remembered by the library. [default: auto]")
@@ -183,6 +184,10 @@ def search(query, k, candidates, no_rerank, like, add, minus, under, after, befo
     only up to a cap: it says which photos look like the photo, and the words choose among
     them, so give the words that tell the photo you want from its look-alikes.
     """
+    if query or add or minus:  # words to encode: MiniLM loads while the query layer imports
+        from retrieval.encoders.text_encoder import preload_text_model
+
+        preload_text_model()
     from retrieval.api import open_library
 
     if query is None and like is None and not add:

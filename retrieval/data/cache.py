@@ -1,4 +1,5 @@
-"""Where fusion keeps what it can rebuild: encoded dataset features and the caption memory."""
+"""Where fusion keeps what it can rebuild: encoded dataset features, the caption memory and the
+encoders' ONNX graphs."""
 
 from __future__ import annotations
 
@@ -17,3 +18,8 @@ def default_cache_dir() -> Path:
 def memory_cache_dir() -> Path:
     """The caption memory's sentence vectors, beside the feature cache."""
     return default_cache_dir().parent / "memory"
+
+
+def onnx_cache_dir() -> Path:
+    """The encoders' ONNX graphs, exported once per machine and model (retrieval/encoders/onnx_engine.py)."""
+    return default_cache_dir().parent / "onnx"

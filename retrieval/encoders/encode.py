@@ -54,11 +54,12 @@ class EncodeReport:
 
 def encode_photos(files: list[Path], encoder_name: str = "efficientnet-lite0", weights=None,
                   batch_size: int = 4, workers: int = 1, progress=None,
-                  image_size: int | None = None) -> EncodeReport:
+                  image_size: int | None = None, engine: str = "onnx") -> EncodeReport:
     """Encode `files` (at `image_size`, default the size the shipped model feeds the encoder),
     skipping (and reporting) those that are not readable photos."""
-    encoder = load_image_encoder(encoder_name, weights, image_size=image_size or run_size(encoder_name))
-    _ = encoder.network  # load outside the timed region
+    encoder = load_image_encoder(encoder_name, weights, image_size=image_size or run_size(encoder_name),
+                                 engine=engine)
+    encoder.warm()  # load outside the timed region
     start = time.perf_counter()
     feats, kept, errors = encoder.encode_files(files, batch_size, workers, progress=progress)
     seconds = time.perf_counter() - start

@@ -83,11 +83,14 @@ class ImageEncoder:
     """Photos in, pooled vectors + ImageNet logits (+ grid cells) out; the network loads on first use."""
 
     def __init__(self, config: ImageEncoderConfig, weights: str | os.PathLike | None = None,
-                 channels_last: bool = True, fold: bool = True):
+                 channels_last: bool = True, fold: bool = True, engine: str = "torch",
+                 threads: int | None = None):
         self.config = config
         self.weights = weights
         self.channels_last = channels_last
         self.fold = fold  # fold batch norms into convolutions where the network can
+        self.engine = engine  # "onnx": ONNX Runtime runs the exported network; "torch": the module
+        self.threads = threads  # ONNX Runtime's threads (None: every usable core)
 
     @property
     def feature_id(self) -> str:
@@ -120,10 +123,33 @@ class ImageEncoder:
             net = net.to(memory_format=torch.channels_last)
         return net
 
+    @cached_property
+    def graph(self):
+        """The network as an ONNX Runtime graph (exported from the same weights on first use)."""
+        from retrieval.encoders.networks import weights_file
+        from retrieval.encoders.onnx_engine import Graph, file_identity, graph_path
+
+        c = self.config
+        ident = f"{c.name}|{c.image_size}|fold={self.fold}|{file_identity(weights_file(c.name, self.weights))}"
+
+        def build(path):
+            from retrieval.encoders.onnx_export import export_image
+
+            return export_image(self, path)
+
+        return Graph(graph_path(c.name, ident), build, self.threads)
+
+    def warm(self) -> None:
+        """Load the engine now (outside a timed region; a missing graph is exported)."""
+        _ = self.graph.session if self.engine == "onnx" else self.network
+
     def encode(self, pixels: Sequence[np.ndarray], batch_size: int = 4, normalize: bool = True,
                grid: bool = False) -> ImageFeatures:
         """Encode preprocessed photos (from `preprocess`/`load`) in batches; batch size 4 is
-        fastest on 2 CPU cores. Results do not depend on the batch size beyond float noise."""
+        fastest on 2 CPU cores. Results do not depend on the batch size beyond float noise.
+        Grid cells (training only) always come from torch."""
+        if self.engine == "onnx" and not grid:
+            return self._encode_onnx(pixels, batch_size, normalize)
         import torch
 
         pooled, logits, grids, cells, mids = [], [], [], [], []
@@ -150,6 +176,14 @@ class ImageEncoder:
             cells = self.config.grid ** 2
             out_grid = torch.cat(grids).numpy() if grids else np.zeros((0, cells, d), np.float32)
         return ImageFeatures(out_pooled, out_logits, out_grid, out_cells, out_mid)
+
+    def _encode_onnx(self, pixels: Sequence[np.ndarray], batch_size: int, normalize: bool) -> ImageFeatures:
+        parts = [self.graph.run({"pixels": np.stack(pixels[i:i + batch_size])})
+                 for i in range(0, len(pixels), batch_size)]
+        if not parts:
+            return concat_features([], self.config)
+        pooled, logits, cells, mid = (np.concatenate(p) for p in zip(*parts))
+        return ImageFeatures(_l2n(pooled) if normalize else pooled, logits, None, cells, mid)
 
     def encode_files(self, paths: Sequence, batch_size: int = 4, workers: int = 1,
                      normalize: bool = True, grid: bool = False, progress=None):
@@ -194,10 +228,12 @@ class ImageEncoder:
 
 def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, weights: str | os.PathLike | None = None,
                        channels_last: bool = True, image_size: int | None = None,
-                       fold: bool = True) -> ImageEncoder:
+                       fold: bool = True, engine: str = "torch") -> ImageEncoder:
     """The one factory for image encoders. `resnet50` needs `weights`, a torchvision state-dict
     file; EfficientNet-Lite0 uses the weights its package ships unless `weights` is given.
-    `image_size`: the input side to feed it (None or 0: the size it was trained at)."""
+    `image_size`: the input side to feed it (None or 0: the size it was trained at). `engine`:
+    "torch" (training: the bit-exact path its hash is reproduced on) or "onnx" (everything a
+    user runs: the same vectors within float rounding, about twice as fast)."""
     if name not in CONFIGS:
         raise WeightsError(f"unknown image encoder {name!r}; choose one of {', '.join(CONFIGS)}")
     config = CONFIGS[name]
@@ -213,7 +249,7 @@ def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, weights: str | os.Path
         )
     if weights is not None and not Path(weights).is_file():
         raise WeightsError(f"{weights}: weights file not found")
-    return ImageEncoder(config, weights, channels_last, fold)
+    return ImageEncoder(config, weights, channels_last, fold, engine)
 
 
 def concat_features(parts: Sequence[ImageFeatures], config: ImageEncoderConfig) -> ImageFeatures:

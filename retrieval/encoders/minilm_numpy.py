@@ -1,12 +1,9 @@
-"""The MiniLM forward pass in numpy, for the few texts of a query: a search then never imports
-torch (1.5 s of a cold `fusion search`). The same weights as retrieval/encoders/minilm.py
-(which batches of captions use), read from the same safetensors file; tests/test_minilm.py
-holds the two equal to float rounding."""
+"""What the numpy query side and the torch MiniLM share: the exact GELU (the reranker's
+activation, run in numpy by retrieval/model/query_side.py) and transformers' BertModel weight
+names mapped to ours. (The hand-written numpy MiniLM that lived here is gone: queries run the
+same network on ONNX Runtime, retrieval/encoders/onnx_engine.py.)"""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 
@@ -38,48 +35,3 @@ def rename(state: dict) -> dict:
             name = name.replace(old, new)
         out[name] = tensor
     return out
-
-
-class MiniLMNumpy:
-    """BERT encoder: token ids (B, N) + attention mask (B, N) in, last hidden states out."""
-
-    def __init__(self, config: dict, weights: dict):
-        self.w = {k: np.asarray(v, np.float32) for k, v in weights.items()}
-        self.heads, self.eps = config["num_attention_heads"], config["layer_norm_eps"]
-        self.layers = config["num_hidden_layers"]
-
-    @classmethod
-    def load(cls, folder: Path) -> "MiniLMNumpy":
-        from safetensors.numpy import load_file
-
-        return cls(json.loads((folder / "config.json").read_text()), rename(load_file(str(folder / "model.safetensors"))))
-
-    def _norm(self, x: np.ndarray, name: str) -> np.ndarray:
-        mu = x.mean(-1, keepdims=True)
-        var = ((x - mu) ** 2).mean(-1, keepdims=True)
-        return (x - mu) / np.sqrt(var + self.eps) * self.w[name + ".weight"] + self.w[name + ".bias"]
-
-    def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
-        return x @ self.w[name + ".weight"].T + self.w[name + ".bias"]
-
-    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        w = self.w
-        b, n = ids.shape
-        x = self._norm(w["word.weight"][ids] + w["position.weight"][:n][None] + w["token_type.weight"][0], "norm")
-        d = x.shape[-1]
-        h, dh = self.heads, d // self.heads
-        blocked = np.where(mask.astype(bool), 0.0, -np.inf)[:, None, None, :].astype(np.float32)
-        for i in range(self.layers):
-            p = f"layers.{i}."
-
-            def split(t):
-                return t.reshape(b, n, h, dh).transpose(0, 2, 1, 3)
-
-            q, k, v = (split(self._linear(x, p + name)) for name in ("query", "key", "value"))
-            att = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dh) + blocked
-            att = np.exp(att - att.max(-1, keepdims=True))
-            att /= att.sum(-1, keepdims=True)
-            a = (att @ v).transpose(0, 2, 1, 3).reshape(b, n, d)
-            x = self._norm(x + self._linear(a, p + "attn_out"), p + "attn_norm")
-            x = self._norm(x + self._linear(gelu(self._linear(x, p + "inner")), p + "out"), p + "out_norm")
-        return x

