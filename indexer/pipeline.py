@@ -118,12 +118,13 @@ class PhotoEncoder:
     loaded once, then a task of files at a time, returning its pickled photo_stream events."""
 
     def __init__(self, checkpoint, image_weights, rename_shas: set, threads: int, batch_size: int):
-        import torch
-
         from retrieval.model.runtime import Runtime
 
-        torch.set_num_threads(threads)
         self.runtime = Runtime(checkpoint, image_weights)
+        if self.runtime.engine == "torch":  # ONNX Runtime's workers never import torch
+            import torch
+
+            torch.set_num_threads(threads)
         self.runtime.image_encoder.threads = threads
         self.runtime.image_encoder.warm()
         self.fingerprint = self.runtime.fingerprint

@@ -3,6 +3,7 @@ torch modules on the shipped checkpoint, and a cold `fusion search` in a fresh p
 no torch."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -64,3 +65,32 @@ def test_a_text_search_imports_no_torch(tmp_path, demo_photos):
     assert run.stderr.strip().splitlines()[-1] == "False False"
     hits = json.loads(run.stdout)
     assert sorted(h["path"] for h in hits) == sorted(str(p) for p in demo_photos[:6])
+
+
+def test_the_numpy_photo_side_equals_the_torch_space(demo_photos):
+    """Indexing on ONNX Runtime projects photos in numpy (retrieval/model/photo_side.py): the
+    same ITC vectors, bridge labels, search vectors and evidence as the torch space, on real
+    photos, so both engines write libraries under one fingerprint."""
+    on = {e: Runtime(engine=e) for e in ("torch", "onnx")}
+    enc = on["torch"].image_encoder
+    feats = enc.encode([enc.load(p) for p in demo_photos[:24]], normalize=False)
+    torch_side, numpy_side = (on[e].photo_vectors(feats) for e in ("torch", "onnx"))
+    assert on["onnx"].embedder._photo_side is not None and on["torch"].embedder._photo_side is None
+    np.testing.assert_allclose(numpy_side.itc, torch_side.itc, atol=2e-6)
+    np.testing.assert_allclose(numpy_side.search, torch_side.search, atol=2e-6)
+    a, b = numpy_side.evidence, torch_side.evidence
+    assert np.array_equal(a.label_ids, b.label_ids) and np.array_equal(a.memory_ids, b.memory_ids)
+    np.testing.assert_allclose(a.label_weights, b.label_weights, atol=1e-6)
+    np.testing.assert_allclose(a.key, b.key, atol=1e-6)
+    np.testing.assert_allclose(a.hub, b.hub, atol=1e-5)
+    assert len(set(a.label_ids[:, 0])) > 5  # real photos: many different top classes
+
+
+def test_indexing_on_onnx_runtime_imports_no_torch(tmp_path, demo_photos):
+    code = ("import sys; from pathlib import Path; from indexer.run import index_paths\n"
+            f"s = index_paths([Path(p) for p in {[str(p) for p in demo_photos[:8]]!r}], Path({str(tmp_path / 'lib')!r}))\n"
+            "print(s['added'], 'torch' in sys.modules)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "FUSION_ENGINE": "onnx"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["8", "False"]

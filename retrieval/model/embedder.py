@@ -18,6 +18,7 @@ from retrieval.model.query_side import l2n
 
 if TYPE_CHECKING:
     from retrieval.model.heads import SharedSpace
+    from retrieval.model.photo_side import PhotoSide
     from retrieval.model.query_side import QuerySide
 
 
@@ -36,8 +37,10 @@ class Embedder:
     everything runs on the torch `space` (training and evaluation)."""
 
     def __init__(self, space: "SharedSpace | Callable[[], SharedSpace]", memory: CaptionMemory | None,
-                 beta: float | None = None, query: "QuerySide | None" = None, neighbours: float | None = None):
+                 beta: float | None = None, query: "QuerySide | None" = None, neighbours: float | None = None,
+                 photo_side: "Callable[[], PhotoSide] | None" = None):
         self._space, self.memory, self.query = space, memory, query
+        self._photo_side = photo_side  # the numpy photo side, loaded on first use (None: torch's)
         cfg = query.config if query is not None else space.config
         self.beta = cfg.memory_beta if beta is None else beta  # override: measure other weights
         self.neighbour_weight = cfg.neighbour_weight if neighbours is None else neighbours  # the same
@@ -72,16 +75,29 @@ class Embedder:
             t = torch.as_tensor(np.asarray(pooled, np.float32))
             return self.space.embed_text(t).numpy(), F.normalize(t, dim=-1).numpy()
 
-    def photos(self, f) -> PhotoVectors:
-        """Photos' vectors and evidence from their image features: anything with `pooled`,
-        `logits`, `cells` and `mid` arrays (ImageFeatures, DatasetFeatures, Photos)."""
+    @cached_property
+    def photo_side(self) -> "PhotoSide":
+        return self._photo_side()
+
+    def _itc_and_labels(self, f):
+        """Photos' ITC vectors, bridge classes and weights, the space to read look-alikes from."""
+        if self._photo_side is not None:
+            ps = self.photo_side
+            idx, w = ps.labels(f.logits, f.cells)
+            return ps.embed_image(f.pooled, f.logits, f.cells, f.mid), idx, w, ps.neighbours, ps.config
         import torch
 
         with torch.no_grad():
             args = [None if a is None else torch.as_tensor(np.asarray(a, np.float32))
                     for a in (f.pooled, f.logits, f.cells, f.mid)]
             itc = self.space.embed_image(*args).numpy()
-            label_ids, label_w = self.space.labels(args[1], args[2])
+            idx, w = self.space.labels(args[1], args[2])
+        return itc, idx.numpy(), w.numpy(), self.space.neighbours, self.space.config
+
+    def photos(self, f) -> PhotoVectors:
+        """Photos' vectors and evidence from their image features: anything with `pooled`,
+        `logits`, `cells` and `mid` arrays (ImageFeatures, DatasetFeatures, Photos)."""
+        itc, label_ids, label_w, nb, cfg = self._itc_and_labels(f)
         n = len(itc)
         if self.memory is None:
             ids, w = np.zeros((n, MEMORY_SIZE), np.int32), np.zeros((n, MEMORY_SIZE), np.float32)
@@ -91,11 +107,10 @@ class Embedder:
             search = itc
             if self.beta:
                 search = l2n(itc + self.beta * l2n((w[:, :, None] * self.corpus_itc[ids]).sum(1)))
-        nb, cfg = self.space.neighbours, self.space.config
         if nb is not None and self.neighbour_weight:
             search = l2n(search + self.neighbour_weight * nb.transfer(f.pooled, cfg.neighbour_k, cfg.neighbour_tau))
-        ev = PhotoEvidence(ids, w, label_ids[:, :LABELS].numpy().astype(np.int32),
-                           label_w[:, :LABELS].numpy().astype(np.float32),
+        ev = PhotoEvidence(ids, w, label_ids[:, :LABELS].astype(np.int32),
+                           label_w[:, :LABELS].astype(np.float32),
                            None if nb is None else nb.key(f.pooled),
                            None if self.memory is None else hubness(search, self.corpus_itc))
         return PhotoVectors(search.astype(np.float32), itc.astype(np.float32), ev)

@@ -87,7 +87,12 @@ class Runtime:
     def embedder(self):
         from retrieval.model.embedder import Embedder
 
-        return Embedder(lambda: self.checkpoint.space, self.memory, query=self.query)
+        photo_side = None
+        if self.engine == "onnx":  # the whole photo path without torch: the heads in numpy too
+            from retrieval.model.photo_side import PhotoSide
+
+            photo_side = lambda: PhotoSide.load(self.checkpoint_path)  # noqa: E731
+        return Embedder(lambda: self.checkpoint.space, self.memory, query=self.query, photo_side=photo_side)
 
     def photo_vectors(self, feats):
         """Search vectors, plain ITC vectors and rerank evidence of encoded photos."""
