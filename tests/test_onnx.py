@@ -135,3 +135,21 @@ def test_the_engine_is_chosen_by_fusion_engine(monkeypatch):
     monkeypatch.setenv("FUSION_ENGINE", "tensorrt")
     with pytest.raises(WeightsError, match="FUSION_ENGINE='tensorrt': use one of onnx, torch"):
         Runtime()
+
+
+def test_a_preloaded_session_is_taken_over_once(engines):
+    """A cold search starts loading MiniLM's session in a thread; the encoder then uses that
+    session instead of loading a second one, and gives the same vectors."""
+    from retrieval.encoders import onnx_engine
+
+    te = load_text_encoder(engine="onnx")
+    te.graph.ensure()
+    te.preload()
+    thread, box = onnx_engine._preloads[(str(te.graph.path), None)]
+    thread.join()
+    got = te.encode(["a dog on a beach"], normalize=False).pooled
+    assert te.graph.session is box[0] and (str(te.graph.path), None) not in onnx_engine._preloads
+    want = engines["torch"][1].encode(["a dog on a beach"], normalize=False).pooled
+    assert cosines(got, want)[0] >= FAITHFUL
+    onnx_engine.preload(te.graph.path.with_name("missing.onnx"))  # no graph yet: nothing starts
+    assert not any("missing" in k[0] for k in onnx_engine._preloads)

@@ -45,6 +45,23 @@ def main():
       fusion bench recall --data data/demo    how well text finds photos, and back
       fusion train --data DIR --out FILE      train your own shared space and reranker
     """
+    skip_exit_collection()
+
+
+_exit_hook = False
+
+
+def skip_exit_collection() -> None:
+    """At exit, leave what the command built (SQLAlchemy's classes, the model's arrays) to the
+    OS instead of a last garbage collection over it: 0.15 s of a 0.7 s cold search. Objects
+    freed by reference counting (files, SQLite connections) still close as before."""
+    global _exit_hook
+    if not _exit_hook:
+        import atexit
+        import gc
+
+        atexit.register(gc.freeze)
+        _exit_hook = True
 
 
 def db_option(fn):
