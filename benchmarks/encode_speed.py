@@ -1,6 +1,7 @@
-"""Encoder throughput on this machine: decode + preprocess, forward pass and end to end for
-photos (batch 1/4; Lite0 at 224 and 256 px, batch norms folded into the convolutions or
-not; channels_last, as shipped), and captions/s for text.
+"""Encoder throughput on this machine, the two inference engines side by side: decode +
+preprocess, forward pass and end to end for photos (Lite0 at 256 px as shipped, batch norms
+folded; torch with channels_last, and ONNX Runtime on the graph exported from the same
+weights), captions/s and a single query's latency for text.
 
     python benchmarks/encode_speed.py [--data DIR] [--photos N]
 
@@ -33,41 +34,51 @@ def timed(n: int, fn) -> float:
     return n / (time.perf_counter() - start)
 
 
-VARIANTS = {f"{size}px,{'folded' if fold else 'unfolded'}": (size, fold)
-            for size in (224, 256) for fold in (False, True)}  # shipped: 256px,folded
+VARIANTS = {"torch": "torch", "onnx": "onnx"}  # engine per variant; both Lite0 at 256 px, folded
 
 
-def bench_images(paths: list[Path], batches=(1, 4)) -> dict:
-    """Median photos/s of REPEATS runs. The variants alternate inside each repeat, in turned
+def bench_images(paths: list[Path], batches=(1, 4, 8)) -> dict:
+    """Median photos/s of REPEATS runs. The engines alternate inside each repeat, in turned
     order every other repeat: this shared 2-core machine drifts by +-30% over a minute, so
-    blocks run one after the other would compare the drift, not the variants."""
-    enc = {k: load_image_encoder(image_size=s, fold=f) for k, (s, f) in VARIANTS.items()}
-    samples: dict[str, list[float]] = {}
-    pixels = {}
-    for size in sorted({s for s, _ in VARIANTS.values()}):
-        e = next(enc[k] for k, (s, _) in VARIANTS.items() if s == size)
-        samples[f"decode_preprocess_1_thread[{size}px]"] = [
-            timed(len(paths), lambda: [e.load(p) for p in paths]) for _ in range(REPEATS)]
-        pixels[size] = [e.load(p) for p in paths]
+    blocks run one after the other would compare the drift, not the engines."""
+    enc = {k: load_image_encoder(image_size=256, engine=e) for k, e in VARIANTS.items()}
+    for e in enc.values():
+        e.warm()
+    e = enc["torch"]
+    samples: dict[str, list[float]] = {"decode_preprocess_1_thread[256px]": [
+        timed(len(paths), lambda: [e.load(p) for p in paths]) for _ in range(REPEATS)]}
+    pixels = [e.load(p) for p in paths]
     for b in batches:
-        for k, e in enc.items():
-            e.encode(pixels[VARIANTS[k][0]][: 2 * b], batch_size=b)  # warm-up: oneDNN picks kernels per shape
+        for e in enc.values():
+            e.encode(pixels[: 2 * b], batch_size=b)  # warm-up: kernels are picked per shape
         for rep in range(REPEATS):
             for k in (list(enc) if rep % 2 == 0 else list(enc)[::-1]):
-                e, px = enc[k], pixels[VARIANTS[k][0]]
+                e = enc[k]
                 samples.setdefault(f"forward[{k},batch={b}]", []).append(
-                    timed(len(px), lambda: e.encode(px, batch_size=b)))
+                    timed(len(pixels), lambda: e.encode(pixels, batch_size=b)))
                 samples.setdefault(f"end_to_end[{k},batch={b}]", []).append(
                     timed(len(paths), lambda: e.encode_files(paths, b, workers=1)))
     return {k: float(np.median(v)) for k, v in sorted(samples.items())}
 
 
-def bench_text(captions: list[str]) -> dict:
-    enc = load_text_encoder()
-    enc.encode(captions[:64])
-    return {f"text[batch={b}]": float(np.median([
-        timed(len(captions), lambda: enc.encode(captions, batch_size=b)) for _ in range(REPEATS)]))
-        for b in (16, 64, 256)}
+def bench_text(captions: list[str], queries: int = 200) -> tuple[dict, dict]:
+    """captions/s in batches, and a one-text query's p50 latency in ms, per engine."""
+    enc = {k: load_text_encoder(engine=e) for k, e in VARIANTS.items()}
+    rates: dict[str, list[float]] = {}
+    latency: dict[str, list[float]] = {k: [] for k in enc}
+    for e in enc.values():
+        e.encode(captions[:64])
+    for rep in range(REPEATS):
+        for k in (list(enc) if rep % 2 == 0 else list(enc)[::-1]):
+            rates.setdefault(f"text[{k},batch=64]", []).append(
+                timed(len(captions), lambda: enc[k].encode(captions, batch_size=64)))
+    for i in range(queries):
+        for k, e in enc.items():
+            start = time.perf_counter()
+            e.encode([captions[i % len(captions)]], normalize=False)
+            latency[k].append(1000 * (time.perf_counter() - start))
+    return ({k: float(np.median(v)) for k, v in rates.items()},
+            {f"query[{k}]": float(np.median(v)) for k, v in latency.items()})
 
 
 def main() -> None:
@@ -85,8 +96,13 @@ def main() -> None:
                     "python": platform.python_version(), "cpu": platform.processor()},
         "data": str(args.data), "photos": len(paths), "captions": len(captions),
         "photos_per_s": {k: round(v, 1) for k, v in bench_images(paths).items()},
-        "captions_per_s": {k: round(v, 1) for k, v in bench_text(captions).items()},
     }
+    rates, latency = bench_text(captions)
+    results["captions_per_s"] = {k: round(v, 1) for k, v in rates.items()}
+    results["query_p50_ms"] = {k: round(v, 2) for k, v in latency.items()}
+    import onnxruntime
+
+    results["machine"]["onnxruntime"] = onnxruntime.__version__
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "encode_speed.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "encode_speed.md").write_text(to_markdown(results))
@@ -94,14 +110,17 @@ def main() -> None:
 
 
 def to_markdown(r: dict) -> str:
-    lines = ["# Encoder throughput", "",
-             f"torch {r['machine']['torch']}, {r['machine']['cpus']} threads; "
+    lines = ["# Encoder throughput: ONNX Runtime against torch", "",
+             f"torch {r['machine']['torch']} and ONNX Runtime {r['machine']['onnxruntime']}, "
+             f"{r['machine']['cpus']} threads each, engines alternating; Lite0 at 256 px; "
              f"{r['photos']} photos from `{Path(r['data']).name}`, {r['captions']} captions; "
              f"median of {REPEATS} runs each.", "",
              "| measurement | photos/s |", "| --- | ---: |"]
     lines += [f"| {k} | {v} |" for k, v in r["photos_per_s"].items()]
     lines += ["", "| measurement | captions/s |", "| --- | ---: |"]
     lines += [f"| {k} | {v} |" for k, v in r["captions_per_s"].items()]
+    lines += ["", "| one text query (encode only) | p50 ms |", "| --- | ---: |"]
+    lines += [f"| {k} | {v} |" for k, v in r["query_p50_ms"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,10 @@ new process) and warm queries with rerank, in process and over `fusion serve`, o
 libraries of the given sizes. Each measurement alternates the engines (FUSION_ENGINE=onnx, the
 default, and FUSION_ENGINE=torch), so the machine's drift falls on both alike.
 
-    python benchmarks/search_speed.py [--sizes 10000,100000] [--data DIR ...]
+    python benchmarks/search_speed.py [--sizes 10000,100000] [--data DIR ...] [--before DIR]
+
+--before DIR: a checkout of an earlier commit (git worktree add DIR COMMIT), measured beside
+the engines (cold start and warm in process) with the same interpreter: the path users had.
 
 Writes benchmarks/results/search_speed.md and .json.
 """
@@ -43,17 +46,28 @@ def pct(xs, q):
 ENGINES = ("onnx", "torch")
 
 
+BEFORE: Path | None = None  # --before
+
+
 def with_engine(engine: str) -> dict:
+    if engine == "before":
+        env = {**os.environ, "PYTHONPATH": str(BEFORE)}
+        env.pop("FUSION_ENGINE", None)
+        return env
     return {**os.environ, "FUSION_ENGINE": engine}
 
 
+def measured() -> tuple:
+    return ENGINES + (("before",) if BEFORE else ())
+
+
 def cold_start(db: Path, runs: int = 5) -> dict:
-    walls: dict[str, list[float]] = {e: [] for e in ENGINES}
+    walls: dict[str, list[float]] = {e: [] for e in measured()}
     for _ in range(runs):
-        for engine in ENGINES:
+        for engine in measured():
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "retrieval.cli", "search", "a dog on a beach", "--db", str(db)],
-                           check=True, capture_output=True, env=with_engine(engine))
+                           check=True, capture_output=True, env=with_engine(engine), cwd="/")
             walls[engine].append(time.perf_counter() - start)
     # where the time goes, measured in a fresh process
     probe = ("import sys,time;t0=time.perf_counter();import retrieval.cli;"
@@ -71,32 +85,47 @@ def cold_start(db: Path, runs: int = 5) -> dict:
                        "wall_s": [round(w, 3) for w in walls[engine]],
                        "breakdown": {k: round(float(v), 3) for k, v in zip(parts, got)},
                        "torch_imported": got[-1] == "True"}
+    if BEFORE:
+        out["before"] = {"wall_s_median": round(statistics.median(walls["before"]), 3),
+                         "wall_s": [round(w, 3) for w in walls["before"]], "breakdown": {}, "torch_imported": False}
     return out
 
 
-def warm(db: Path, n: int = 100) -> dict:
-    """p50 / p95 ms of a text query (encode, FAISS, rerank of 32, paths), the engines taking
-    turns query by query in one process."""
-    searchers = {e: open_searcher(db, Runtime(engine=e)) for e in ENGINES}
-    times: dict[str, list[float]] = {e: [] for e in ENGINES}
-    for s in searchers.values():
-        s.text("warm up")
-    for i in range(n):
-        for engine, s in searchers.items():
-            start = time.perf_counter()
-            s.text(QUERIES[i % len(QUERIES)], k=10, candidates=32)
-            times[engine].append(1000 * (time.perf_counter() - start))
-    encode = {}
-    for engine, s in searchers.items():
-        te = s.runtime.text_encoder
-        t = []
-        for i in range(n):
-            start = time.perf_counter()
-            te.encode([QUERIES[i % len(QUERIES)]], normalize=False)
-            t.append(1000 * (time.perf_counter() - start))
-        encode[engine] = pct(t, 0.5)
-    return {e: {"p50_ms": pct(times[e], 0.5), "p95_ms": pct(times[e], 0.95), "encode_p50_ms": encode[e]}
-            for e in ENGINES}
+WARM = """
+import json, sys, time
+from retrieval.query.search import open_searcher
+queries = json.loads(sys.argv[1])
+s = open_searcher({db!r})
+s.text("warm up")
+te = s.runtime.text_encoder
+total, encode = [], []
+for i in range({n}):
+    q = queries[i % len(queries)]
+    start = time.perf_counter()
+    s.text(q, k=10, candidates=32)
+    total.append(1000 * (time.perf_counter() - start))
+    start = time.perf_counter()
+    te.encode([q], normalize=False)
+    encode.append(1000 * (time.perf_counter() - start))
+print(json.dumps([total, encode, "torch" in sys.modules]))
+"""
+
+
+def warm(db: Path, n: int = 100, rounds: int = 3) -> dict:
+    """p50 / p95 ms of a text query (encode, FAISS, rerank of 32, paths) in a CLI-like process
+    per engine (each engine alone in its process: torch's threads would slow ONNX Runtime's
+    beside them), the engines taking turns, round after round; and the query's encoding alone."""
+    times: dict[str, list] = {e: [[], []] for e in measured()}
+    imported = {}
+    for _ in range(rounds):
+        for engine in measured():
+            out = subprocess.run([sys.executable, "-c", WARM.format(db=str(db), n=n), json.dumps(QUERIES)],
+                                 check=True, capture_output=True, text=True, env=with_engine(engine), cwd="/").stdout
+            total, encode, imported[engine] = json.loads(out)
+            times[engine][0] += total
+            times[engine][1] += encode
+    return {e: {"p50_ms": pct(times[e][0], 0.5), "p95_ms": pct(times[e][0], 0.95),
+                "encode_p50_ms": pct(times[e][1], 0.5), "torch_imported": imported[e]} for e in measured()}
 
 
 def served(db: Path, n: int = 50) -> dict:
@@ -125,7 +154,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--data", type=Path, action="append", help="real photos the synthetic ones are drawn from")
+    ap.add_argument("--before", type=Path, help="a checkout of an earlier commit to measure beside")
     args = ap.parse_args()
+    global BEFORE
+    BEFORE = args.before.resolve() if args.before else None
     runtime = Runtime()
     data = args.data or [ROOT / "data" / "demo"]
     real = real_features(data, runtime)
@@ -145,16 +177,19 @@ def write(rows: dict, real, data) -> None:
     (RESULTS / "search_speed.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["# Search latency: ONNX Runtime against torch", "", f"Synthetic libraries drawn from {len(real[0])} "
              f"real photos ({', '.join(d.name for d in data)}); exact FAISS index; rerank of 32 candidates, k = 10. "
-             "Each row's engines took turns (FUSION_ENGINE=onnx, the default, and torch), on one machine in one run. "
+             "Each row's engines took turns (FUSION_ENGINE=onnx, the default, and torch"
+             + (", and `before`: the code before ONNX Runtime, whose searches ran MiniLM in numpy" if BEFORE else "")
+             + "), on one machine in one run. "
              "Warm: in one process, encoding the query, FAISS, the rerank and the paths.", "",
              "| photos | engine | cold `fusion search` s (median of 5) | warm p50 / p95 ms (in process) | "
              "of which the query's encoding, p50 ms | warm p50 / p95 ms (HTTP) | torch imported by a search |",
              "| ---: | --- | ---: | ---: | ---: | ---: | --- |"]
     for n, r in rows.items():
-        for e in ENGINES:
-            c, w, h = r["cold_start"][e], r["warm_in_process"][e], r["warm_http"][e]
+        for e in r["warm_in_process"]:
+            c, w, h = r["cold_start"][e], r["warm_in_process"][e], r["warm_http"].get(e)
+            served = f"{h['p50_ms']} / {h['p95_ms']}" if h else "-"
             lines.append(f"| {n:,} | {e} | {c['wall_s_median']} | {w['p50_ms']} / {w['p95_ms']} | {w['encode_p50_ms']} | "
-                         f"{h['p50_ms']} / {h['p95_ms']} | {'yes' if c['torch_imported'] else 'no'} |")
+                         f"{served} | {'yes' if w['torch_imported'] else 'no'} |")
     lines += ["", "Cold start breakdown (s, one fresh process each):", ""]
     for n, r in rows.items():
         for e in ENGINES:
