@@ -3,10 +3,11 @@ in input order to the one writer (as with --ray, without Ray). With torch, one p
 it on two threads leaves cores idle: the network's small steps scale poorly across threads, and
 two Python threads in one process are held back by the GIL (Lite0 forward on 2 cores: one
 process x 2 threads 48.8 photos/s, 2 threads x 1 torch thread 38.8, a process per core ~74).
-ONNX Runtime (the default engine) scales to both cores in one process and releases the GIL
-while decode threads run, so it indexes in-process unless asked (370 COCO photos: 79 photos/s
-in-process, 58 with two workers, which spend seconds starting; 1,000 Flickr photos: a tie).
-Workers start in ~4 s (torch and the model), so small runs stay in-process."""
+ONNX Runtime (the default engine) uses both cores in one process and releases the GIL while
+the decode thread runs, so `fusion index` stays in-process on it unless asked: on 370 COCO-size
+photos two ONNX Runtime workers were a draw with one process (61-64 against 61-66 photos/s,
+benchmarks/results/index_speed.md). Torch workers start in ~4 s (torch and the model; ONNX
+Runtime's import no torch), so small runs stay in-process."""
 
 from __future__ import annotations
 

