@@ -161,3 +161,35 @@ def test_index_type_override_and_auto(photos, tmp_path, runtime):
     assert Library.open(db, runtime.fingerprint, runtime.dim).photos.kind == "ivf" and again["unchanged"] == 12
     index_paths([photos], db, runtime=runtime, index_type="auto")  # 12 photos: exact
     assert Library.open(db, runtime.fingerprint, runtime.dim).photos.kind == "flat"
+
+
+def test_the_exact_index_scans_the_float16_vectors_sqlite_keeps(photos, tmp_path, runtime):
+    """The exact index stores float16, as SQLite does: its scores are the inner products of
+    SQLite's vectors (to float32 rounding) and its ranking theirs; a library saved with a float32
+    IndexFlatIP before is still read, and --rebuild gives it the float16 one."""
+    import faiss
+
+    db = tmp_path / "lib"
+    index_paths([photos], db, runtime=runtime)
+    rows, lib = check_consistent(db, runtime)
+    assert lib.info()["index_type"] == "exact inner product (float16)"
+    con = sqlite3.connect(db / "library.sqlite")
+    ids, vecs = zip(*[(i, np.frombuffer(b, "<f2").astype(np.float32)) for i, b in
+                      con.execute("select photo_id, vector from photo_features order by photo_id")])
+    con.close()
+    vecs = np.stack(vecs)
+    queries = vecs[:4] + np.random.default_rng(0).normal(0, 0.05, vecs[:4].shape).astype(np.float32)
+    scores, found = lib.photos.search(queries, 5)
+    want = queries @ vecs.T
+    for q in range(4):
+        order = np.argsort(-want[q], kind="stable")[:5]
+        assert found[q].tolist() == [ids[j] for j in order]
+        np.testing.assert_allclose(scores[q], want[q][order], atol=1e-5)
+    old = faiss.IndexIDMap2(faiss.IndexFlatIP(runtime.dim))  # what libraries were saved with before
+    old.add_with_ids(vecs, np.asarray(ids, np.int64))
+    faiss.write_index(old, str(db / "photos.faiss"))
+    reopened = Library.open(db, runtime.fingerprint, runtime.dim)
+    assert reopened.info()["index_type"] == "exact inner product (Flat)"
+    assert reopened.photos.search(queries, 5)[1].tolist() == found.tolist()
+    index_paths([photos], db, runtime=runtime, rebuild_first=True)
+    assert Library.open(db, runtime.fingerprint, runtime.dim).info()["index_type"] == "exact inner product (float16)"
