@@ -34,8 +34,9 @@ class PhotoSide:
     neighbours: Neighbours | None
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "PhotoSide":
-        path, meta, t = read_checkpoint(path, "numpy")
+    def load(cls, path: Path | None = None, read: tuple | None = None) -> "PhotoSide":
+        """As QuerySide.load: from `path`, or from the file as read_checkpoint already read it."""
+        path, meta, t = read or read_checkpoint(path, "numpy")
         config = config_of(meta)
         t = {k: v.astype(np.float32) for k, v in t.items() if k.startswith(("space.", "neighbours."))}
         fc = {k[len("space.image_fc."):]: v for k, v in t.items() if k.startswith("space.image_fc.")}

@@ -113,8 +113,10 @@ class QuerySide:
     lookalikes: tuple | None = None  # the training photos' keys and mean caption vectors (evidence.lookalike)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "QuerySide":
-        path, meta, t = read_checkpoint(path, "numpy")
+    def load(cls, path: Path | None = None, read: tuple | None = None) -> "QuerySide":
+        """From the checkpoint at `path`, or from `read`, what read_checkpoint(path, "numpy")
+        already returned (the Runtime reads the file once for both of its numpy sides)."""
+        path, meta, t = read or read_checkpoint(path, "numpy")
         if config_of(meta).text_hidden:
             raise CheckpointError(f"{path}: its text_fc has a hidden layer, which only training reads "
                                   "(an experiment); train the checkpoint without it")

@@ -37,9 +37,17 @@ class Runtime:
         return load_checkpoint(self.checkpoint_path)
 
     @cached_property
+    def checkpoint_file(self) -> tuple:
+        """(path, metadata, tensors) of the checkpoint, read and checked once in numpy: the query
+        side and the photo side both come from it."""
+        from retrieval.model.query_side import read_checkpoint
+
+        return read_checkpoint(self.checkpoint_path, "numpy")
+
+    @cached_property
     def query(self) -> QuerySide:
         """The checkpoint's query side in numpy: text_fc, class names, the reranker."""
-        return QuerySide.load(self.checkpoint_path)
+        return QuerySide.load(self.checkpoint_path, read=self.checkpoint_file)
 
     @property
     def config(self) -> ModelConfig:
@@ -91,7 +99,7 @@ class Runtime:
         if self.engine == "onnx":  # the whole photo path without torch: the heads in numpy too
             from retrieval.model.photo_side import PhotoSide
 
-            photo_side = lambda: PhotoSide.load(self.checkpoint_path)  # noqa: E731
+            photo_side = lambda: PhotoSide.load(self.checkpoint_path, read=self.checkpoint_file)  # noqa: E731
         return Embedder(lambda: self.checkpoint.space, self.memory, query=self.query, photo_side=photo_side)
 
     def photo_vectors(self, feats):
