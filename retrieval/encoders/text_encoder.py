@@ -141,27 +141,18 @@ class TextEncoder:
         """Encode texts in length-sorted batches (less padding), returned in input order. Token
         states (training only) always come from torch."""
         texts = list(texts)
-        if self.engine == "onnx" and not tokens:
-            return self._encode_onnx(texts, batch_size, normalize)
-        import torch
-
+        forward = self._batch_onnx if self.engine == "onnx" and not tokens else self._batch_torch
         order = np.argsort([len(t) for t in texts], kind="stable")
         pooled = np.zeros((len(texts), self.config.dim), np.float32)
         truncated = np.zeros(len(texts), bool)
         states: list = [None] * len(texts)
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                idx = order[start:start + batch_size]
-                enc, trunc = self.tokenize([texts[i] for i in idx])
-                hidden = self.network(enc["input_ids"], enc["attention_mask"])
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-                pooled[idx] = mean.float().numpy()
-                truncated[idx] = trunc
-                if tokens:
-                    for row, i in enumerate(idx):
-                        n = int(enc["attention_mask"][row].sum())
-                        states[i] = hidden[row, :n].float().numpy()
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask, truncated[idx] = self.token_ids([texts[i] for i in idx])
+            pooled[idx], hidden = forward(ids, mask, tokens)
+            if tokens:
+                for row, i in enumerate(idx):
+                    states[i] = hidden[row, :int(mask[row].sum())]
         if normalize:
             pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         out = TextFeatures(pooled, truncated)
@@ -169,18 +160,20 @@ class TextEncoder:
             out.tokens, out.mask = _pad(states, self.config.dim)
         return out
 
+    def _batch_onnx(self, ids: np.ndarray, mask: np.ndarray, tokens: bool):
+        """(mean-pooled vectors, None) of one padded batch on ONNX Runtime."""
+        return self.graph.run({"input_ids": ids, "attention_mask": mask})[0], None
 
-    def _encode_onnx(self, texts: list[str], batch_size: int, normalize: bool) -> TextFeatures:
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        pooled = np.zeros((len(texts), self.config.dim), np.float32)
-        truncated = np.zeros(len(texts), bool)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            ids, mask, truncated[idx] = self.token_ids([texts[i] for i in idx])
-            pooled[idx] = self.graph.run({"input_ids": ids, "attention_mask": mask})[0]
-        if normalize:
-            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        return TextFeatures(pooled, truncated)
+    def _batch_torch(self, ids: np.ndarray, mask: np.ndarray, tokens: bool):
+        """(mean-pooled vectors, last hidden states when `tokens`) of one padded batch on torch."""
+        import torch
+
+        with torch.inference_mode():
+            keep = torch.from_numpy(mask)
+            hidden = self.network(torch.from_numpy(ids), keep)
+            m = keep.unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+            return mean.float().numpy(), (hidden.float().numpy() if tokens else None)
 
 
 def _pad(states: list, dim: int):
