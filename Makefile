@@ -41,7 +41,7 @@ $(VENV)/.ray-installed: $(VENV)/.installed
 	$(BIN)/$(PIP) -e '.[ray]'
 	touch $@
 
-# The default run (about 7 minutes on 2 cores); the slow ones (fuzzing at length, ten kills,
+# The default run (about 5 minutes on 2 cores); the slow ones (fuzzing at length, ten kills,
 # 10,000 requests: about 9 minutes more) run in CI after it.
 test: install browser $(VENV)/.ray-installed
 	$(BIN)/pytest -q -m 'not resnet and not slow'
