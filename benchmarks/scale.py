@@ -151,7 +151,7 @@ def main() -> None:
                        "bytes_per_photo": round(disk / n, 1), "ram_bytes_per_photo": ram_per_photo(db, n),
                        "build_s": round(build_s, 1), "cold_start_s": cold_start(db)["wall_s_median"]}
             print(n, rows[n], flush=True)
-            lib.engine.dispose()
+            lib.close()
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {"sizes": rows, "rerank_ms_by_k": cost, "rerank_bytes_per_photo": PhotoEvidence.ROW_BYTES,
               "drawn_from": [str(d) for d in data]}

@@ -128,7 +128,7 @@ def id_paths(db: Path, runtime: Runtime) -> dict[int, str]:
     lib = Library.open(db, runtime.fingerprint, runtime.dim)
     with lib.session() as s:
         out = dict(s.execute(select(Photo.id, Photo.path)).all())
-    lib.engine.dispose()
+    lib.close()
     return out
 
 

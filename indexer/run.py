@@ -35,7 +35,7 @@ def rebuild(root: Path, runtime: Runtime) -> None:
     for name in (PHOTO_INDEX, CAPTION_INDEX, PHOTO_INDEX + ".tmp", CAPTION_INDEX + ".tmp"):
         (root / name).unlink(missing_ok=True)
     try:
-        Library.open(root, runtime.fingerprint, runtime.dim).engine.dispose()
+        Library.open(root, runtime.fingerprint, runtime.dim).close()
     except LibraryError:
         for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm"):
             (root / name).unlink(missing_ok=True)
@@ -117,50 +117,51 @@ def _index(paths, root: Path, rebuild_first: bool, runtime: Runtime, batch_size:
     if rebuild_first and root.is_dir():
         rebuild(root, runtime)
     model_path = str(Path(runtime.checkpoint_path).resolve()) if runtime.checkpoint_path else SHIPPED_MODEL
-    lib = Library.open(root, runtime.fingerprint, runtime.dim, create=True, writer=True, model_path=model_path)
-    skipped: list[dict] = []
-    files, roots = walk(paths, skipped)
-    with lib.session() as s:
-        todo = plan(s, files, roots, skipped)
-    summary = {"added": 0, "updated": 0, "renamed": 0, "removed": 0, "unchanged": todo.unchanged,
-               "skipped": todo.skipped, "captions_added": 0, "captions_removed": 0}
-    timing = Timing()
-    writer = Writer(lib, timing)
-    existing = {f.path: pid for pid, f in todo.changed}
-    renames = {sha: pid for pid, (_path, sha) in todo.missing.items()}
-    work = todo.new + [f for _pid, f in todo.changed]
-    if work:  # one-off work first, so that photos/s counts only the photos' own
-        prepare_engine(runtime, notice)
-        prepare_memory(runtime, notice)
-    progress = bar(len(work)) if (bar and work) else None
-    photo_start = time.perf_counter()
-    procs = (0, 0) if ray is not None else plan_processes(len(work), processes, runtime.engine)
-    if ray is not None and work:
-        from indexer.on_ray import ray_photo_stream  # Ray is imported only with --ray
+    with contextlib.closing(Library.open(root, runtime.fingerprint, runtime.dim, create=True, writer=True,
+                                         model_path=model_path)) as lib:
+        skipped: list[dict] = []
+        files, roots = walk(paths, skipped)
+        with lib.session() as s:
+            todo = plan(s, files, roots, skipped)
+        summary = {"added": 0, "updated": 0, "renamed": 0, "removed": 0, "unchanged": todo.unchanged,
+                   "skipped": todo.skipped, "captions_added": 0, "captions_removed": 0}
+        timing = Timing()
+        writer = Writer(lib, timing)
+        existing = {f.path: pid for pid, f in todo.changed}
+        renames = {sha: pid for pid, (_path, sha) in todo.missing.items()}
+        work = todo.new + [f for _pid, f in todo.changed]
+        if work:  # one-off work first, so that photos/s counts only the photos' own
+            prepare_engine(runtime, notice)
+            prepare_memory(runtime, notice)
+        progress = bar(len(work)) if (bar and work) else None
+        photo_start = time.perf_counter()
+        procs = (0, 0) if ray is not None else plan_processes(len(work), processes, runtime.engine)
+        if ray is not None and work:
+            from indexer.on_ray import ray_photo_stream  # Ray is imported only with --ray
 
-        stream = ray_photo_stream(work, runtime, set(renames), timing, ray, batch_size)
-    elif procs[0]:
-        stream = process_photo_stream(work, runtime, set(renames), timing, *procs, batch_size)
-    else:
-        if work:
-            runtime.image_encoder.warm()  # load before timing the photos
-            photo_start = time.perf_counter()
-        stream = photo_stream(work, runtime, set(renames), timing, workers, batch_size, WRITE_BATCH)
-    summary["processes"] = procs[0]
-    _write_photos(stream, writer, existing, renames, summary, skipped, progress, runtime, batch_size)
-    photo_s = time.perf_counter() - photo_start
-    writer.remove(list(renames.values()))  # missing and not renamed: deleted from disk
-    summary["removed"] = len(renames)
-    for p in paths:
-        if is_dataset(p):
-            added, removed = index_captions(lib, Path(p), runtime)
-            summary["captions_added"] += added
-            summary["captions_removed"] += removed
-    lib.maintain(index_type)
-    lib.save()
-    if progress:
-        progress.close()
-    info = lib.info()
+            stream = ray_photo_stream(work, runtime, set(renames), timing, ray, batch_size)
+        elif procs[0]:
+            stream = process_photo_stream(work, runtime, set(renames), timing, *procs, batch_size)
+        else:
+            if work:
+                runtime.image_encoder.warm()  # load before timing the photos
+                photo_start = time.perf_counter()
+            stream = photo_stream(work, runtime, set(renames), timing, workers, batch_size, WRITE_BATCH)
+        summary["processes"] = procs[0]
+        _write_photos(stream, writer, existing, renames, summary, skipped, progress, runtime, batch_size)
+        photo_s = time.perf_counter() - photo_start
+        writer.remove(list(renames.values()))  # missing and not renamed: deleted from disk
+        summary["removed"] = len(renames)
+        for p in paths:
+            if is_dataset(p):
+                added, removed = index_captions(lib, Path(p), runtime)
+                summary["captions_added"] += added
+                summary["captions_removed"] += removed
+        lib.maintain(index_type)
+        lib.save()
+        if progress:
+            progress.close()
+        info = lib.info()
     seconds = time.perf_counter() - start
     encoded = summary["added"] + summary["updated"]
     summary.update(photos=info["photos"], captions=info["captions"], seconds=round(seconds, 3),

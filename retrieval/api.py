@@ -179,7 +179,7 @@ class PhotoLibrary:
 
     def close(self) -> None:
         if self._searcher is not None:
-            self._searcher.lib.engine.dispose()
+            self._searcher.lib.close()
             self._searcher = None
 
     def __enter__(self) -> "PhotoLibrary":

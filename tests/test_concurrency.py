@@ -29,7 +29,7 @@ def _id_paths(db) -> dict[int, str]:
     lib = Library.open(db, rt.fingerprint, rt.dim)
     with lib.session() as s:
         out = dict(s.execute(select(Photo.id, Photo.path)).all())
-    lib.engine.dispose()
+    lib.close()
     return out
 
 

@@ -174,7 +174,7 @@ def test_readers_never_see_a_torn_library(tmp_path, demo_dir):
             # duplicates, nothing SQLite does not hold (rows only grow during this run)
             assert set(faiss_ids) <= set(ids) and len(set(faiss_ids)) == len(faiss_ids)
             seen.append(len(faiss_ids))
-            lib.engine.dispose()
+            lib.close()
         except LibraryError as e:
             errors.append(str(e))
     proc.wait(timeout=120)

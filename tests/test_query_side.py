@@ -51,7 +51,7 @@ def test_gelu_is_the_exact_one():
     assert np.abs(gelu(x.astype(np.float64)) - want).max() < 8e-7
 
 
-def test_a_text_search_imports_no_torch(tmp_path, demo_photos):
+def test_a_text_search_imports_no_torch_and_no_sqlalchemy(tmp_path, demo_photos):
     db = tmp_path / "lib"
     index_paths(demo_photos[:6], db, runtime=Runtime())
     code = ("import sys; from retrieval.cli import main\n"
@@ -59,10 +59,11 @@ def test_a_text_search_imports_no_torch(tmp_path, demo_photos):
             f"    main(['search', 'a zebra', '--db', {str(db)!r}, '--json'])\n"
             "except SystemExit as e:\n"
             "    assert e.code == 0, e.code\n"
-            "print('torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)\n")
+            "print('torch' in sys.modules, 'transformers' in sys.modules, 'sqlalchemy' in sys.modules,\n"
+            "      file=sys.stderr)\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stderr.strip().splitlines()[-1] == "False False"
+    assert run.stderr.strip().splitlines()[-1] == "False False False"
     hits = json.loads(run.stdout)
     assert sorted(h["path"] for h in hits) == sorted(str(p) for p in demo_photos[:6])
 

@@ -46,7 +46,7 @@ def assert_same_library(a, b):
         lib = Library.open(db, rt.fingerprint, rt.dim)
         assert sorted(lib.photos.ids().tolist()) == sorted(i for (i,) in sqlite3.connect(db / "library.sqlite")
                                                            .execute("select id from photos"))
-        lib.engine.dispose()
+        lib.close()
 
 
 def assert_same_run(a: dict, b: dict, here, there):

@@ -5,6 +5,7 @@ indexer, search and training, so the three cannot drift apart."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -63,6 +64,14 @@ class Embedder:
     def corpus_itc(self) -> np.ndarray:
         """ITC vectors of the memory's captions: what photos recall them by."""
         return self.texts(self.memory.vectors)[0]
+
+    def warm_memory(self) -> None:
+        """Project all of the memory's captions in a background thread (a quarter second of one
+        core, once): a process answering many queries then gathers each query's ~500 rows
+        instead of projecting them again (evidence). A one-off search never calls this."""
+        if self.memory is not None and "corpus_itc" not in self.__dict__ and not getattr(self, "_warming", False):
+            self._warming = True
+            threading.Thread(target=lambda: self.corpus_itc, name="memory-projection", daemon=True).start()
 
     def texts(self, pooled: np.ndarray):
         """(ITC vectors, sentence vectors) of raw MiniLM pooled vectors, both L2-normalised."""

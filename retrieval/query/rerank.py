@@ -4,19 +4,15 @@ library stored per photo at index time (photos are never decoded at query time).
 from __future__ import annotations
 
 import numpy as np
-from sqlalchemy import select
 
 from retrieval.errors import LibraryError
 from retrieval.model.evidence import PhotoEvidence
 from retrieval.model.prior import caption_prior
-from retrieval.store.meta import PhotoFeatures
 
 
 def stored_evidence(lib, ids) -> PhotoEvidence:
     """The rerank evidence the indexer stored for `ids`, in that order."""
-    with lib.session() as s:
-        rows = dict(s.execute(select(PhotoFeatures.photo_id, PhotoFeatures.rerank)
-                              .where(PhotoFeatures.photo_id.in_([int(i) for i in ids]))).all())
+    rows = lib.reader.rerank_rows(ids)
     lost = [int(i) for i in ids if int(i) in rows and not PhotoEvidence.row_ok(rows[int(i)])]
     if lost:
         raise LibraryError(f"{lib.root / 'library.sqlite'}: rerank features missing for {len(lost)} "

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import func, select
 
 from retrieval.errors import LibraryError
 from retrieval.store.library import Library, index_running
@@ -17,7 +16,6 @@ from retrieval.model.runtime import Runtime
 from retrieval.query.rerank import match_logits
 from retrieval.query.results import Filters, Hit, QueryError, Results
 from retrieval.query.shots import one_per_shot
-from retrieval.store.meta import Photo
 
 if TYPE_CHECKING:
     from retrieval.query.combine import Combined
@@ -34,6 +32,7 @@ class Searcher:
         self.lib, self.runtime = lib, runtime
         self._stamp = self._files_stamp()
         self._lagging = False  # SQLite may hold rows newer than the FAISS snapshot (lib.as_of)
+        self._queries = 0  # text queries answered: from the second on, this process is a warm one
         # One query's FAISS scan is small; its OpenMP threads would spin-wait after each search
         # and steal both cores from the torch steps around it (measured: 36 -> 20 ms per query).
         faiss.omp_set_num_threads(1)
@@ -64,7 +63,7 @@ class Searcher:
         if busy and stamp[2:] == self._stamp[2:]:  # SQLite moved, FAISS not saved since
             return False
         fresh = Library.open(self.lib.root, self.runtime.fingerprint, self.runtime.dim, mmap=True, reconcile=not busy)
-        self.lib.engine.dispose()
+        self.lib.close()
         self.lib, self._stamp, self._lagging = fresh, stamp, busy
         return True
 
@@ -87,6 +86,9 @@ class Searcher:
             notes.append(f"query longer than {self.runtime.text_encoder.config.max_tokens} word pieces: "
                          "only its beginning was used")
         qvec = self.runtime.embed_texts(feats.pooled)
+        self._queries += 1
+        if self._queries == 2 and rerank:
+            self.runtime.embedder.warm_memory()
         ids, itc = self._top(qvec, max(k, candidates), filters)
         hits = mark_likely(one_per_shot(self._with_paths(self._rank(ids, itc, feats.pooled if rerank else None))))[:k]
         threshold = self.runtime.config.match_threshold
@@ -137,8 +139,7 @@ class Searcher:
 
     def paths_of(self, ids) -> list[str | None]:
         """The recorded path of each id (None for an id the library does not hold)."""
-        with self.lib.session() as s:
-            paths = dict(s.execute(select(Photo.id, Photo.path).where(Photo.id.in_([int(i) for i in ids]))).all())
+        paths = self.lib.reader.paths(ids)
         return [paths.get(int(i)) for i in ids]
 
     def describe(self, image: str | os.PathLike, k: int = 5, candidates: int = 32, rerank: bool = True) -> Results:
@@ -151,8 +152,7 @@ class Searcher:
 
     def _photo(self, photo_id: int) -> tuple[str, int, int]:
         """(path, size, mtime_ns) recorded for a library photo; LibraryError if there is none."""
-        with self.lib.session() as s:
-            row = s.execute(select(Photo.path, Photo.size, Photo.mtime_ns).where(Photo.id == photo_id)).first()
+        row = self.lib.reader.photo(photo_id)
         if row is None:
             raise LibraryError(f"no photo with id {photo_id} in {self.lib.root}")
         return tuple(row)
@@ -207,6 +207,10 @@ class Searcher:
             fetch = min(total, fetch * 4)
 
     def _allowed(self, ids: list[int], f: Filters) -> set:
+        from sqlalchemy import func, select
+
+        from retrieval.store.meta import Photo
+
         when = func.coalesce(Photo.taken_at, Photo.mtime_ns / 1e9)
         q = select(Photo.id).where(Photo.id.in_(ids))
         if self._lagging:  # deleted rows are gone; re-indexed ones would pair an old vector with new rows
@@ -239,11 +243,7 @@ class Searcher:
         return hits
 
     def _with_paths(self, hits: list[Hit]) -> list[Hit]:
-        q = select(Photo.id, Photo.path).where(Photo.id.in_([h.id for h in hits]))
-        if self._lagging:
-            q = q.where(Photo.indexed_at <= self.lib.as_of)
-        with self.lib.session() as s:
-            paths = dict(s.execute(q).all())
+        paths = self.lib.reader.paths([h.id for h in hits], self.lib.as_of if self._lagging else None)
         return [Hit(h.rank, h.id, paths[h.id], h.score, h.itc, h.itm, h.share) for h in hits if h.id in paths]
 
 

@@ -12,12 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from retrieval.errors import LibraryError, disk_full, is_disk_full
-
-SCHEMA_VERSION = 3
-# Vectors in SQLite are float16: three feature rows fit a 4 KB page (float32 rows fit one,
-# wasting half of it). FAISS gets float32 at index time; a rebuild from SQLite rounds to
-# float16, a relative error of ~1e-3 on cosines.
-VECTOR_DTYPE = "<f2"
+from retrieval.store.reader import BUSY_MS, SCHEMA_VERSION, VECTOR_DTYPE  # noqa: F401 (re-exported)
 
 
 class Base(DeclarativeBase):
@@ -110,7 +105,7 @@ def open_db(path: Path) -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")  # readers never block on the indexer
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_MS}")
         cur.close()
 
     try:
