@@ -80,9 +80,9 @@ def index(paths, db, rebuild, workers, batch_size, processes, index_type, ray_ad
         if not as_json:
             click.echo(text, err=True)
 
-    summary = open_library(db, model).index(paths, notice=notice, rebuild=rebuild, workers=workers,
-                                            batch_size=batch_size, processes=processes, index_type=index_type,
-                                            ray=ray, bar=bar)
+    with open_library(db, model) as lib:
+        summary = lib.index(paths, notice=notice, rebuild=rebuild, workers=workers, batch_size=batch_size,
+                            processes=processes, index_type=index_type, ray=ray, bar=bar)
     s = summary.as_dict()
     if as_json:
         click.echo(json.dumps(s, indent=2))
@@ -118,7 +118,8 @@ def info(db, as_json):
     """What the library holds: photos, captions, index type, model, bytes on disk."""
     from retrieval.api import open_library
 
-    data = open_library(db).info()
+    with open_library(db) as lib:
+        data = lib.info()
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -193,8 +194,10 @@ def search(query, k, candidates, no_rerank, like, add, minus, under, after, befo
     if query is None and like is None and not add:
         raise click.UsageError("give QUERY, --like PHOTO or --add WORDS, e.g. fusion search \"a dog on a beach\"")
     check_dates(after, before)
-    print_hits(open_library(db).search(query, k, like=like, add=add, minus=minus, candidates=candidates,
-                                       rerank=not no_rerank, under=under, after=after, before=before), as_json)
+    with open_library(db) as lib:
+        hits = lib.search(query, k, like=like, add=add, minus=minus, candidates=candidates, rerank=not no_rerank,
+                          under=under, after=after, before=before)
+    print_hits(hits, as_json)
 
 
 @main.command()
@@ -215,7 +218,8 @@ def duplicates(threshold, as_json, db):
 
     from retrieval.api import open_library
 
-    groups = open_library(db).duplicates(threshold)
+    with open_library(db) as lib:
+        groups = lib.duplicates(threshold)
     if as_json:
         click.echo(json.dumps([asdict(g) for g in groups], indent=2))
         return
@@ -241,7 +245,9 @@ def similar(image, k, under, after, before, as_json, db):
     from retrieval.api import open_library
 
     check_dates(after, before)
-    print_hits(open_library(db).similar(image, k, under=under, after=after, before=before), as_json)
+    with open_library(db) as lib:
+        hits = lib.similar(image, k, under=under, after=after, before=before)
+    print_hits(hits, as_json)
 
 
 @main.command()
@@ -262,7 +268,9 @@ def describe(image, k, as_json, db):
     """
     from retrieval.api import open_library
 
-    print_hits(open_library(db).describe(image, k), as_json)
+    with open_library(db) as lib:
+        hits = lib.describe(image, k)
+    print_hits(hits, as_json)
 
 
 @main.command()
