@@ -66,7 +66,7 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "retrieval.cli", "search", "a dog on a beach", "--db", str(args.db)],
                            check=True, capture_output=True, env=env, cwd="/")
             walls[engine].append(time.perf_counter() - start)
-    parts = ["import the CLI (click)", "import the query layer (faiss, SQLAlchemy, numpy; MiniLM starts loading)",
+    parts = ["import the CLI (click)", "import the query layer (faiss, numpy; MiniLM starts loading)",
              "open library (map index, check ids)", "load the query side (numpy) + text model + memory",
              "first query (MiniLM, FAISS, rerank)"]
     engines = {}

@@ -58,8 +58,8 @@ def main() -> None:
         for b, k in zip(bars, labels):
             ax.annotate(f"{values[k]:g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
                         va="bottom", fontsize=8)
-    fig.suptitle("ONNX Runtime (blue) against torch (red) and the code before (grey: MiniLM in numpy for "
-                 "searches), 2 CPU cores", fontsize=10)
+    fig.suptitle("ONNX Runtime (blue) against torch (red) and an earlier commit (grey: `before` in "
+                 "search_speed.md and cold_start.md), 2 CPU cores", fontsize=10)
     fig.tight_layout()
     fig.savefig(RESULTS / "engines.png", dpi=110)
 

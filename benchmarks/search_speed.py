@@ -47,6 +47,7 @@ ENGINES = ("onnx", "torch")
 
 
 BEFORE: Path | None = None  # --before
+BEFORE_IS = ""  # --before-is
 
 
 def with_engine(engine: str) -> dict:
@@ -155,9 +156,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--data", type=Path, action="append", help="real photos the synthetic ones are drawn from")
     ap.add_argument("--before", type=Path, help="a checkout of an earlier commit to measure beside")
+    ap.add_argument("--before-is", default="the code before ONNX Runtime, whose searches ran MiniLM in numpy",
+                    help="what --before is, for the results' text")
     args = ap.parse_args()
-    global BEFORE
+    global BEFORE, BEFORE_IS
     BEFORE = args.before.resolve() if args.before else None
+    BEFORE_IS = args.before_is
     runtime = Runtime()
     data = args.data or [ROOT / "data" / "demo"]
     real = real_features(data, runtime)
@@ -178,7 +182,7 @@ def write(rows: dict, real, data) -> None:
     lines = ["# Search latency: ONNX Runtime against torch", "", f"Synthetic libraries drawn from {len(real[0])} "
              f"real photos ({', '.join(d.name for d in data)}); exact FAISS index; rerank of 32 candidates, k = 10. "
              "Each row's engines took turns (FUSION_ENGINE=onnx, the default, and torch"
-             + (", and `before`: the code before ONNX Runtime, whose searches ran MiniLM in numpy" if BEFORE else "")
+             + (f", and `before`: {BEFORE_IS}" if BEFORE else "")
              + "), on one machine in one run. "
              "Warm: in one process, encoding the query, FAISS, the rerank and the paths.", "",
              "| photos | engine | cold `fusion search` s (median of 5) | warm p50 / p95 ms (in process) | "
