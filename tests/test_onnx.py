@@ -115,6 +115,37 @@ def test_other_weights_or_sizes_get_their_own_graph(tmp_path):
     assert graph_path("x", "same") == graph_path("x", "same") != graph_path("x", "other")
 
 
+def test_an_export_sweeps_the_stale_graphs_of_its_network(tmp_path, monkeypatch):
+    """A reinstalled weights package (same path, another size or time) or a removed weights
+    file leaves a graph nothing will load again: the next export of that network removes it."""
+    monkeypatch.setenv("FUSION_CACHE", str(tmp_path / "features"))
+    cache = tmp_path / "onnx"
+    cache.mkdir()
+    other_weights = tmp_path / "mine.pth"
+    other_weights.write_bytes(b"weights")
+    st = other_weights.stat()
+
+    def graph(name, source=None):
+        path = cache / f"{name}-{os.urandom(8).hex()}.onnx"
+        path.write_bytes(b"graph")
+        if source is not None:
+            path.with_suffix(".source").write_text(json.dumps(source))
+        return path
+
+    mine = {"path": str(other_weights.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    kept = [graph("efficientnet-lite0", mine),  # other weights, still there as recorded
+            graph("all-MiniLM-L6-v2"),  # another network
+            graph("efficientnet-lite0-x")]  # not one of ours: another name
+    stale = [graph("efficientnet-lite0"),  # made before graphs recorded their weights
+             graph("efficientnet-lite0", {**mine, "mtime_ns": st.st_mtime_ns + 1}),  # weights replaced
+             graph("efficientnet-lite0", {**mine, "path": str(tmp_path / "gone.pth")})]  # weights removed
+    ie = load_image_encoder(engine="onnx")
+    ie.warm()
+    assert ie.graph.path.is_file() and ie.graph.path.with_suffix(".source").is_file()
+    assert all(p.is_file() for p in kept) and not any(p.exists() for p in stale)
+    assert not any(p.with_suffix(".source").exists() for p in stale)
+
+
 def test_export_onnx_builds_and_checks_the_graphs(tmp_path, demo_photos):
     env = {**os.environ, "FUSION_CACHE": str(tmp_path / "features")}
     run = subprocess.run([sys.executable, "-m", "retrieval.cli", "export-onnx", "--json", "--check",

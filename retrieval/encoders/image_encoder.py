@@ -130,14 +130,15 @@ class ImageEncoder:
         from retrieval.encoders.onnx_engine import Graph, file_identity, graph_path
 
         c = self.config
-        ident = f"{c.name}|{c.image_size}|fold={self.fold}|{file_identity(weights_file(c.name, self.weights))}"
+        source = Path(weights_file(c.name, self.weights))
+        ident = f"{c.name}|{c.image_size}|fold={self.fold}|{file_identity(source)}"
 
         def build(path):
             from retrieval.encoders.onnx_export import export_image
 
             return export_image(self, path)
 
-        return Graph(graph_path(c.name, ident), build, self.threads, f"the image network ({c.name})")
+        return Graph(graph_path(c.name, ident), build, self.threads, f"the image network ({c.name})", source)
 
     def warm(self) -> None:
         """Load the engine now (outside a timed region; a missing graph is exported)."""

@@ -13,7 +13,9 @@ weights file's path, size and time, the export code's version), so new weights g
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Callable
@@ -50,11 +52,45 @@ def graph_path(kind: str, ident: str, cache_dir: Path | None = None) -> Path:
     return (cache_dir or onnx_cache_dir()) / f"{kind}-{key}.onnx"
 
 
-class Graph:
-    """One cached graph and its ONNX Runtime session, built and loaded on first use."""
+def _source_record(source: Path) -> dict:
+    st = source.stat()
+    return {"path": str(source.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
-    def __init__(self, path: Path, build: Callable[[Path], Path], threads: int | None = None, label: str = ""):
-        self.path, self._build, self.threads = path, build, threads
+
+def _stale(record_file: Path) -> bool:
+    """Whether the graph beside `record_file` was exported from weights that are gone or were
+    replaced (a reinstalled package: same path, another size or time), or by a fusion that
+    kept no record (it cannot tell; exporting again takes seconds)."""
+    try:
+        record = json.loads(record_file.read_text())
+        return _source_record(Path(record["path"])) != record
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+
+
+def sweep_stale(path: Path) -> list[Path]:
+    """Remove the cached graphs of `path`'s network (`name-<hash>.onnx` beside it) that are
+    stale (_stale): each is 24-90 MB, and every reinstall of a weights package would otherwise
+    leave one behind. Returns the graphs removed."""
+    kind = path.stem.rsplit("-", 1)[0]
+    pattern = re.compile(re.escape(kind) + r"-[0-9a-f]{16}\.onnx")
+    gone = []
+    for other in path.parent.glob(f"{kind}-*.onnx"):
+        if other != path and pattern.fullmatch(other.name) and _stale(other.with_suffix(".source")):
+            other.unlink(missing_ok=True)
+            other.with_suffix(".source").unlink(missing_ok=True)
+            gone.append(other)
+    return gone
+
+
+class Graph:
+    """One cached graph and its ONNX Runtime session, built and loaded on first use. `source`:
+    the weights file it is exported from, recorded beside it so that a later export can tell a
+    stale graph (sweep_stale)."""
+
+    def __init__(self, path: Path, build: Callable[[Path], Path], threads: int | None = None, label: str = "",
+                 source: Path | None = None):
+        self.path, self._build, self.threads, self.source = path, build, threads, source
         self.label = label or path.stem  # what a notice calls it
         self._session = None
 
@@ -66,6 +102,9 @@ class Graph:
                     notice(f"exporting {self.label} to ONNX Runtime (once per machine and model, seconds)")
                 try:
                     self._build(self.path)
+                    if self.source is not None:
+                        self.path.with_suffix(".source").write_text(json.dumps(_source_record(self.source)))
+                        sweep_stale(self.path)
                 except OSError as e:
                     raise WeightsError(f"{self.path}: cannot write the ONNX graph ({e.strerror or e}); "
                                        "set FUSION_CACHE to a writable folder") from None

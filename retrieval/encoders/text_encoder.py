@@ -120,9 +120,10 @@ class TextEncoder:
 
             return export_text(self, path)
 
-        ident = f"{self.config.name}|{file_identity(model_dir() / 'model.safetensors')}"
+        source = model_dir() / "model.safetensors"
+        ident = f"{self.config.name}|{file_identity(source)}"
         return Graph(graph_path(self.config.name, ident), build, self.threads,
-                     f"the text encoder ({self.config.name})")
+                     f"the text encoder ({self.config.name})", source)
 
     def preload(self) -> None:
         """Start loading the ONNX Runtime session in the background (when this machine has the
