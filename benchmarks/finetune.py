@@ -238,14 +238,18 @@ def tune_tops(ie, te, flickr_ds, epochs: int, seed: int = 0, all_photos: bool = 
     the numpy query path off. `all_photos`: train on dev's photos too (for benchmarks that
     measure elsewhere; the logged dev figures are then on training photos). Returns the arm's
     dev history."""
+    lab = Lab(flickr_ds, ie, te)
+    return tune_tops_on(ie, te, lab, np.arange(len(lab.maps)) if all_photos else lab.train_idx, epochs, seed)
+
+
+def tune_tops_on(ie, te, lab, train_idx, epochs: int, seed: int = 0):
+    """tune_tops on a Lab's photos `train_idx` (an index may repeat: that photo is drawn so
+    many times an epoch)."""
     from dataclasses import replace
 
-    lab = Lab(flickr_ds, ie, te)
-    if all_photos:
-        lab.train_idx = np.arange(len(lab.maps))
     args = argparse.Namespace(epochs=epochs, batch=128, dim=512, lr=2e-3, top_lr=0.1, wd=1e-4, crop=True, seed=seed)
     history, itop, ttop = train_arm("both", ie, te, lab.maps, lab.text["states"], lab.text["offsets"], lab.caps_of,
-                                    lab.train_idx, lab.dev_idx, lab.dev_caps, lab.dev_owner, args)
+                                    train_idx, lab.dev_idx, lab.dev_caps, lab.dev_owner, args)
     n = ie.network.net
     n._blocks[-1], n._conv_head, te.network.layers[-1] = itop.block.eval(), itop.head.eval(), ttop.layer.eval()
     h = hashlib.sha256()

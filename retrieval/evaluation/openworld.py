@@ -228,15 +228,26 @@ def _mean_std(rows: list[dict]) -> dict:
                 "std": round(float(np.std([r[k] for r in rows])), 2)} for k in rows[0]}
 
 
+def fold_draws(photos: int, distractors: int, folds: int, seed: int):
+    """open_world_report's draws, in its order: (the generator, which continues to draw each
+    fold's validation photos), the distractors trained on, and each evaluated photo's fold."""
+    rng = np.random.default_rng(seed)
+    half = np.sort(rng.permutation(distractors)[: distractors // 2])
+    return rng, half, rng.permutation(photos) % folds
+
+
 def open_world_report(data: list[Path], distractors: Path, train_only: list[Path] = (), folds: int = 5,
                       seed: int = 0, image_encoder: str = "efficientnet-lite0", cache_dir: Path | None = None,
-                      candidates: int = 32, tc=None, log=None, encoders=None) -> dict:
+                      candidates: int = 32, tc=None, log=None, encoders=None, only_folds=None,
+                      raw: list | None = None) -> dict:
     """Cross-validate over the captioned photos of `data`: each fold is held out, the model is
     trained on the rest (plus `train_only` datasets, never evaluated) and evaluated among
     the other distractors. A fixed half of the distractors is training material (the
     reranker's candidates are ranked among them, and they are the uncaptioned photos that
     get pseudo-captions); the evaluation gallery is the fold plus the other half. `encoders`:
-    an (image, text) encoder pair to use instead of the named image encoder and MiniLM."""
+    an (image, text) encoder pair to use instead of the named image encoder and MiniLM.
+    `only_folds`: evaluate these folds alone (the same folds and draws as a whole run); `raw`:
+    a list that receives each evaluated fold's scores (summarise() pools them)."""
     from retrieval.encoders.image_encoder import load_image_encoder
     from retrieval.encoders.text_encoder import load_text_encoder
     from retrieval.model.memory import load_memory
@@ -258,17 +269,17 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     memory = load_memory(te)
     nonsense = te.encode(nonsense_queries(seed=seed), normalize=False).pooled
     held_out_nonsense = te.encode(nonsense_queries(seed=seed + 1000), normalize=False).pooled
-    rng = np.random.default_rng(seed)
-    half = np.sort(rng.permutation(len(others))[: len(others) // 2])
+    rng, half, fold_of = fold_draws(len(evals.pooled), len(others), folds, seed)
     train_distractors = others.take(half)
     rest_ = np.setdiff1d(np.arange(len(others)), half)  # never trained on, not even as pseudo pairs
     others = others.take(rest_)
-    fold_of = rng.permutation(len(evals.pooled)) % folds
     cfg, class_emb = model_config(image_encoder, te, memory, tc), class_embeddings(te)
     results = []
     for f in range(folds):
         rest = np.flatnonzero(fold_of != f)
         val = np.sort(rng.permutation(rest)[:50])
+        if only_folds is not None and f not in only_folds:
+            continue
         train = DatasetFeatures.concat([evals.subset(np.setdiff1d(rest, val))] + extra)
         model = train_model(cfg, class_emb, train, evals.subset(val), memory, replace(tc, seed=seed + f),
                             train_distractors, nonsense)
@@ -279,6 +290,8 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
             r = results[-1]
             log({"fold": f, "photos": int(len(held.pooled)), "captions": int(len(held.text)),
                  **{m: recall_at(r[m]["open"]) for m in r if m not in NOT_METHODS}})
+    if raw is not None:
+        raw.extend(results)
     gallery = int(np.mean([(fold_of == f).sum() for f in range(folds)])) + len(others)
     report = summarise(results, gallery)
     report.update({"folds": folds, "photos": int(len(evals.pooled)), "captions": int(len(evals.text)),
