@@ -26,7 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune import Lab, tune_tops_on  # noqa: E402
-from open_world import RESULTS, add_recipe_options, changed, image_size, recipe, to_markdown  # noqa: E402
+from open_world import (RESULTS, add_recipe_options, changed, image_size, recipe, roads_markdown,  # noqa: E402
+                        to_markdown)
 
 from retrieval.evaluation.openworld import fold_draws, open_world_report, summarise  # noqa: E402
 
@@ -105,9 +106,16 @@ def main() -> None:
                                        "train_only", "memory_captions", "candidates", "evidence")})
     out.update(folds=args.folds, only_folds=args.only_folds, coco_repeat=args.coco_repeat, tune_tops=args.tune_tops,
                image_encoder=args.image_encoder, image_size=image_size(args.image_encoder, tc), recipe=changed(tc),
-               seconds=round(time.perf_counter() - start, 1))
+               memory_beta=tc.memory_beta, bridge_cells=tc.bridge_cells, mid_features=tc.mid_features,
+               reranker_hidden=tc.reranker_hidden, soup=tc.soup, pseudo_captions=tc.pseudo_captions,
+               pseudo_prior=tc.pseudo_prior, rerank_weight=tc.rerank_weight, neighbour_weight=tc.neighbour_weight,
+               neighbour_dims=tc.neighbour_dims, seconds=round(time.perf_counter() - start, 1))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    main_md = RESULTS / "recall.md"  # its table of every road, as open_world.py keeps it
+    if main_md.is_file():
+        main_md.write_text(main_md.read_text().split("## Every road measured")[0].rstrip() + "\n\n"
+                           + roads_markdown(RESULTS))
     md = to_markdown(out, f"Open-world recall, tops tuned on Flickr8k and each fold's COCO training photos "
                           f"(x{args.coco_repeat} an epoch, {args.tune_tops} epochs; folds {args.only_folds} "
                           f"of {args.folds}; recipe changes: {out['recipe'] or 'none'})")
