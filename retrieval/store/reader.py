@@ -27,7 +27,7 @@ class Reader:
     def __init__(self, path: Path):
         self.path = path
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
 
     def _con(self) -> sqlite3.Connection:
@@ -36,8 +36,11 @@ class Reader:
             con = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, check_same_thread=False)
             con.execute("PRAGMA query_only=ON")
             self._local.con = con
-            with self._lock:
-                self._all.append(con)
+            with self._lock:  # the connections of threads that have ended go with them
+                for thread, old in self._all:
+                    if not thread.is_alive():
+                        old.close()
+                self._all = [(t, c) for t, c in self._all if t.is_alive()] + [(threading.current_thread(), con)]
         return con
 
     def meta(self, key: str) -> str | None:
@@ -79,7 +82,7 @@ class Reader:
 
     def close(self) -> None:
         with self._lock:
-            for con in self._all:
+            for _thread, con in self._all:
                 con.close()
             self._all.clear()
         self._local = threading.local()
