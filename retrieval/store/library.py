@@ -4,7 +4,6 @@ whenever their ids disagree with SQLite (after a crash, or a lost file)."""
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import time
@@ -48,12 +47,13 @@ def recorded_model(root: Path) -> str | None:
         return None
     # one SELECT, not open_db: every command reads this before it opens the library, and
     # open_db's schema checks and migrations would then run twice
+    reader = Reader(root / DB_FILE)
     try:
-        with contextlib.closing(sqlite3.connect(root / DB_FILE, timeout=10)) as con:
-            row = con.execute("SELECT value FROM meta WHERE key = 'model_path'").fetchone()
+        return reader.meta("model_path")
     except sqlite3.Error:  # damaged: opening the library says so, and --rebuild starts afresh
         return None
-    return None if row is None else row[0]
+    finally:
+        reader.close()
 
 
 def check_root(root: Path) -> None:
