@@ -176,21 +176,11 @@ def test_a_preloaded_session_is_taken_over_once(engines):
     te = load_text_encoder(engine="onnx")
     te.graph.ensure()
     te.preload()
-    thread, box = onnx_engine._preloads[(str(te.graph.path), None, True)]  # the text session spins
+    thread, box = onnx_engine._preloads[(str(te.graph.path), None)]
     thread.join()
     got = te.encode(["a dog on a beach"], normalize=False).pooled
-    assert te.graph.session is box[0] and (str(te.graph.path), None, True) not in onnx_engine._preloads
+    assert te.graph.session is box[0] and (str(te.graph.path), None) not in onnx_engine._preloads
     want = engines["torch"][1].encode(["a dog on a beach"], normalize=False).pooled
     assert cosines(got, want)[0] >= FAITHFUL
     onnx_engine.preload(te.graph.path.with_name("missing.onnx"))  # no graph yet: nothing starts
     assert not any("missing" in k[0] for k in onnx_engine._preloads)
-
-
-def test_only_the_text_session_spins(engines):
-    """A one-query MiniLM run is too short to wake sleeping threads for, so its threads spin;
-    the image network's sleep, leaving the cores to the photos' decode threads."""
-    spinning = {name: enc.graph.session.get_session_options().get_session_config_entry(
-        "session.intra_op.allow_spinning") for name, enc in (("text", load_text_encoder(engine="onnx")),
-                                                             ("image", load_image_encoder(image_size=256,
-                                                                                          engine="onnx")))}
-    assert spinning == {"text": "1", "image": "0"}

@@ -89,8 +89,8 @@ class Graph:
     stale graph (sweep_stale)."""
 
     def __init__(self, path: Path, build: Callable[[Path], Path], threads: int | None = None, label: str = "",
-                 source: Path | None = None, spin: bool = False):
-        self.path, self._build, self.threads, self.source, self.spin = path, build, threads, source, spin
+                 source: Path | None = None):
+        self.path, self._build, self.threads, self.source = path, build, threads, source
         self.label = label or path.stem  # what a notice calls it
         self._session = None
 
@@ -113,13 +113,13 @@ class Graph:
     @property
     def session(self):
         if self._session is None:
-            preloaded = _take_preloaded(self.path, self.threads, self.spin)
+            preloaded = _take_preloaded(self.path, self.threads)
             if preloaded is not None:
                 self._session = preloaded
                 return preloaded
             for attempt in (1, 2):
                 try:
-                    self._session = open_session(self.ensure(), self.threads, self.spin)
+                    self._session = open_session(self.ensure(), self.threads)
                     break
                 except WeightsError:
                     raise
@@ -134,7 +134,7 @@ class Graph:
         return self.session.run(None, feeds)
 
 
-def open_session(path: Path, threads: int | None = None, spin: bool = False):
+def open_session(path: Path, threads: int | None = None):
     """An ONNX Runtime session on `path`, tuned for these small CPU machines."""
     import onnxruntime as ort
 
@@ -145,28 +145,26 @@ def open_session(path: Path, threads: int | None = None, spin: bool = False):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # warnings about unused initialisers are noise here
     # idle threads sleep instead of spinning: the photos' decode threads need the cores
-    # (370 COCO photos indexed in one process: 58.6-61.7 photos/s spinning, 72.4-78.9 not).
-    # `spin`: the text network, whose one-query runs are too short to wake a sleeping thread
-    # for (100k photos, whole text search p50: 9.6-10.2 ms spinning, 11.0-12.2 not)
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    # (370 COCO photos indexed in one process: 58.6-61.7 photos/s spinning, 72.4-78.9 not)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 _preloads: dict[tuple, tuple[threading.Thread, list]] = {}
 
 
-def preload(path: Path, threads: int | None = None, spin: bool = False) -> None:
+def preload(path: Path, threads: int | None = None) -> None:
     """Start loading the session of an existing graph in a thread: ONNX Runtime reads and
     optimises the graph without the GIL, so a cold `fusion search` loads MiniLM (0.2 s) while
     it imports the query layer and opens the library. The Graph of `path` takes it over."""
-    key = (str(path), threads, spin)
+    key = (str(path), threads)
     if key in _preloads or not Path(path).is_file():
         return
     box: list = []
 
     def load():
         try:
-            box.append(open_session(Path(path), threads, spin))
+            box.append(open_session(Path(path), threads))
         except Exception:  # the Graph loads it again and reports what is wrong
             pass
 
@@ -175,8 +173,8 @@ def preload(path: Path, threads: int | None = None, spin: bool = False) -> None:
     thread.start()
 
 
-def _take_preloaded(path: Path, threads: int | None, spin: bool = False):
-    entry = _preloads.pop((str(path), threads, spin), None)
+def _take_preloaded(path: Path, threads: int | None):
+    entry = _preloads.pop((str(path), threads), None)
     if entry is None:
         return None
     entry[0].join()

@@ -123,7 +123,7 @@ class TextEncoder:
         source = model_dir() / "model.safetensors"
         ident = f"{self.config.name}|{file_identity(source)}"
         return Graph(graph_path(self.config.name, ident), build, self.threads,
-                     f"the text encoder ({self.config.name})", source, spin=True)
+                     f"the text encoder ({self.config.name})", source)
 
     def preload(self) -> None:
         """Start loading the ONNX Runtime session in the background (when this machine has the
@@ -131,7 +131,7 @@ class TextEncoder:
         if self.engine == "onnx":
             from retrieval.encoders.onnx_engine import preload
 
-            preload(self.graph.path, self.threads, spin=True)
+            preload(self.graph.path, self.threads)
 
     def warm(self) -> None:
         """Load the engine now (a missing graph is exported)."""
