@@ -50,13 +50,13 @@ def photo_set(data: list[Path], large_from: Path | None, large: int) -> list[Pat
     return photos
 
 
-def measure(photos: list[Path], runtime: Runtime, processes: int | None, label: str) -> dict:
+def measure(photos: list[Path], runtime: Runtime, processes: int | None, label: str, engine: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         first = index_paths(photos, Path(tmp), runtime=runtime, processes=processes)
         start = time.perf_counter()
         again = index_paths(photos, Path(tmp), runtime=runtime, processes=processes)
         noop_s = time.perf_counter() - start
-    return {"model": label, "engine": runtime.engine, "processes": first["processes"],
+    return {"model": label, "engine": engine, "processes": first["processes"],
             "asked": "auto" if processes is None else processes, "photos": first["added"],
             "photos_per_s": first["photos_per_s"], "timing": first["timing"], "total_s": first["seconds"],
             "noop_changes": again["added"] + again["updated"] + again["renamed"] + again["removed"],
@@ -89,13 +89,22 @@ def main() -> None:
                     help="a model to measure (repeat to compare; default: the shipped one)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds over every model and run")
     ap.add_argument("--name", default="index_speed", help="results file stem")
+    ap.add_argument("--int8", type=Path, metavar="DIR",
+                    help="experiment: engine onnx-int8 in --runs is the int8 image network calibrated on 300 "
+                         "photos of DIR (benchmarks/int8_onnx.py); in one process only (workers load float32)")
     args = ap.parse_args()
     runs = [(e, None if p == "auto" else int(p)) for e, p in (r.split(":") for r in args.runs.split(","))]
+    if any(e == "onnx-int8" and (p != 0 or not args.int8) for e, p in runs):
+        ap.error("onnx-int8 runs need --int8 DIR and 0 processes")
     photos = photo_set(args.data or [ROOT / "data" / "demo"], args.large_from, args.large)
     models = {}
     for ck in args.checkpoint or [None]:
         for engine in sorted({e for e, _ in runs}):
-            runtime = Runtime(ck, engine=engine)
+            runtime = Runtime(ck, engine="onnx" if engine == "onnx-int8" else engine)
+            if engine == "onnx-int8":
+                from int8_onnx import int8_image_encoder
+
+                runtime.__dict__["image_encoder"] = int8_image_encoder(args.int8)
             runtime.image_encoder.warm()  # model loading is start-up, not indexing
             _ = runtime.checkpoint, runtime.memory
             models[(str(ck) if ck else "shipped", engine)] = runtime
@@ -106,7 +115,7 @@ def main() -> None:
         for engine, processes in runs:
             for (label, e), runtime in models.items():
                 if e == engine:
-                    rows.append(measure(photos, runtime, processes, label))
+                    rows.append(measure(photos, runtime, processes, label, engine))
                     print(json.dumps(rows[-1]), flush=True)
     report = {"photos": len(photos), "data": [str(d) for d in args.data or []],
               "large_from": str(args.large_from) if args.large_from else None, "large": args.large,

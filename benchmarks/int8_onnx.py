@@ -57,6 +57,37 @@ def run(session, pixels: list[np.ndarray]) -> list[np.ndarray]:
     return [np.concatenate(p) for p in zip(*parts)]
 
 
+def int8_image_encoder(calibrate: Path, photos: int = 300, keep_float: bool = True):
+    """The shipped Lite0 at 256 px on ONNX Runtime, its graph quantised to int8 as above
+    (calibrated on the first `photos` of `calibrate`), with its own feature id, so that feature
+    caches keep its features apart from float32's. Built once and cached beside the float graphs."""
+    from retrieval.data.cache import onnx_cache_dir
+    from retrieval.encoders.image_encoder import ImageEncoder
+    from retrieval.encoders.onnx_engine import Graph
+
+    base = load_image_encoder(image_size=256, engine="onnx")
+    src = base.graph.ensure()
+    tag = f"int8-{'keep' if keep_float else 'all'}-{Path(calibrate).name}-{photos}"
+
+    class Int8ImageEncoder(ImageEncoder):
+        @property
+        def feature_id(self) -> str:
+            return f"{super().feature_id}-{tag}-{src.stem}"
+
+    enc = Int8ImageEncoder(base.config, base.weights, engine="onnx")
+    path = onnx_cache_dir() / "int8" / f"{src.stem}-{tag}.onnx"
+
+    def build(dst: Path) -> Path:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        calib = [base.load(p) for p in find_photos([calibrate])[:photos]]
+        quantise(src, dst, calib, keep_float)
+        dst.with_suffix(".pre.onnx").unlink(missing_ok=True)
+        return dst
+
+    enc.__dict__["graph"] = Graph(path, build, None, "the int8 image network")
+    return enc
+
+
 def cosine(a, b):
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)

@@ -162,6 +162,14 @@ def tuned_encoders(args, tc):
     return ie, te
 
 
+def int8_encoder(calibrate: Path | None):
+    if calibrate is None:
+        return None
+    from int8_onnx import int8_image_encoder
+
+    return int8_image_encoder(calibrate)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, action="append", required=True, help="evaluated dataset (repeatable)")
@@ -175,6 +183,9 @@ def main() -> None:
                          "--tune-on (benchmarks/finetune.py's 'both' arm), then the folds on their features")
     ap.add_argument("--tune-on", type=Path, help="the Flickr8k folder --tune-tops trains on [default: the "
                                                  "first --train-only folder]")
+    ap.add_argument("--int8-index", type=Path, metavar="DIR",
+                    help="experiment: index the folds and gallery with the int8 image network calibrated on "
+                         "300 photos of DIR (benchmarks/int8_onnx.py); training keeps float32 features")
     ap.add_argument("--name", default="recall", help="results file stem")
     args = ap.parse_args()
     start = time.perf_counter()
@@ -182,14 +193,15 @@ def main() -> None:
     encoders = tuned_encoders(args, tc) if args.tune_tops else None
     report = open_world_report(args.data, args.distractors, args.train_only, args.folds, args.seed,
                                args.image_encoder, tc=tc, log=lambda e: print(e, file=sys.stderr, flush=True),
-                               encoders=encoders,
+                               encoders=encoders, index_encoder=int8_encoder(args.int8_index),
                                only_folds=[int(f) for f in args.only_folds.split(",")] if args.only_folds else None)
     report.update(image_encoder=args.image_encoder, image_size=image_size(args.image_encoder, tc),
                   memory_beta=tc.memory_beta, bridge_cells=tc.bridge_cells, mid_features=tc.mid_features,
                   reranker_hidden=tc.reranker_hidden, soup=tc.soup, pseudo_captions=tc.pseudo_captions,
                   pseudo_prior=tc.pseudo_prior, rerank_weight=tc.rerank_weight,
                   neighbour_weight=tc.neighbour_weight, neighbour_dims=tc.neighbour_dims, recipe=changed(tc),
-                  tune_tops=args.tune_tops, only_folds=args.only_folds)
+                  tune_tops=args.tune_tops, only_folds=args.only_folds,
+                  int8_index=str(args.int8_index) if args.int8_index else None)
     report["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")

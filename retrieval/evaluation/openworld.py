@@ -239,7 +239,7 @@ def fold_draws(photos: int, distractors: int, folds: int, seed: int):
 def open_world_report(data: list[Path], distractors: Path, train_only: list[Path] = (), folds: int = 5,
                       seed: int = 0, image_encoder: str = "efficientnet-lite0", cache_dir: Path | None = None,
                       candidates: int = 32, tc=None, log=None, encoders=None, only_folds=None,
-                      raw: list | None = None) -> dict:
+                      raw: list | None = None, index_encoder=None) -> dict:
     """Cross-validate over the captioned photos of `data`: each fold is held out, the model is
     trained on the rest (plus `train_only` datasets, never evaluated) and evaluated among
     the other distractors. A fixed half of the distractors is training material (the
@@ -247,7 +247,8 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     get pseudo-captions); the evaluation gallery is the fold plus the other half. `encoders`:
     an (image, text) encoder pair to use instead of the named image encoder and MiniLM.
     `only_folds`: evaluate these folds alone (the same folds and draws as a whole run); `raw`:
-    a list that receives each evaluated fold's scores (summarise() pools them)."""
+    a list that receives each evaluated fold's scores (summarise() pools them); `index_encoder`:
+    an image encoder the evaluated folds and gallery are indexed with (training keeps ie's)."""
     from retrieval.encoders.image_encoder import load_image_encoder
     from retrieval.encoders.text_encoder import load_text_encoder
     from retrieval.model.memory import load_memory
@@ -266,13 +267,21 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     extra = [slim(dataset_features(load_dataset(d), ie, te, cache_dir)) for d in train_only]
     extra = [e.subset(np.arange(len(e.pooled))) for e in extra]
     others = folder_features(distractors, ie, cache_dir)
+    indexed, gallery_photos = evals, others
+    if index_encoder is not None:  # its photo fields only (dataset features take the grid from torch)
+        paths = [ds.image_path(i) for ds in map(load_dataset, data) for i in range(len(ds.images))]
+        f, _, errors = index_encoder.encode_files(paths, normalize=False)
+        if errors:
+            raise errors[0]
+        indexed = replace(evals, pooled=f.pooled, logits=f.logits, cells=f.cells, mid=f.mid)
+        gallery_photos = folder_features(distractors, index_encoder, cache_dir)
     memory = load_memory(te)
     nonsense = te.encode(nonsense_queries(seed=seed), normalize=False).pooled
     held_out_nonsense = te.encode(nonsense_queries(seed=seed + 1000), normalize=False).pooled
     rng, half, fold_of = fold_draws(len(evals.pooled), len(others), folds, seed)
     train_distractors = others.take(half)
     rest_ = np.setdiff1d(np.arange(len(others)), half)  # never trained on, not even as pseudo pairs
-    others = others.take(rest_)
+    others = gallery_photos.take(rest_)
     cfg, class_emb = model_config(image_encoder, te, memory, tc), class_embeddings(te)
     results = []
     for f in range(folds):
@@ -283,7 +292,7 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
         train = DatasetFeatures.concat([evals.subset(np.setdiff1d(rest, val))] + extra)
         model = train_model(cfg, class_emb, train, evals.subset(val), memory, replace(tc, seed=seed + f),
                             train_distractors, nonsense)
-        held = evals.subset(np.flatnonzero(fold_of == f))
+        held = indexed.subset(np.flatnonzero(fold_of == f))
         results.append(fold_scores(model, memory, held, others, candidates, held_out_nonsense,
                                    "reranked at the weight tuned on its training candidates", model.record["tuned_alpha"]))
         if log:
