@@ -47,9 +47,9 @@ def main() -> None:
     runtime = Runtime()
     if args.int8:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from int8_onnx import int8_image_encoder
+        from int8_onnx import use_int8
 
-        runtime.__dict__["image_encoder"] = int8_image_encoder(args.int8)
+        use_int8(runtime, args.int8)
     with tempfile.TemporaryDirectory() as tmp:
         made = Path(tmp) / "dups"
         made.mkdir()

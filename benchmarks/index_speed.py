@@ -102,9 +102,9 @@ def main() -> None:
         for engine in sorted({e for e, _ in runs}):
             runtime = Runtime(ck, engine="onnx" if engine == "onnx-int8" else engine)
             if engine == "onnx-int8":
-                from int8_onnx import int8_image_encoder
+                from int8_onnx import use_int8
 
-                runtime.__dict__["image_encoder"] = int8_image_encoder(args.int8)
+                use_int8(runtime, args.int8)
             runtime.image_encoder.warm()  # model loading is start-up, not indexing
             _ = runtime.checkpoint, runtime.memory
             models[(str(ck) if ck else "shipped", engine)] = runtime

@@ -88,6 +88,13 @@ def int8_image_encoder(calibrate: Path, photos: int = 300, keep_float: bool = Tr
     return enc
 
 
+def use_int8(runtime, calibrate: Path):
+    """`runtime` with its image encoder swapped for int8_image_encoder(calibrate) (in-process
+    indexing only: worker processes load their own float32 encoder)."""
+    runtime.__dict__["image_encoder"] = int8_image_encoder(calibrate)
+    return runtime
+
+
 def cosine(a, b):
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)

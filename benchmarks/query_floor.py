@@ -66,8 +66,7 @@ def main() -> None:
     s.text("warm up")
     s.text("warm up again")
     te, emb = s.runtime.text_encoder, s.runtime.embedder
-    q = s.runtime.embed_texts(te.encode(["a dog running on a beach"], normalize=False).pooled)
-    q_itc, _ = emb.texts(te.encode(["a dog running on a beach"], normalize=False).pooled)
+    q = q_itc = s.runtime.embed_texts(te.encode(["a dog running on a beach"], normalize=False).pooled)
     photos, captions = emb.lookalikes
     mapped = s.lib.photos
     in_memory = VectorStore.load(args.db / "photos.faiss", s.runtime.dim, mmap=False)
