@@ -50,3 +50,16 @@ def test_share_text_never_claims_certainty():
     assert [share_text(s) for s in (0.0, 0.0004, 0.0005, 0.2345, 0.9994, 0.9995, 1.0)] == [
         " <0.1%", " <0.1%", "  0.1%", " 23.4%", " 99.9%", ">99.9%", ">99.9%"]
     assert len({len(share_text(s)) for s in (0.0, 0.5, 1.0)}) == 1  # the column stays aligned
+
+
+def test_a_cold_search_that_fails_exits_with_its_error_not_an_abort(tmp_path):
+    """A cold search starts loading MiniLM's session in a thread before it opens the library;
+    when opening fails at once (no library there), the process must end with the one-line
+    error and exit 1, not abort while ONNX Runtime is still building the session (it exited
+    134, 'terminate called', about one time in two)."""
+    for _ in range(4):
+        r = subprocess.run([sys.executable, "-m", "retrieval.cli", "search", "zebras", "--db", str(tmp_path / "none")],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1, r.stderr[-500:]
+        assert r.stderr.strip().splitlines() == [f"Error: {tmp_path / 'none'}: no library here yet; index photos "
+                                                 f"first: fusion index PATH --db {tmp_path / 'none'}"]

@@ -168,7 +168,10 @@ def preload(path: Path, threads: int | None = None) -> None:
         except Exception:  # the Graph loads it again and reports what is wrong
             pass
 
-    thread = threading.Thread(target=load, name="onnx-preload", daemon=True)
+    # not a daemon: a command that fails before it takes the session over (no library there,
+    # another model's library) must not exit while ONNX Runtime is still building it, which
+    # aborted the process (exit 134) after the one-line error; it waits the ~0.2 s instead
+    thread = threading.Thread(target=load, name="onnx-preload", daemon=False)
     _preloads[key] = (thread, box)
     thread.start()
 
