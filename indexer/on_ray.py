@@ -133,7 +133,8 @@ def _stream(stats, runtime, rename_shas, timing, opts: RayOptions, batch_size):
     ds = ray.data.from_items(rows, override_num_blocks=tasks).map_batches(
         PhotoEncoder, batch_size=per_task, batch_format="numpy",
         fn_constructor_kwargs=dict(checkpoint=runtime.checkpoint_path, image_weights=runtime.image_weights,
-                                   rename_shas=rename_shas, threads=max(1, int(per_actor)), batch_size=batch_size),
+                                   rename_shas=rename_shas, threads=max(1, int(per_actor)), batch_size=batch_size,
+                                   precision=runtime.image_precision),
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=per_actor)
     mine = runtime.fingerprint
     # whole blocks as they come (iter_rows held results back until several tasks had finished)

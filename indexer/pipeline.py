@@ -117,10 +117,11 @@ class PhotoEncoder:
     """A worker's encoder (a Ray Data actor, or a process of indexer/processes.py): the model
     loaded once, then a task of files at a time, returning its pickled photo_stream events."""
 
-    def __init__(self, checkpoint, image_weights, rename_shas: set, threads: int, batch_size: int):
+    def __init__(self, checkpoint, image_weights, rename_shas: set, threads: int, batch_size: int,
+                 precision: str | None = None):
         from retrieval.model.runtime import Runtime
 
-        self.runtime = Runtime(checkpoint, image_weights)
+        self.runtime = Runtime(checkpoint, image_weights, image_precision=precision)
         if self.runtime.engine == "torch":  # ONNX Runtime's workers never import torch
             import torch
 

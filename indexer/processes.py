@@ -47,12 +47,12 @@ def plan_processes(photos: int, requested: int | None, engine: str = "onnx") -> 
     return requested, max(1, cpus // requested)
 
 
-def _start(checkpoint, image_weights, rename_shas, threads, batch_size) -> None:
+def _start(checkpoint, image_weights, precision, rename_shas, threads, batch_size) -> None:
     global _encoder, _failure
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     try:
-        _encoder = PhotoEncoder(checkpoint, image_weights, rename_shas, threads, batch_size)
+        _encoder = PhotoEncoder(checkpoint, image_weights, rename_shas, threads, batch_size, precision)
     except Exception as e:  # an initializer's exception would only print a traceback and break the pool
         _failure = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
 
@@ -78,7 +78,7 @@ def process_photo_stream(stats: list[FileStat], runtime, rename_shas: set, timin
     by `processes` workers, in the order of `stats`. Two tasks per worker are in flight."""
     tasks = [stats[i:i + PER_TASK] for i in range(0, len(stats), PER_TASK)]
     pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
-                               initargs=(runtime.checkpoint_path, runtime.image_weights, rename_shas, threads,
+                               initargs=(runtime.checkpoint_path, runtime.image_weights, runtime.image_precision, rename_shas, threads,
                                          batch_size))
     try:
         pending = deque(pool.submit(_encode, t) for t in tasks[:2 * processes])

@@ -45,8 +45,9 @@ def rebuild(root: Path, runtime: Runtime) -> None:
 def prepare_engine(runtime: Runtime, notice=None) -> None:
     """Export the encoders' ONNX graphs now if this machine lacks them (once per machine and
     model, a few seconds), before worker processes start and before the photos/s clock."""
-    if runtime.engine == "onnx":
+    if runtime.image_encoder.runs_onnx:
         runtime.image_encoder.graph.ensure(notice)
+    if runtime.engine == "onnx":
         runtime.text_encoder.graph.ensure(notice)
 
 

@@ -69,11 +69,19 @@ def open_library(db: str | os.PathLike | None = None, model: str | os.PathLike |
 
 
 def model_runtime(root: Path, model: str | os.PathLike | None) -> Runtime:
-    """The Runtime of `model`, else of the checkpoint the library at `root` recorded."""
+    """The Runtime of `model`, else of the checkpoint the library at `root` recorded; its image
+    network at the precision the library was made with, unless FUSION_IMAGE_PRECISION asks for
+    another (a plain index then refuses the library, and --rebuild encodes it again at that
+    precision) or another model is given; a new library: FUSION_IMAGE_PRECISION, else int8
+    where the network's calibration ships."""
+    recorded, fingerprint = recorded_model(root)
+    precision = None
+    same_model = model is None or (recorded is not None and str(Path(model).expanduser().resolve()) == recorded)
+    if fingerprint is not None and same_model and not os.environ.get("FUSION_IMAGE_PRECISION"):
+        precision = Runtime.precision_of(fingerprint)
     if model is None:
-        recorded = recorded_model(root)
         if not recorded:
-            return Runtime()
+            return Runtime(image_precision=precision)
         if not Path(recorded).is_file():
             raise CheckpointError(f"{root}: indexed with the model {recorded}, which is gone; put it back, or "
                                   f"re-index with another: fusion index --rebuild --model FILE PATH --db {root}")
@@ -81,7 +89,7 @@ def model_runtime(root: Path, model: str | os.PathLike | None) -> Runtime:
     path = Path(model).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file; give a checkpoint made by fusion train --out FILE")
-    runtime = Runtime(path.resolve())
+    runtime = Runtime(path.resolve(), image_precision=precision)
     _ = runtime.fingerprint  # reads the file: a damaged or foreign one fails here, in one line
     return runtime
 

@@ -65,7 +65,7 @@ def test_the_text_graph_gives_torchs_vectors_on_real_captions(engines, demo_dir)
 def test_either_engine_searches_the_others_library_with_the_same_results(tmp_path, demo_photos):
     """Same fingerprint because the vectors are equal within float rounding: a library indexed
     on torch is searched on ONNX Runtime (and back) with the same ranking."""
-    on = {e: Runtime(engine=e) for e in ("torch", "onnx")}
+    on = {e: Runtime(engine=e, image_precision="float32") for e in ("torch", "onnx")}
     assert on["torch"].fingerprint == on["onnx"].fingerprint
     index_paths(demo_photos[:16], tmp_path / "lib", runtime=on["torch"], processes=0)
     ranked = {}

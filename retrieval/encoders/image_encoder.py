@@ -84,13 +84,15 @@ class ImageEncoder:
 
     def __init__(self, config: ImageEncoderConfig, weights: str | os.PathLike | None = None,
                  channels_last: bool = True, fold: bool = True, engine: str = "torch",
-                 threads: int | None = None):
+                 threads: int | None = None, precision: str = "float32"):
         self.config = config
         self.weights = weights
         self.channels_last = channels_last
         self.fold = fold  # fold batch norms into convolutions where the network can
         self.engine = engine  # "onnx": ONNX Runtime runs the exported network; "torch": the module
         self.threads = threads  # ONNX Runtime's threads (None: every usable core)
+        # "int8": the int8 graph (retrieval/encoders/int8.py) on ONNX Runtime, whatever the engine
+        self.precision = precision
 
     @property
     def feature_id(self) -> str:
@@ -98,7 +100,18 @@ class ImageEncoder:
         folded batch norms (the same up to float rounding, which a bit-exact training hash
         still sees). Feature caches are keyed by it."""
         folded = self.fold and self.config.name.startswith("efficientnet-lite")
-        return f"{self.config.name}@{self.config.image_size}" + ("-folded" if folded else "")
+        ident = f"{self.config.name}@{self.config.image_size}" + ("-folded" if folded else "")
+        return ident + (f"-int8-{self._ranges_digest()}" if self.precision == "int8" else "")
+
+    def _ranges(self) -> Path:
+        from retrieval.encoders.int8 import shipped_ranges
+
+        return shipped_ranges(self.config.name, self.config.image_size)
+
+    def _ranges_digest(self) -> str:
+        from retrieval.encoders.int8 import ranges_digest
+
+        return ranges_digest(self._ranges())
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """Resize the shorter side to the input size and centre-crop: uint8 (S, S, 3)."""
@@ -124,8 +137,8 @@ class ImageEncoder:
         return net
 
     @cached_property
-    def graph(self):
-        """The network as an ONNX Runtime graph (exported from the same weights on first use)."""
+    def float_graph(self):
+        """The network as a float32 ONNX Runtime graph (exported from the same weights on first use)."""
         from retrieval.encoders.networks import weights_file
         from retrieval.encoders.onnx_engine import Graph, file_identity, graph_path
 
@@ -140,16 +153,43 @@ class ImageEncoder:
 
         return Graph(graph_path(c.name, ident), build, self.threads, f"the image network ({c.name})", source)
 
+    @property
+    def graph(self):
+        """The graph ONNX Runtime runs at this precision."""
+        return self.int8_graph if self.precision == "int8" else self.float_graph
+
+    @cached_property
+    def int8_graph(self):
+        """The graph quantised from the float32 one with the shipped calibration (built once per
+        machine, beside it)."""
+        import onnxruntime
+
+        from retrieval.encoders.int8 import build_int8
+        from retrieval.encoders.onnx_engine import Graph, graph_path
+
+        fg, ranges = self.float_graph, self._ranges()
+        ident = f"int8|{fg.path.name}|{self._ranges_digest()}|{onnxruntime.__version__}"
+
+        def build(path):
+            return build_int8(fg.ensure(), ranges, path)
+
+        return Graph(graph_path(f"{self.config.name}-int8", ident), build, self.threads,
+                     f"the int8 image network ({self.config.name})", fg.source)
+
     def warm(self) -> None:
         """Load the engine now (outside a timed region; a missing graph is exported)."""
-        _ = self.graph.session if self.engine == "onnx" else self.network
+        _ = self.graph.session if self.runs_onnx else self.network
+
+    @property
+    def runs_onnx(self) -> bool:
+        return self.engine == "onnx" or self.precision == "int8"
 
     def encode(self, pixels: Sequence[np.ndarray], batch_size: int = 4, normalize: bool = True,
                grid: bool = False) -> ImageFeatures:
         """Encode preprocessed photos (from `preprocess`/`load`) in batches; batch size 4 is
         fastest on 2 CPU cores. Results do not depend on the batch size beyond float noise.
-        Grid cells (training only) always come from torch."""
-        if self.engine == "onnx" and not grid:
+        Grid cells (training only) always come from torch, in float32."""
+        if self.runs_onnx and not grid:
             return self._encode_onnx(pixels, batch_size, normalize)
         import torch
 
@@ -229,12 +269,13 @@ class ImageEncoder:
 
 def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, weights: str | os.PathLike | None = None,
                        channels_last: bool = True, image_size: int | None = None,
-                       fold: bool = True, engine: str = "torch") -> ImageEncoder:
+                       fold: bool = True, engine: str = "torch", precision: str = "float32") -> ImageEncoder:
     """The one factory for image encoders. `resnet50` needs `weights`, a torchvision state-dict
     file; EfficientNet-Lite0 uses the weights its package ships unless `weights` is given.
     `image_size`: the input side to feed it (None or 0: the size it was trained at). `engine`:
     "torch" (training: the bit-exact path its hash is reproduced on) or "onnx" (everything a
-    user runs: the same vectors within float rounding, about twice as fast)."""
+    user runs: the same vectors within float rounding, about twice as fast). `precision`:
+    "float32", or "int8" (ONNX Runtime's int8 graph, where a calibration ships)."""
     if name not in CONFIGS:
         raise WeightsError(f"unknown image encoder {name!r}; choose one of {', '.join(CONFIGS)}")
     config = CONFIGS[name]
@@ -250,7 +291,10 @@ def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, weights: str | os.Path
         )
     if weights is not None and not Path(weights).is_file():
         raise WeightsError(f"{weights}: weights file not found")
-    return ImageEncoder(config, weights, channels_last, fold, engine)
+    enc = ImageEncoder(config, weights, channels_last, fold, engine, precision=precision)
+    if precision == "int8":
+        _ = enc.feature_id  # no calibration for this network and side: say so now, in one line
+    return enc
 
 
 def concat_features(parts: Sequence[ImageFeatures], config: ImageEncoderConfig) -> ImageFeatures:

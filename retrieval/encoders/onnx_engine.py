@@ -27,7 +27,8 @@ from retrieval.errors import WeightsError
 
 EXPORT_VERSION = 1  # bump when onnx_export changes what a graph computes
 ENGINES = ("onnx", "torch")
-_lock = threading.Lock()  # one build at a time in a process (threads of fusion serve)
+_lock = threading.RLock()  # one build at a time in a process (threads of fusion serve); re-entered
+# by the int8 graph, whose build ensures the float32 graph first
 
 
 def default_engine() -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -97,33 +98,41 @@ CHECK_TEXTS = ("a dog runs on the beach", "two zebras grazing in a field", "Ã¼nÃ
 
 
 def _cosine(a, b):
-    import numpy as np
-
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     return float((a * b).sum(1).min())
 
 
+def check_int8(image_encoder, pixels=None) -> dict:
+    """The smallest cosine between the int8 graph's outputs and the float32 graph's, per output
+    (on `pixels`, default the synthetic photos of check_graphs)."""
+    pixels = pixels or _synthetic(image_encoder.config.image_size)
+    feeds = {"pixels": np.stack(pixels)}
+    got, want = image_encoder.int8_graph.run(feeds), image_encoder.float_graph.run(feeds)
+    return {name: _cosine(g, w) for name, g, w in zip(IMAGE_OUTPUTS, got, want)}
+
+
+def _synthetic(side: int) -> list:
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    return [np.clip(np.stack([ramp[None, :] * a + ramp[:, None] * (1 - a), ramp[::-1][None, :]
+                              * np.ones((side, 1)), rng.uniform(0, 255, (side, side))], -1), 0, 255)
+            .astype(np.uint8) for a in (0.0, 0.3, 0.7, 1.0)]
+
+
 def check_graphs(image_encoder, text_encoder, pixels=None) -> dict:
     """The smallest cosine between ONNX Runtime's and torch's outputs, per output: on `pixels`
     (preprocessed photos; default: four synthetic ones) and a few captions (one truncated)."""
-    import numpy as np
-
-    if pixels is None:
-        side = image_encoder.config.image_size
-        ramp = np.linspace(0, 255, side, dtype=np.float32)
-        rng = np.random.default_rng(0)
-        pixels = [np.clip(np.stack([ramp[None, :] * a + ramp[:, None] * (1 - a), ramp[::-1][None, :]
-                                    * np.ones((side, 1)), rng.uniform(0, 255, (side, side))], -1), 0, 255)
-                  .astype(np.uint8) for a in (0.0, 0.3, 0.7, 1.0)]
-    saved = image_encoder.engine, text_encoder.engine
+    pixels = pixels or _synthetic(image_encoder.config.image_size)
+    saved = image_encoder.engine, text_encoder.engine, image_encoder.precision
     try:
+        image_encoder.precision = "float32"  # the float32 graph against torch
         image_encoder.engine, text_encoder.engine = "torch", "torch"
         want_i, want_t = image_encoder.encode(pixels, normalize=False), text_encoder.encode(CHECK_TEXTS, normalize=False)
         image_encoder.engine, text_encoder.engine = "onnx", "onnx"
         got_i, got_t = image_encoder.encode(pixels, normalize=False), text_encoder.encode(CHECK_TEXTS, normalize=False)
     finally:
-        image_encoder.engine, text_encoder.engine = saved
+        image_encoder.engine, text_encoder.engine, image_encoder.precision = saved
     out = {name: _cosine(getattr(got_i, name), getattr(want_i, name)) for name in IMAGE_OUTPUTS}
     out["text"] = _cosine(got_t.pooled, want_t.pooled)
     return out

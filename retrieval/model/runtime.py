@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 class Runtime:
     def __init__(self, checkpoint: Path | None = None, image_weights: Path | None = None,
-                 engine: str | None = None):
+                 engine: str | None = None, image_precision: str | None = None):
         from retrieval.encoders.onnx_engine import default_engine
 
         self.checkpoint_path = checkpoint
@@ -28,6 +28,31 @@ class Runtime:
         # vectors within float rounding (cosine >= 0.9999, tests/test_onnx.py), so a library's
         # fingerprint does not name the engine and either searches the other's library.
         self.engine = engine or default_engine()
+        # the image network's precision (None: FUSION_IMAGE_PRECISION, else int8 where its
+        # calibration ships): int8 vectors are not float32's, so an int8 library's fingerprint
+        # names the calibration, and a library is always encoded at the precision it was made with
+        self._precision = image_precision
+
+    @property
+    def _image_side(self) -> int:
+        c = self.config
+        if c.image_size:
+            return c.image_size
+        from retrieval.encoders.image_encoder import CONFIGS  # checkpoints that predate the record
+
+        return CONFIGS[c.image_encoder].image_size if c.image_encoder in CONFIGS else 0
+
+    @cached_property
+    def image_precision(self) -> str:
+        from retrieval.encoders.int8 import PRECISIONS, default_precision
+
+        if self._precision is not None:
+            if self._precision not in PRECISIONS:
+                from retrieval.errors import WeightsError
+
+                raise WeightsError(f"image precision {self._precision!r}: use one of {', '.join(PRECISIONS)}")
+            return self._precision
+        return default_precision(self.config.image_encoder, self._image_side, self.image_weights, self.engine)
 
     @cached_property
     def checkpoint(self) -> "Checkpoint":
@@ -57,7 +82,13 @@ class Runtime:
     def fingerprint(self) -> str:
         c = self.config
         memory = f"+memory-{c.memory_digest}" if c.memory_digest else ""
-        return f"{c.image_encoder}+{c.text_encoder}+{self.query.content_hash}{memory}"
+        int8 = f"+int8-{self._ranges_digest()}" if self.image_precision == "int8" else ""
+        return f"{c.image_encoder}+{c.text_encoder}+{self.query.content_hash}{memory}{int8}"
+
+    def _ranges_digest(self) -> str:
+        from retrieval.encoders.int8 import ranges_digest, shipped_ranges
+
+        return ranges_digest(shipped_ranges(self.config.image_encoder, self._image_side))
 
     @property
     def dim(self) -> int:
@@ -68,7 +99,8 @@ class Runtime:
         from retrieval.encoders.image_encoder import load_image_encoder
 
         return load_image_encoder(self.config.image_encoder, self.image_weights,
-                                  image_size=self.config.image_size, engine=self.engine)
+                                  image_size=self.config.image_size, engine=self.engine,
+                                  precision=self.image_precision)
 
     @cached_property
     def text_encoder(self):
@@ -113,6 +145,11 @@ class Runtime:
 
         pv = self.photo_vectors(feats)
         return pv.evidence.pack(), pv.search, signature.pack(signature.signatures(feats.pooled))
+
+    @staticmethod
+    def precision_of(fingerprint: str) -> str:
+        """The image precision a library with this recorded fingerprint is encoded at."""
+        return "int8" if "+int8-" in fingerprint else "float32"
 
     def embed_texts(self, pooled: np.ndarray) -> np.ndarray:
         """ITC vectors of raw MiniLM pooled vectors (numpy: a search never imports torch)."""

@@ -37,21 +37,21 @@ def library_dir(db: str | os.PathLike | None = None) -> Path:
     return Path(base) / "fusion"
 
 
-def recorded_model(root: Path) -> str | None:
-    """The checkpoint file the library at `root` was indexed with (SHIPPED_MODEL for the one in
-    the package), or None when there is no library there yet, it predates the record or its
-    database is unreadable."""
+def recorded_model(root: Path) -> tuple[str | None, str | None]:
+    """(the checkpoint file the library at `root` was indexed with, SHIPPED_MODEL for the one in
+    the package; the model fingerprint it recorded), each None when there is no library there
+    yet, it predates the record or its database is unreadable."""
     import sqlite3
 
     if not (root / DB_FILE).is_file():
-        return None
-    # one SELECT, not open_db: every command reads this before it opens the library, and
+        return None, None
+    # SELECTs, not open_db: every command reads this before it opens the library, and
     # open_db's schema checks and migrations would then run twice
     reader = Reader(root / DB_FILE)
     try:
-        return reader.meta("model_path")
+        return reader.meta("model_path"), reader.meta("model")
     except sqlite3.Error:  # damaged: opening the library says so, and --rebuild starts afresh
-        return None
+        return None, None
     finally:
         reader.close()
 
