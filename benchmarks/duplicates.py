@@ -39,24 +39,18 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=150, help="photos to make duplicates of")
     ap.add_argument("--skip", type=int, default=0, help="leave out the first SKIP photos (a held-out check)")
     ap.add_argument("--name", default="duplicates", help="results file stem")
-    ap.add_argument("--int8", type=Path, metavar="DIR",
-                    help="experiment: index with the int8 image network calibrated on 300 photos of DIR "
-                         "(benchmarks/int8_onnx.py), in one process")
+    ap.add_argument("--precision", choices=("int8", "float32"),
+                    help="the image network's precision [default: what fusion index uses for a new library]")
     args = ap.parse_args()
     originals = find_photos([args.photos])[args.skip:args.skip + args.n]
-    runtime = Runtime()
-    if args.int8:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from int8_onnx import use_int8
-
-        use_int8(runtime, args.int8)
+    runtime = Runtime(image_precision=args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         made = Path(tmp) / "dups"
         made.mkdir()
         group = make_set(originals, made)
         start = time.perf_counter()
         s = index_paths([made, *args.distinct], Path(tmp) / "lib", runtime=runtime,
-                        processes=0 if args.int8 else None)
+                        processes=None)
         print(f"indexed {s['photos']} photos in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         lib = Library.open(Path(tmp) / "lib", runtime.fingerprint, runtime.dim)
         from sqlalchemy import select
@@ -88,7 +82,7 @@ def main() -> None:
                   "groups": {"found": len(got), "exact": exact,
                              "precision": round(exact / max(len(got), 1), 4), "recall": round(exact / len(want), 4),
                              "photos_in_wrong_groups": sum(len(g) for g in got if g not in want)}}
-    report.update(skip=args.skip, seconds_to_index=s["seconds"], int8=str(args.int8) if args.int8 else None)
+    report.update(skip=args.skip, seconds_to_index=s["seconds"], image_precision=runtime.image_precision)
     write(report, args.name)
 
 

@@ -1,12 +1,13 @@
 """Indexing throughput, the two inference engines side by side, and the cost of a no-op re-run.
 
     python benchmarks/index_speed.py [--data DIR ...] [--large-from DIR --large N]
-        [--runs onnx:0,torch:auto,...] [--rounds 2] [--checkpoint FILE ...]
+        [--runs onnx-int8:0,onnx:0,torch:auto,...] [--rounds 2] [--checkpoint FILE ...]
 
 The photos: every photo of each --data folder, plus the N largest of --large-from (e.g. 100 of
 the distractors' 947x710 COCO photos beside the 270 of coco/: 370 COCO-size photos). Each run
-is ENGINE:PROCESSES (onnx or torch; 0: in this process, N: N worker processes, auto: what
-`fusion index` picks for that engine): index the photos into a fresh temporary library
+is ENGINE:PROCESSES (onnx-int8: ONNX Runtime with the int8 image network, what `fusion index`
+runs for a new library; onnx: ONNX Runtime in float32; torch: the torch modules, float32; 0: in
+this process, N: N worker processes, auto: what `fusion index` picks for that engine): index the photos into a fresh temporary library
 (end-to-end photos/s, decode and writes included, worker start-up included) with the time
 split (decode, the network alone, the network plus the projection and evidence, writes; summed
 over threads and workers, so they overlap), then re-run over the unchanged tree. Runs take
@@ -30,6 +31,7 @@ from indexer.run import index_paths
 from retrieval.model.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
+ENGINES = {"onnx-int8": ("onnx", "int8"), "onnx": ("onnx", "float32"), "torch": ("torch", "float32")}
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -83,28 +85,21 @@ def main() -> None:
     ap.add_argument("--data", type=Path, action="append")
     ap.add_argument("--large-from", type=Path, help="a folder to add the largest photos of")
     ap.add_argument("--large", type=int, default=0, help="how many of --large-from's largest photos")
-    ap.add_argument("--runs", default="onnx:0,onnx:2,torch:0,torch:auto",
+    ap.add_argument("--runs", default="onnx-int8:0,onnx:0,torch:0,torch:auto",
                     help="comma-separated ENGINE:PROCESSES (processes a number or auto)")
     ap.add_argument("--checkpoint", type=Path, action="append", default=[],
                     help="a model to measure (repeat to compare; default: the shipped one)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds over every model and run")
     ap.add_argument("--name", default="index_speed", help="results file stem")
-    ap.add_argument("--int8", type=Path, metavar="DIR",
-                    help="experiment: engine onnx-int8 in --runs is the int8 image network calibrated on 300 "
-                         "photos of DIR (benchmarks/int8_onnx.py); in one process only (workers load float32)")
     args = ap.parse_args()
     runs = [(e, None if p == "auto" else int(p)) for e, p in (r.split(":") for r in args.runs.split(","))]
-    if any(e == "onnx-int8" and (p != 0 or not args.int8) for e, p in runs):
-        ap.error("onnx-int8 runs need --int8 DIR and 0 processes")
+    if any(e not in ENGINES for e, _ in runs):
+        ap.error(f"--runs: engines are {', '.join(ENGINES)}")
     photos = photo_set(args.data or [ROOT / "data" / "demo"], args.large_from, args.large)
     models = {}
     for ck in args.checkpoint or [None]:
         for engine in sorted({e for e, _ in runs}):
-            runtime = Runtime(ck, engine="onnx" if engine == "onnx-int8" else engine)
-            if engine == "onnx-int8":
-                from int8_onnx import use_int8
-
-                use_int8(runtime, args.int8)
+            runtime = Runtime(ck, engine=ENGINES[engine][0], image_precision=ENGINES[engine][1])
             runtime.image_encoder.warm()  # model loading is start-up, not indexing
             _ = runtime.checkpoint, runtime.memory
             models[(str(ck) if ck else "shipped", engine)] = runtime

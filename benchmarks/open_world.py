@@ -162,12 +162,12 @@ def tuned_encoders(args, tc):
     return ie, te
 
 
-def int8_encoder(calibrate: Path | None):
-    if calibrate is None:
-        return None
-    from int8_onnx import int8_image_encoder
+def int8_encoder(image_encoder: str, tc):
+    """The image network as `fusion index` runs it for a new library: int8 on ONNX Runtime,
+    with the calibration that ships (retrieval/encoders/int8.py)."""
+    from retrieval.encoders.image_encoder import load_image_encoder
 
-    return int8_image_encoder(calibrate)
+    return load_image_encoder(image_encoder, image_size=image_size(image_encoder, tc), engine="onnx", precision="int8")
 
 
 def main() -> None:
@@ -183,9 +183,10 @@ def main() -> None:
                          "--tune-on (benchmarks/finetune.py's 'both' arm), then the folds on their features")
     ap.add_argument("--tune-on", type=Path, help="the Flickr8k folder --tune-tops trains on [default: the "
                                                  "first --train-only folder]")
-    ap.add_argument("--int8-index", type=Path, metavar="DIR",
-                    help="experiment: index the folds and gallery with the int8 image network calibrated on "
-                         "300 photos of DIR (benchmarks/int8_onnx.py); training keeps float32 features")
+    ap.add_argument("--int8-index", action="store_true",
+                    help="index the folds and gallery with the int8 image network, as fusion index does for a "
+                         "new library (retrieval/encoders/int8.py); training keeps float32 features, as "
+                         "fusion train does")
     ap.add_argument("--name", default="recall", help="results file stem")
     args = ap.parse_args()
     start = time.perf_counter()
@@ -193,7 +194,8 @@ def main() -> None:
     encoders = tuned_encoders(args, tc) if args.tune_tops else None
     report = open_world_report(args.data, args.distractors, args.train_only, args.folds, args.seed,
                                args.image_encoder, tc=tc, log=lambda e: print(e, file=sys.stderr, flush=True),
-                               encoders=encoders, index_encoder=int8_encoder(args.int8_index),
+                               encoders=encoders,
+                               index_encoder=int8_encoder(args.image_encoder, tc) if args.int8_index else None,
                                only_folds=[int(f) for f in args.only_folds.split(",")] if args.only_folds else None)
     report.update(image_encoder=args.image_encoder, image_size=image_size(args.image_encoder, tc),
                   memory_beta=tc.memory_beta, bridge_cells=tc.bridge_cells, mid_features=tc.mid_features,
@@ -201,7 +203,7 @@ def main() -> None:
                   pseudo_prior=tc.pseudo_prior, rerank_weight=tc.rerank_weight,
                   neighbour_weight=tc.neighbour_weight, neighbour_dims=tc.neighbour_dims, recipe=changed(tc),
                   tune_tops=args.tune_tops, only_folds=args.only_folds,
-                  int8_index=str(args.int8_index) if args.int8_index else None)
+                  int8_index=args.int8_index)
     report["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
