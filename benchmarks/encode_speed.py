@@ -1,7 +1,8 @@
 """Encoder throughput on this machine, the two inference engines side by side: decode +
 preprocess, forward pass and end to end for photos (Lite0 at 256 px as shipped, batch norms
-folded; torch with channels_last, and ONNX Runtime on the graph exported from the same
-weights), captions/s and a single query's latency for text.
+folded; torch with channels_last, ONNX Runtime on the graph exported from the same weights,
+and on its int8 graph, retrieval/encoders/int8.py), captions/s and a single query's latency
+for text.
 
     python benchmarks/encode_speed.py [--data DIR] [--photos N]
 
@@ -35,13 +36,15 @@ def timed(n: int, fn) -> float:
 
 
 VARIANTS = {"torch": "torch", "onnx": "onnx"}  # engine per variant; both Lite0 at 256 px, folded
+# the image network also in int8 on ONNX Runtime, what fusion index runs for a new library
+IMAGE_VARIANTS = {"torch": ("torch", "float32"), "onnx": ("onnx", "float32"), "onnx-int8": ("onnx", "int8")}
 
 
 def bench_images(paths: list[Path], batches=(1, 4, 8)) -> dict:
     """Median photos/s of REPEATS runs. The engines alternate inside each repeat, in turned
     order every other repeat: this shared 2-core machine drifts by +-30% over a minute, so
     blocks run one after the other would compare the drift, not the engines."""
-    enc = {k: load_image_encoder(image_size=256, engine=e) for k, e in VARIANTS.items()}
+    enc = {k: load_image_encoder(image_size=256, engine=e, precision=p) for k, (e, p) in IMAGE_VARIANTS.items()}
     for e in enc.values():
         e.warm()
     e = enc["torch"]

@@ -30,7 +30,8 @@ def panels() -> list[tuple[str, str, dict]]:
     size = max(search, key=int)
     cold = load("cold_start")["engines"]
     return [
-        ("image network, forward only", "photos/s", {e: enc[f"forward[{e},batch=4]"] for e in ("torch", "onnx")}),
+        ("image network, forward only", "photos/s", {e: enc[f"forward[{e},batch=4]"] for e in ("torch", "onnx", "onnx-int8")
+          if f"forward[{e},batch=4]" in enc}),
         (f"indexing {idx['photos']} photos, end to end", "photos/s", best),
         (f"warm text search, {int(size):,} photos", "p50 ms",
          {e: search[size]["warm_in_process"][e]["p50_ms"] for e in ("torch", "before", "onnx")
