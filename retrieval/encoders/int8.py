@@ -6,7 +6,7 @@ the head convolution and the classifier. About 1.7x the float32 graph's photos/s
 (benchmarks/results/int8_onnx.md), and the default for new libraries where a calibration ships.
 
 The activations' ranges are calibrated once on real photos and ship in the package
-(calibration/<network>-<side>.json, ~22 KB: Lite0 at 256 px, on the first 300 photos of
+(calibration/<network>-<side>.json, 31 KB: Lite0 at 256 px, on the first 300 photos of
 Flickr8k's folder by name); each machine builds the int8 graph from its float32 graph and those
 ranges, which gives the same graph bytes every time, so every machine's int8 vectors agree.
 `fusion export-onnx --calibrate DIR` makes the ranges again from other photos."""
@@ -21,15 +21,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from retrieval.errors import WeightsError
 
 PRECISIONS = ("float32", "int8")
 KEEP_FLOAT = ("/network/_conv_stem/", "/network/_blocks.0/", "/network/_blocks.15/", "/network/_conv_head/",
               "/network/_fc/", "/_fc/")
-CALIBRATION_PHOTOS = 300
-_BATCH = 4  # calibration batches: every batch the same size (the last one may be smaller)
+_BATCH = 4  # photos per calibration batch (MinMax ranges do not depend on it)
 
 
 def calibration_file(name: str, side: int) -> Path | None:
@@ -94,6 +91,9 @@ def build_int8(float_graph: Path, ranges: Path, dst: Path) -> Path:
     record = json.loads(Path(ranges).read_text())
     with tempfile.TemporaryDirectory(prefix="fusion-int8-") as tmp:
         pre, nodes = _prepared(float_graph, Path(tmp))
+        if record.get("keep_float") != list(KEEP_FLOAT):  # the same ranges would name another graph
+            raise WeightsError(f"{ranges}: made with other layers kept in float ({record.get('keep_float')}); "
+                               "calibrate again: fusion export-onnx --calibrate PHOTO_DIR")
         if nodes != record["graph_nodes"]:
             raise WeightsError(f"{ranges}: its int8 ranges were made for another export of the network "
                                f"(graph {record['graph_nodes']}, this machine's {nodes}); index in float32 "
@@ -108,9 +108,10 @@ def build_int8(float_graph: Path, ranges: Path, dst: Path) -> Path:
     return dst
 
 
-def calibrate(float_graph: Path, pixels: Sequence[np.ndarray], out: Path, source: str = "") -> dict:
-    """Ranges of every quantised activation over `pixels` (preprocessed photos, as
+def calibrate(float_graph: Path, pixels: Sequence, out: Path, source: str = "") -> dict:
+    """Ranges of every quantised activation over `pixels` (preprocessed photos, uint8 arrays as
     ImageEncoder.load gives them), written to `out` with what they were made from."""
+    import numpy as np
     from onnxruntime.quantization import CalibrationDataReader
 
     if not pixels:

@@ -38,7 +38,7 @@ class Runtime:
         c = self.config
         if c.image_size:
             return c.image_size
-        from retrieval.encoders.image_encoder import CONFIGS  # checkpoints that predate the record
+        from retrieval.encoders.image_config import CONFIGS  # checkpoints that predate the record
 
         return CONFIGS[c.image_encoder].image_size if c.image_encoder in CONFIGS else 0
 
