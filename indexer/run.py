@@ -97,9 +97,9 @@ def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool =
     automatic, see indexer/processes.py; 0: in this process). Everything else is the same.
     `notice(text)`, if given, hears of one-off work before the photos (the caption memory).
     Returns the summary (see `fusion index --help`)."""
-    runtime = runtime or Runtime()
     root = library_dir(db)
     check_root(root)  # before the lock file is made in it
+    runtime = runtime or Runtime(image_precision=Runtime.library_precision(root))
     with writer_lock(root):
         try:
             return _index(paths, root, rebuild_first, runtime, batch_size, workers, bar, index_type, ray, processes,

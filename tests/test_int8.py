@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 import retrieval
+from indexer.run import index_paths
 from retrieval.encoders.int8 import build_int8, calibration_file
 from retrieval.errors import ModelMismatchError, WeightsError
 from retrieval.model.runtime import Runtime
+from retrieval.query.search import open_searcher
 
 
 def cosines(a, b):
@@ -122,6 +124,9 @@ def test_a_library_keeps_the_precision_it_was_made_with(tmp_path, monkeypatch, d
     assert again.runtime.image_precision == "float32"
     assert again.index(photos, processes=0).unchanged == 6
     assert again.search("a photo", k=3).hits
+    # the layers below the API default to the library's precision too
+    assert open_searcher(tmp_path / "old").runtime.image_precision == "float32"
+    assert index_paths([Path(p) for p in photos], tmp_path / "old", processes=0)["unchanged"] == 6
 
     monkeypatch.setenv("FUSION_IMAGE_PRECISION", "int8")
     moved = retrieval.open_library(tmp_path / "old")

@@ -151,6 +151,20 @@ class Runtime:
         """The image precision a library with this recorded fingerprint is encoded at."""
         return "int8" if "+int8-" in fingerprint else "float32"
 
+    @staticmethod
+    def library_precision(root: Path) -> str | None:
+        """The precision the library at `root` was made with, unless FUSION_IMAGE_PRECISION asks
+        for one (a plain index then refuses the library, --rebuild encodes it again); None for
+        a new library (the default)."""
+        import os
+
+        from retrieval.store.library import recorded_model
+
+        fingerprint = recorded_model(root)[1]
+        if fingerprint is None or os.environ.get("FUSION_IMAGE_PRECISION"):
+            return None
+        return Runtime.precision_of(fingerprint)
+
     def embed_texts(self, pooled: np.ndarray) -> np.ndarray:
         """ITC vectors of raw MiniLM pooled vectors (numpy: a search never imports torch)."""
         return self.query.embed_text(pooled)

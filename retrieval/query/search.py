@@ -263,5 +263,6 @@ def mark_likely(hits: list[Hit]) -> list[Hit]:
 def open_searcher(db: Path | None = None, runtime: Runtime | None = None) -> Searcher:
     from retrieval.store.library import library_dir
 
-    runtime = runtime or Runtime()
-    return Searcher(Library.open(library_dir(db), runtime.fingerprint, runtime.dim, mmap=True), runtime)
+    root = library_dir(db)
+    runtime = runtime or Runtime(image_precision=Runtime.library_precision(root))
+    return Searcher(Library.open(root, runtime.fingerprint, runtime.dim, mmap=True), runtime)
