@@ -20,6 +20,7 @@ import argparse
 import json
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,14 @@ def main() -> None:
     memory = runtime.memory
     mem_stems = [stems(t) for t in memory.texts]
     enc = lambda texts: runtime.text_encoder.encode(texts).pooled  # noqa: E731 (L2-normalised)
+    cfg = runtime.query.config
+    rules = {  # how describe ranks the memory's ITC top 32 (the model's config, swapped per row)
+        f"describe (shipped: ITC plus {cfg.rerank_weight:g} x the reranker's logit)": cfg,
+        f"the library captions' rule (ITC minus {cfg.describe_prior:g} x the caption prior; shipped before)":
+            replace(cfg, memory_describe_weight=cfg.describe_weight, memory_describe_prior=cfg.describe_prior),
+        "ITC alone": None}
     rows = {m: {"first_agrees": [], "any3_agrees": [], "closeness": []} for m in
-            ("describe (shipped: ITC minus the caption prior)", "ITC alone", "a random memory caption",
-             "the memory caption closest to the photo's own (ceiling)")}
+            (*rules, "a random memory caption", "the memory caption closest to the photo's own (ceiling)")}
     names = list(rows)
     examples = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,23 +70,24 @@ def main() -> None:
             caps = own[path]
             own_vec = enc(caps)
             agreed = agreed_words(caps)
-            for name, rerank in ((names[0], True), (names[1], False)):
-                shown = [h.text for h in searcher.describe(copy, k=3, rerank=rerank).hits]
+            for name, rule in rules.items():
+                runtime.query.config = rule or cfg
+                shown = [h.text for h in searcher.describe(copy, k=3, rerank=rule is not None).hits]
                 r = rows[name]
                 r["first_agrees"].append(uses_agreed_word(shown[0], caps))
                 r["any3_agrees"].append(any(uses_agreed_word(t, caps) for t in shown))
                 r["closeness"].append(float(closeness(enc(shown[:1]), own_vec)[0]))
-                if rerank and len(examples) < 5:
+                if rule is cfg and len(examples) < 5:
                     examples.append({"photo": Path(path).name, "own": caps[0], "shown": shown[0]})
             near = closeness(memory.vectors, own_vec)  # every memory caption against this photo's
             hit = np.array([bool(s & agreed) for s in mem_stems])
-            rows[names[2]]["first_agrees"].append(float(hit.mean()))
-            rows[names[2]]["any3_agrees"].append(float(1 - (1 - hit.mean()) ** 3))
-            rows[names[2]]["closeness"].append(float(near.mean()))
+            rows[names[3]]["first_agrees"].append(float(hit.mean()))
+            rows[names[3]]["any3_agrees"].append(float(1 - (1 - hit.mean()) ** 3))
+            rows[names[3]]["closeness"].append(float(near.mean()))
             best = int(np.argmax(near))
-            rows[names[3]]["first_agrees"].append(bool(hit[best]))
-            rows[names[3]]["any3_agrees"].append(bool(hit[np.argsort(-near)[:3]].any()))
-            rows[names[3]]["closeness"].append(float(near[best]))
+            rows[names[4]]["first_agrees"].append(bool(hit[best]))
+            rows[names[4]]["any3_agrees"].append(bool(hit[np.argsort(-near)[:3]].any()))
+            rows[names[4]]["closeness"].append(float(near[best]))
     summary = {m: {"first_agrees_pct": round(100 * float(np.mean(r["first_agrees"])), 1),
                    "any3_agrees_pct": round(100 * float(np.mean(r["any3_agrees"])), 1),
                    "closeness_mean": round(float(np.mean(r["closeness"])), 3)} for m, r in rows.items()}

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from indexer.run import index_paths
 from retrieval.cli import main
+from retrieval.query.describe import memory_weights
 from retrieval.query.rerank import caption_scores
 from retrieval.query.search import open_searcher
 
@@ -42,11 +43,15 @@ def test_without_a_corpus_describe_ranks_the_shipped_memory(photos_only):
     texts = [h.text for h in r.hits]
     assert all("zebra" in t.lower() for t in texts[:3]), texts
     assert len({key(t) for t in texts}) == 5
-    # the scores are the model's describe scores of these very captions, best first
+    # the scores are the model's describe scores of these very captions for the memory (ITC plus
+    # search's reranker weight times the reranker's logit, no prior), best first
     rt, pv = s.runtime, s._photo_vectors(zebra)
+    assert memory_weights(rt.config) == (rt.config.rerank_weight, 0.0) and rt.config.rerank_weight > 0
     q_itc, _ = rt.embedder.texts(rt.text_encoder.encode(texts, normalize=False).pooled)
-    want = caption_scores(rt, pv.evidence, texts, (q_itc @ pv.itc.T)[:, 0])
+    itc = (q_itc @ pv.itc.T)[:, 0]
+    want = caption_scores(rt, pv.evidence, texts, itc, weights=memory_weights(rt.config))
     np.testing.assert_allclose([h.score for h in r.hits], want, atol=2e-3)
+    assert np.abs(want - caption_scores(rt, pv.evidence, texts, itc)).max() > 0.1  # not the captions' rule
     assert [h.score for h in r.hits] == sorted((h.score for h in r.hits), reverse=True)
     # an unrelated photo gets other captions
     other = [h.text for h in s.describe(photos_only / "p" / sorted(p.name for p in (photos_only / "p").iterdir()

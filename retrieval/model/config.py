@@ -32,6 +32,12 @@ class ModelConfig:
     reranker_hidden: int = 0  # hidden width of the evidence reranker (0: linear)
     describe_weight: float = 0.0  # the reranker's weight when ranking captions for a photo
     describe_prior: float = 0.0  # weight of the caption prior (retrieval/model/prior.py) in describe
+    memory_describe_weight: float | None = None  # the reranker's weight when describe ranks the caption
+    # memory (a library with no captions indexed); None: search's rerank_weight.
+    # On the open-world folds (both splits) that ranks a photo's own captions among the memory's 23k
+    # first 18.8 / 18.4% of the time against 13.3 / 12.8 with describe_weight and describe_prior,
+    # which stay for the library's own captions (there 69.1 / 66.7 against 59.1 / 55.8): docs/quality.md
+    memory_describe_prior: float = 0.0  # the caption prior's weight there
     memory_digest: str = ""  # content hash of the caption memory the model was trained with
     match_threshold: float = 0.0  # best match probability below which search says none matches well
     share_temperature: float = 0.0  # shares = softmax((itc + rerank_weight x logit) / T) (0: of the logit)

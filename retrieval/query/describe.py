@@ -1,8 +1,10 @@
 """`fusion describe`: the captions that fit a photo best. From the caption corpora indexed in
 the library; with none indexed, from the caption memory shipped with the model (23,013 human
 MS-COCO captions), so a photo can be described out of the box. Either way the photo's plain
-ITC vector picks the first-stage candidates and the model's describe settings rescore them
-(the shipped model: ITC minus 0.5 x each caption's prior, see retrieval/model/prior.py)."""
+ITC vector picks the first-stage candidates, then they are rescored: the library's own captions
+by the model's describe settings (the shipped model: ITC minus 0.5 x each caption's prior, see
+retrieval/model/prior.py), the memory's as search ranks photos (ITC plus the reranker's weight
+times its logit, each caption in the query's seat; ModelConfig.memory_describe_weight)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def describe(lib: Library, runtime: Runtime, pv: PhotoVectors, k: int, candidate
                            "index a captions file first: fusion index FILE.jsonl (one {\"caption\": ...} a line)")
     sims = runtime.embedder.corpus_itc @ pv.itc[0]
     top = np.argsort(-sims, kind="stable")[:max(k + COPY_ROOM, candidates)]
-    scores = _rescore(runtime, pv, [memory.texts[i] for i in top], sims[top], rerank, memory.vectors[top])
+    scores = _rescore(runtime, pv, [memory.texts[i] for i in top], sims[top], rerank, memory.vectors[top],
+                      memory_weights(runtime.config))
     order = _distinct(sorted(range(len(top)), key=lambda n: (-scores[n], int(top[n]))), lambda n: memory.texts[top[n]])
     return Results([CaptionHit(r, None, memory.texts[top[n]], float(scores[n]), source="memory")
                     for r, n in enumerate(order[:k], start=1)], notes=[MEMORY_NOTE.format(n=len(memory.texts))])
@@ -64,10 +67,21 @@ def _distinct(ranked: list, text) -> list:
     return out
 
 
+def memory_weights(cfg) -> tuple[float, float]:
+    """(reranker weight, prior weight) describe ranks the caption memory with: search's weight
+    and no prior unless the model says otherwise (memory_describe_weight, memory_describe_prior);
+    a model without the evidence reranker keeps its describe settings."""
+    if cfg.rerank != "evidence":
+        return cfg.describe_weight, cfg.describe_prior
+    weight = cfg.rerank_weight if cfg.memory_describe_weight is None else cfg.memory_describe_weight
+    return weight, cfg.memory_describe_prior
+
+
 def _rescore(runtime: Runtime, pv: PhotoVectors, texts: list[str], itc: np.ndarray, rerank: bool,
-             pooled: np.ndarray | None = None) -> np.ndarray:
+             pooled: np.ndarray | None = None, weights: tuple[float, float] | None = None) -> np.ndarray:
     cfg = runtime.config
     itc = np.asarray(itc, np.float32)
-    if rerank and (cfg.describe_weight or cfg.describe_prior):
-        return caption_scores(runtime, pv.evidence, texts, itc, pooled)
+    weights = weights if weights is not None else (cfg.describe_weight, cfg.describe_prior)
+    if rerank and any(weights):
+        return caption_scores(runtime, pv.evidence, texts, itc, pooled, weights)
     return itc

@@ -36,19 +36,21 @@ def match_logits(runtime, lib, ids, itc, query_pooled: np.ndarray,
 
 
 def caption_scores(runtime, photo: PhotoEvidence, texts: list[str], itc: np.ndarray,
-                   pooled: np.ndarray | None = None) -> np.ndarray:
+                   pooled: np.ndarray | None = None, weights: tuple[float, float] | None = None) -> np.ndarray:
     """describe's second stage for one photo (its evidence) and its candidate captions `texts`
-    (`itc`: their first-stage cosines): itc + describe_weight * the reranker's match logit,
-    each caption in the query's seat, - describe_prior * the caption's prior. `pooled`: the
-    captions' MiniLM vectors where they are at hand (the caption memory's), else encoded."""
+    (`itc`: their first-stage cosines): itc + weight * the reranker's match logit, each caption
+    in the query's seat, - prior * the caption's prior; `weights` (weight, prior), default the
+    model's describe_weight and describe_prior. `pooled`: the captions' MiniLM vectors where
+    they are at hand (the caption memory's), else encoded."""
     cfg, emb = runtime.config, runtime.embedder
+    weight, prior = weights if weights is not None else (cfg.describe_weight, cfg.describe_prior)
     if pooled is None:
         pooled = runtime.text_encoder.encode(texts, normalize=False).pooled
     q_itc, q_sent = emb.texts(pooled)
     out = np.asarray(itc, np.float32).copy()
-    if cfg.describe_weight:
+    if weight:
         pairs = photo.take(np.zeros((len(texts), 1), np.int64))
-        out += cfg.describe_weight * runtime.query.logits(emb.evidence(out[:, None], q_itc, q_sent, pairs))[:, 0]
-    if cfg.describe_prior:
-        out -= cfg.describe_prior * caption_prior(q_itc, runtime.query.bank)
+        out += weight * runtime.query.logits(emb.evidence(out[:, None], q_itc, q_sent, pairs))[:, 0]
+    if prior:
+        out -= prior * caption_prior(q_itc, runtime.query.bank)
     return out
