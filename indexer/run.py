@@ -18,7 +18,7 @@ from indexer.writer import Writer
 from retrieval.data.datasets import is_dataset
 from retrieval.errors import DiskFullError, LibraryError, disk_full, is_disk_full
 from retrieval.store.library import (CAPTION_INDEX, DB_FILE, LOCK_FILE, PHOTO_INDEX, SHIPPED_MODEL, Library,
-                                     check_root, library_dir)
+                                     check_root, library_dir, recorded_model)
 from retrieval.model.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def index_paths(paths: list[Path], db: Path | None = None, rebuild_first: bool =
     Returns the summary (see `fusion index --help`)."""
     root = library_dir(db)
     check_root(root)  # before the lock file is made in it
-    runtime = runtime or Runtime(image_precision=Runtime.library_precision(root))
+    runtime = runtime or Runtime(image_precision=Runtime.library_precision(recorded_model(root)[1]))
     with writer_lock(root):
         try:
             return _index(paths, root, rebuild_first, runtime, batch_size, workers, bar, index_type, ray, processes,

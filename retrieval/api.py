@@ -74,9 +74,9 @@ def model_runtime(root: Path, model: str | os.PathLike | None) -> Runtime:
     another (a plain index then refuses the library, and --rebuild encodes it again at that
     precision) or another model is given; a new library: FUSION_IMAGE_PRECISION, else int8
     where the network's calibration ships."""
-    recorded = recorded_model(root)[0]
+    recorded, fingerprint = recorded_model(root)  # one read of the library's record for both
     same_model = model is None or (recorded is not None and str(Path(model).expanduser().resolve()) == recorded)
-    precision = Runtime.library_precision(root) if same_model else None
+    precision = Runtime.library_precision(fingerprint) if same_model else None
     if model is None:
         if not recorded:
             return Runtime(image_precision=precision)

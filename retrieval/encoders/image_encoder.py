@@ -43,17 +43,11 @@ class ImageEncoder:
         still sees). Feature caches are keyed by it."""
         folded = self.fold and self.config.name.startswith("efficientnet-lite")
         ident = f"{self.config.name}@{self.config.image_size}" + ("-folded" if folded else "")
-        return ident + (f"-int8-{self._ranges_digest()}" if self.precision == "int8" else "")
-
-    def _ranges(self) -> Path:
-        from retrieval.encoders.int8 import shipped_ranges
-
-        return shipped_ranges(self.config.name, self.config.image_size)
-
-    def _ranges_digest(self) -> str:
+        if self.precision != "int8":
+            return ident
         from retrieval.encoders.int8 import ranges_digest
 
-        return ranges_digest(self._ranges())
+        return f"{ident}-int8-{ranges_digest(self.config.name, self.config.image_size)}"
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """Resize the shorter side to the input size and centre-crop: uint8 (S, S, 3)."""
@@ -106,11 +100,12 @@ class ImageEncoder:
         machine, beside it)."""
         import onnxruntime
 
-        from retrieval.encoders.int8 import build_int8
+        from retrieval.encoders.int8 import build_int8, ranges_digest, shipped_ranges
         from retrieval.encoders.onnx_engine import Graph, graph_path
 
-        fg, ranges = self.float_graph, self._ranges()
-        ident = f"int8|{fg.path.name}|{self._ranges_digest()}|{onnxruntime.__version__}"
+        c, fg = self.config, self.float_graph
+        ranges = shipped_ranges(c.name, c.image_size)
+        ident = f"int8|{fg.path.name}|{ranges_digest(c.name, c.image_size)}|{onnxruntime.__version__}"
 
         def build(path):
             return build_int8(fg.ensure(), ranges, path)
@@ -235,5 +230,7 @@ def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, weights: str | os.Path
         raise WeightsError(f"{weights}: weights file not found")
     enc = ImageEncoder(config, weights, channels_last, fold, engine, precision=precision)
     if precision == "int8":
-        _ = enc.feature_id  # no calibration for this network and side: say so now, in one line
+        from retrieval.encoders.int8 import shipped_ranges
+
+        shipped_ranges(name, config.image_size)  # none for this network and side: say so now, in one line
     return enc

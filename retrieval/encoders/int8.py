@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -55,9 +56,11 @@ def default_precision(name: str, side: int, weights, engine: str = "onnx") -> st
     return "int8" if engine == "onnx" and shipped else "float32"
 
 
-def ranges_digest(path: Path) -> str:
-    """What a library's fingerprint names: the calibration the int8 vectors come from."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+@lru_cache(maxsize=8)
+def ranges_digest(name: str, side: int) -> str:
+    """What a library's fingerprint names: the shipped calibration the int8 vectors come from
+    (read and hashed once a process; WeightsError where none ships)."""
+    return hashlib.sha256(shipped_ranges(name, side).read_bytes()).hexdigest()[:8]
 
 
 def _nodes_digest(model) -> str:

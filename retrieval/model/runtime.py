@@ -82,13 +82,12 @@ class Runtime:
     def fingerprint(self) -> str:
         c = self.config
         memory = f"+memory-{c.memory_digest}" if c.memory_digest else ""
-        int8 = f"+int8-{self._ranges_digest()}" if self.image_precision == "int8" else ""
+        int8 = ""
+        if self.image_precision == "int8":
+            from retrieval.encoders.int8 import ranges_digest
+
+            int8 = f"+int8-{ranges_digest(c.image_encoder, self._image_side)}"
         return f"{c.image_encoder}+{c.text_encoder}+{self.query.content_hash}{memory}{int8}"
-
-    def _ranges_digest(self) -> str:
-        from retrieval.encoders.int8 import ranges_digest, shipped_ranges
-
-        return ranges_digest(shipped_ranges(self.config.image_encoder, self._image_side))
 
     @property
     def dim(self) -> int:
@@ -152,15 +151,12 @@ class Runtime:
         return "int8" if "+int8-" in fingerprint else "float32"
 
     @staticmethod
-    def library_precision(root: Path) -> str | None:
-        """The precision the library at `root` was made with, unless FUSION_IMAGE_PRECISION asks
-        for one (a plain index then refuses the library, --rebuild encodes it again); None for
-        a new library (the default)."""
+    def library_precision(fingerprint: str | None) -> str | None:
+        """The precision of the library whose recorded fingerprint this is (recorded_model),
+        unless FUSION_IMAGE_PRECISION asks for one (a plain index then refuses the library,
+        --rebuild encodes it again); None for a new library (the default)."""
         import os
 
-        from retrieval.store.library import recorded_model
-
-        fingerprint = recorded_model(root)[1]
         if fingerprint is None or os.environ.get("FUSION_IMAGE_PRECISION"):
             return None
         return Runtime.precision_of(fingerprint)

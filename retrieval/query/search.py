@@ -261,8 +261,8 @@ def mark_likely(hits: list[Hit]) -> list[Hit]:
 
 
 def open_searcher(db: Path | None = None, runtime: Runtime | None = None) -> Searcher:
-    from retrieval.store.library import library_dir
+    from retrieval.store.library import library_dir, recorded_model
 
     root = library_dir(db)
-    runtime = runtime or Runtime(image_precision=Runtime.library_precision(root))
+    runtime = runtime or Runtime(image_precision=Runtime.library_precision(recorded_model(root)[1]))
     return Searcher(Library.open(root, runtime.fingerprint, runtime.dim, mmap=True), runtime)
