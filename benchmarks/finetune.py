@@ -231,18 +231,30 @@ class Lab:
         self.dev_owner = np.array([where[ds.captions[c].image] for c in self.dev_caps])
 
 
-def tune_tops(ie, te, flickr_ds, epochs: int, seed: int = 0, all_photos: bool = False):
+def tune_tops(ie, te, flickr_ds, epochs: int, seed: int = 0, all_photos: bool = False, mix: float = 1.0):
     """The lab's "both" arm on `flickr_ds`'s non-dev photos, installed into `ie` and `te`:
     Lite0's last block and head convolution and MiniLM's top layer replaced by the tuned ones,
     their names (and so every feature and memory cache key) marked with the tuned weights' hash,
     the numpy query path off. `all_photos`: train on dev's photos too (for benchmarks that
-    measure elsewhere; the logged dev figures are then on training photos). Returns the arm's
-    dev history."""
+    measure elsewhere; the logged dev figures are then on training photos). `mix` < 1 installs
+    weights between the pretrained and the tuned ones (below). Returns the arm's dev history."""
     lab = Lab(flickr_ds, ie, te)
-    return tune_tops_on(ie, te, lab, np.arange(len(lab.maps)) if all_photos else lab.train_idx, epochs, seed)
+    return tune_tops_on(ie, te, lab, np.arange(len(lab.maps)) if all_photos else lab.train_idx, epochs, seed, mix)
 
 
-def tune_tops_on(ie, te, lab, train_idx, epochs: int, seed: int = 0):
+def interpolate(pretrained: nn.Module, tuned: nn.Module, mix: float) -> None:
+    """Weight-space ensembling (WiSE-FT, Wortsman et al. 2022): every float tensor of `tuned`
+    (batch-norm statistics included) set to (1 - mix) x pretrained + mix x tuned, in place. Both
+    start from the same weights, so the line between them stays a good network, and the
+    pretrained end keeps what the fine-tuning data does not teach (here: COCO's world)."""
+    before = pretrained.state_dict()
+    with torch.no_grad():
+        for k, v in tuned.state_dict().items():
+            if v.is_floating_point():
+                v.copy_((1 - mix) * before[k] + mix * v)
+
+
+def tune_tops_on(ie, te, lab, train_idx, epochs: int, seed: int = 0, mix: float = 1.0):
     """tune_tops on a Lab's photos `train_idx` (an index may repeat: that photo is drawn so
     many times an epoch)."""
     from dataclasses import replace
@@ -251,12 +263,16 @@ def tune_tops_on(ie, te, lab, train_idx, epochs: int, seed: int = 0):
     history, itop, ttop = train_arm("both", ie, te, lab.maps, lab.text["states"], lab.text["offsets"], lab.caps_of,
                                     train_idx, lab.dev_idx, lab.dev_caps, lab.dev_owner, args)
     n = ie.network.net
+    if mix != 1.0:
+        for old, new in ((n._blocks[-1], itop.block), (n._conv_head, itop.head), (te.network.layers[-1], ttop.layer)):
+            interpolate(old, new, mix)
     n._blocks[-1], n._conv_head, te.network.layers[-1] = itop.block.eval(), itop.head.eval(), ttop.layer.eval()
     h = hashlib.sha256()
     for m in (itop.block, itop.head, ttop.layer):
+        for t in m.state_dict().values():
+            h.update(t.detach().numpy().tobytes())
         for p in m.parameters():
             p.requires_grad_(False)
-            h.update(p.detach().numpy().tobytes())
     tag = h.hexdigest()[:12]
     ie.config = replace(ie.config, name=f"{ie.config.name}+tuned-{tag}")
     te.config = replace(te.config, name=f"{te.config.name}+tuned-{tag}")
