@@ -1,0 +1,199 @@
+"""Fine-tuning the encoders' tops (issue 32): Lite0's last block and head convolution and
+MiniLM's top layer trained on captioned photos, CPU-feasible by caching the input of the first
+trained block once (the last block's 8x8x192 input map of each photo and of its mirror image,
+and MiniLM's 5th-layer token states); photos are augmented at train time by mirror and a random
+7x7 crop of that map. The lab (benchmarks/finetune.py) compares arms with it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cached(path: Path, make):
+    if path.is_file():
+        z = np.load(path)
+        return {k: z[k] for k in z.files}
+    out = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **out)
+    return out
+
+
+def photo_maps(ds, ie) -> dict:
+    """Each photo's last-block input map, and its mirror image's: (N, 2, C, S, S) float16."""
+    from tqdm import tqdm
+
+    from retrieval.encoders.images import load_many
+
+    net, out = ie.network, []
+    paths = [ds.image_path(i) for i in range(len(ds.images))]
+    batch: list = []
+
+    def flush():
+        with torch.inference_mode():
+            x = ie._to_tensor([p for pair in batch for p in pair])
+            n = net.net
+            h = n._swish(n._bn0(n._conv_stem(x)))
+            for block in n._blocks[:-1]:
+                h = block(h)
+            out.append(h.float().numpy().astype(np.float16).reshape(len(batch), 2, *h.shape[1:]))
+        batch.clear()
+
+    for _, pixels in tqdm(load_many(paths, ie.load, workers=1), total=len(paths), desc="photo maps",
+                          unit="photo"):
+        batch.append((pixels, np.ascontiguousarray(pixels[:, ::-1])))
+        if len(batch) == 8:
+            flush()
+    if batch:
+        flush()
+    return {"maps": np.concatenate(out)}
+
+
+def caption_states(ds, te) -> dict:
+    """MiniLM's token states entering its top layer, ragged: (T, 384) float16 and offsets."""
+    from tqdm import tqdm
+
+    net, texts = te.network, [c.text for c in ds.captions]
+    rows, lengths = [], []
+    with torch.inference_mode():
+        for s in tqdm(range(0, len(texts), 128), desc="caption states", unit="batch"):
+            enc, _ = te.tokenize(texts[s:s + 128])
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            pos = torch.arange(ids.shape[1])
+            x = net.norm(net.word(ids) + net.position(pos)[None] + net.token_type.weight[0])
+            keep = mask.bool()[:, None, None, :]
+            for layer in net.layers[:-1]:
+                x = layer(x, keep)
+            for r in range(len(ids)):
+                n = int(mask[r].sum())
+                rows.append(x[r, :n].numpy().astype(np.float16))
+                lengths.append(n)
+    return {"states": np.concatenate(rows), "offsets": np.concatenate([[0], np.cumsum(lengths)])}
+
+
+class ImageTop(nn.Module):
+    def __init__(self, ie, dim: int, train_block: bool):
+        super().__init__()
+        n = ie.network.net
+        self.block, self.head = copy.deepcopy(n._blocks[-1]), copy.deepcopy(n._conv_head)
+        self.swish = n._swish
+        for p in list(self.block.parameters()) + list(self.head.parameters()):
+            p.requires_grad_(train_block)
+        self.proj = nn.Linear(1280 + ie.config.mid_dim, dim)
+
+    def forward(self, maps):
+        fmap = self.swish(self.head(self.block(maps)))
+        return F.normalize(self.proj(torch.cat([fmap.mean((2, 3)), maps.mean((2, 3))], 1)), dim=-1)
+
+
+class TextTop(nn.Module):
+    def __init__(self, te, dim: int, train_layer: bool):
+        super().__init__()
+        self.layer = copy.deepcopy(te.network.layers[-1])
+        for p in self.layer.parameters():
+            p.requires_grad_(train_layer)
+        self.proj = nn.Linear(te.config.dim, dim)
+
+    def forward(self, x, mask):
+        h = self.layer(x, mask[:, None, None, :])
+        m = mask.unsqueeze(-1).float()
+        return F.normalize(self.proj(F.normalize((h * m).sum(1) / m.sum(1), dim=-1)), dim=-1)
+
+
+def text_batch(states, offsets, idx):
+    n = max(int(offsets[i + 1] - offsets[i]) for i in idx)
+    x = np.zeros((len(idx), n, states.shape[1]), np.float32)
+    mask = np.zeros((len(idx), n), bool)
+    for r, i in enumerate(idx):
+        a, b = offsets[i], offsets[i + 1]
+        x[r, : b - a], mask[r, : b - a] = states[a:b], True
+    return torch.from_numpy(x), torch.from_numpy(mask)
+
+
+def embed_texts(top, states, offsets, idx, bs=256):
+    with torch.no_grad():
+        order = sorted(idx, key=lambda i: offsets[i + 1] - offsets[i])
+        out = {}
+        for s in range(0, len(order), bs):
+            chunk = order[s:s + bs]
+            for i, v in zip(chunk, top(*text_batch(states, offsets, chunk))):
+                out[i] = v
+        return torch.stack([out[i] for i in idx])
+
+
+def embed_photos(top, maps, idx, flip: bool, bs=128):
+    with torch.no_grad():
+        return torch.cat([top(torch.from_numpy(maps[idx[s:s + bs], int(flip)].astype(np.float32)))
+                          for s in range(0, len(idx), bs)])
+
+
+def recall(img, txt, owner) -> dict:
+    """Standard 1K: t2i over photos, i2t over captions (a photo's best-ranked own caption)."""
+    sim = (txt @ img.T).numpy()
+    t_rank = (sim > sim[np.arange(len(owner)), owner][:, None]).sum(1)
+    own_best = np.full(len(img), -np.inf)
+    np.maximum.at(own_best, owner, sim[np.arange(len(owner)), owner])
+    i_rank = (sim.T > own_best[:, None]).sum(1)
+    r = lambda ranks, k: float(100 * np.mean(ranks < k))  # noqa: E731
+    return {"t2i": [r(t_rank, k) for k in (1, 5, 10)], "i2t": [r(i_rank, k) for k in (1, 5, 10)]}
+
+
+def train_arm(name, ie, te, maps, states, offsets, caps_of, train_idx, dev_idx, dev_caps, dev_owner, args):
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    itop, ttop = ImageTop(ie, args.dim, name in ("image", "both")), TextTop(te, args.dim, name in ("text", "both"))
+    scale = nn.Parameter(torch.tensor(np.log(1 / 0.05), dtype=torch.float32))
+    heads = list(itop.proj.parameters()) + list(ttop.proj.parameters()) + [scale]
+    tops = [p for m in (itop.block, itop.head, ttop.layer) for p in m.parameters() if p.requires_grad]
+    groups = [{"params": heads, "lr": args.lr}] + ([{"params": tops, "lr": args.lr * args.top_lr}] if tops else [])
+    opt = torch.optim.AdamW(groups, weight_decay=args.wd)
+    steps = args.epochs * (len(train_idx) // args.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
+                                                pct_start=0.1)
+    history, start = [], time.perf_counter()
+    for epoch in range(args.epochs):
+        order = rng.permutation(train_idx)
+        itop.train(), ttop.train()
+        for s in range(0, len(order) - args.batch + 1, args.batch):
+            photos = order[s:s + args.batch]
+            flips = rng.integers(0, 2, len(photos))
+            x = maps[photos, flips].astype(np.float32)
+            if args.crop:
+                dy, dx = rng.integers(0, 2, 2)
+                x = x[:, :, dy:dy + x.shape[2] - 1, dx:dx + x.shape[3] - 1]
+            caps = [caps_of[p][rng.integers(len(caps_of[p]))] for p in photos]
+            iv, tv = itop(torch.from_numpy(np.ascontiguousarray(x))), ttop(*text_batch(states, offsets, caps))
+            logits = scale.exp().clamp(max=100) * tv @ iv.T
+            target = torch.arange(len(photos))
+            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            opt.zero_grad(), loss.backward(), opt.step(), sched.step()
+        itop.eval(), ttop.eval()
+        txt = embed_texts(ttop, states, offsets, dev_caps)
+        img = embed_photos(itop, maps, dev_idx, False)
+        both = F.normalize(img + embed_photos(itop, maps, dev_idx, True), dim=-1)
+        row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - start, 1),
+               "plain": recall(img, txt, dev_owner), "mirror-averaged": recall(both, txt, dev_owner)}
+        history.append(row)
+        print(name, json.dumps(row), file=sys.stderr, flush=True)
+    return history, itop, ttop
+
+
+def interpolate(pretrained: nn.Module, tuned: nn.Module, mix: float) -> None:
+    """Weight-space ensembling (WiSE-FT, Wortsman et al. 2022): every float tensor of `tuned`
+    (batch-norm statistics included) set to (1 - mix) x pretrained + mix x tuned, in place. Both
+    start from the same weights, so the line between them stays a good network, and the
+    pretrained end keeps what the fine-tuning data does not teach (here: COCO's world)."""
+    before = pretrained.state_dict()
+    with torch.no_grad():
+        for k, v in tuned.state_dict().items():
+            if v.is_floating_point():
+                v.copy_((1 - mix) * before[k] + mix * v)
