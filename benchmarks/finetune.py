@@ -22,7 +22,6 @@ Writes benchmarks/results/finetune.md and .json (--name changes the stem).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flickr8k import split_of  # noqa: E402
 
-from retrieval.training.tops import cached, caption_states, interpolate, photo_maps, train_arm  # noqa: E402
+from retrieval.training.tops import block_inputs, train_arm, tune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -42,14 +41,7 @@ class Lab:
     """A Flickr8k folder's cached block inputs, its train / dev split and dev's captions."""
 
     def __init__(self, ds, ie, te):
-        from retrieval.data.cache import default_cache_dir
-
-        src = ds.source.stat()
-        ident = f"{ds.source.resolve()}|{src.st_size}|{src.st_mtime_ns}|{ie.feature_id}"
-        key = hashlib.sha1(ident.encode()).hexdigest()[:16]
-        cache = default_cache_dir() / "finetune"
-        self.maps = cached(cache / f"maps-{key}.npz", lambda: photo_maps(ds, ie))["maps"]
-        self.text = cached(cache / f"states-{key}.npz", lambda: caption_states(ds, te))
+        self.maps, self.text = block_inputs(ds, ie, te)
         splits = split_of(ds)
         self.caps_of = ds.captions_of()
         self.train_idx, self.dev_idx = np.flatnonzero(splits != "dev"), np.flatnonzero(splits == "dev")
@@ -60,11 +52,11 @@ class Lab:
 
 def tune_tops(ie, te, flickr_ds, epochs: int, seed: int = 0, all_photos: bool = False, mix: float = 1.0):
     """The lab's "both" arm on `flickr_ds`'s non-dev photos, installed into `ie` and `te`:
-    Lite0's last block and head convolution and MiniLM's top layer replaced by the tuned ones,
-    their names (and so every feature and memory cache key) marked with the tuned weights' hash,
-    the numpy query path off. `all_photos`: train on dev's photos too (for benchmarks that
-    measure elsewhere; the logged dev figures are then on training photos). `mix` < 1 installs
-    weights between the pretrained and the tuned ones (below). Returns the arm's dev history."""
+    Lite0's last block and head convolution and MiniLM's top layer replaced by the tuned ones
+    (float16-exact, as fusion train ships them), and every feature and memory cache key marked
+    with their digest. `all_photos`: train on dev's photos too (for benchmarks that measure
+    elsewhere; the logged dev figures are then on training photos). `mix` < 1 installs weights
+    between the pretrained and the tuned ones (interpolate). Returns the arm's dev history."""
     lab = Lab(flickr_ds, ie, te)
     return tune_tops_on(ie, te, lab, np.arange(len(lab.maps)) if all_photos else lab.train_idx, epochs, seed, mix)
 
@@ -72,26 +64,13 @@ def tune_tops(ie, te, flickr_ds, epochs: int, seed: int = 0, all_photos: bool = 
 def tune_tops_on(ie, te, lab, train_idx, epochs: int, seed: int = 0, mix: float = 1.0):
     """tune_tops on a Lab's photos `train_idx` (an index may repeat: that photo is drawn so
     many times an epoch)."""
-    from dataclasses import replace
+    from retrieval.encoders.tops import install
 
-    args = argparse.Namespace(epochs=epochs, batch=128, dim=512, lr=2e-3, top_lr=0.1, wd=1e-4, crop=True, seed=seed)
-    history, itop, ttop = train_arm("both", ie, te, lab.maps, lab.text["states"], lab.text["offsets"], lab.caps_of,
-                                    train_idx, lab.dev_idx, lab.dev_caps, lab.dev_owner, args)
-    n = ie.network.net
-    if mix != 1.0:
-        for old, new in ((n._blocks[-1], itop.block), (n._conv_head, itop.head), (te.network.layers[-1], ttop.layer)):
-            interpolate(old, new, mix)
-    n._blocks[-1], n._conv_head, te.network.layers[-1] = itop.block.eval(), itop.head.eval(), ttop.layer.eval()
-    h = hashlib.sha256()
-    for m in (itop.block, itop.head, ttop.layer):
-        for t in m.state_dict().values():
-            h.update(t.detach().numpy().tobytes())
-        for p in m.parameters():
-            p.requires_grad_(False)
-    tag = h.hexdigest()[:12]
-    ie.config = replace(ie.config, name=f"{ie.config.name}+tuned-{tag}")
-    te.config = replace(te.config, name=f"{te.config.name}+tuned-{tag}")
-    te.numpy_queries = False
+    history, tops = tune(ie, te, lab.maps, lab.text, lab.caps_of, train_idx, epochs, mix, seed,
+                         (lab.dev_idx, lab.dev_caps, lab.dev_owner))
+    install(ie.network.net, tops["image"], "image-network")
+    install(te.network, tops["text"], "text-encoder")
+    ie.tops, te.tops = tops["image"], tops["text"]
     return history
 
 

@@ -1,14 +1,12 @@
-"""The fine-tuning lab's weight-space ensembling (benchmarks/finetune.py, --tune-mix)."""
+"""Weight-space ensembling of the tuned tops (retrieval/training/tops.py: fusion train --tune-tops,
+the lab's --tune-mix)."""
 
 import copy
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from finetune import interpolate  # noqa: E402
+from retrieval.training.tops import interpolate
 
 
 def test_interpolate_puts_every_float_tensor_between_pretrained_and_tuned():

@@ -187,8 +187,9 @@ def search(query, k, candidates, no_rerank, like, add, minus, under, after, befo
     """
     if query or add or minus:  # words to encode: MiniLM loads while the query layer imports
         from retrieval.encoders.text_encoder import preload_text_model
+        from retrieval.model.query_side import shipped_text_tops
 
-        preload_text_model()
+        preload_text_model(shipped_text_tops())
     from retrieval.api import open_library
 
     if query is None and like is None and not add:

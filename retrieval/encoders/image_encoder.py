@@ -26,7 +26,7 @@ class ImageEncoder:
 
     def __init__(self, config: ImageEncoderConfig, weights: str | os.PathLike | None = None,
                  channels_last: bool = True, fold: bool = True, engine: str = "torch",
-                 threads: int | None = None, precision: str = "float32"):
+                 threads: int | None = None, precision: str = "float32", tops: dict | None = None):
         self.config = config
         self.weights = weights
         self.channels_last = channels_last
@@ -35,6 +35,15 @@ class ImageEncoder:
         self.threads = threads  # ONNX Runtime's threads (None: every usable core)
         # "int8": the int8 graph (retrieval/encoders/int8.py) on ONNX Runtime, whatever the engine
         self.precision = precision
+        # tuned weights of the last block and head convolution (retrieval/encoders/tops.py), by
+        # name in the folded EfficientNet-Lite, replacing the pretrained ones
+        self.tops = tops or None
+
+    @property
+    def tops_id(self) -> str:
+        from retrieval.encoders.tops import digest
+
+        return f"+tops-{digest(self.tops)}" if self.tops else ""
 
     @property
     def feature_id(self) -> str:
@@ -42,7 +51,7 @@ class ImageEncoder:
         folded batch norms (the same up to float rounding, which a bit-exact training hash
         still sees). Feature caches are keyed by it."""
         folded = self.fold and self.config.name.startswith("efficientnet-lite")
-        ident = f"{self.config.name}@{self.config.image_size}" + ("-folded" if folded else "")
+        ident = f"{self.config.name}@{self.config.image_size}" + ("-folded" if folded else "") + self.tops_id
         if self.precision != "int8":
             return ident
         from retrieval.encoders.int8 import ranges_digest
@@ -68,6 +77,10 @@ class ImageEncoder:
             p.requires_grad_(False)
         if self.fold and hasattr(net, "fold_batch_norms"):
             net.fold_batch_norms()
+        if self.tops:
+            from retrieval.encoders.tops import install
+
+            install(net.net, self.tops, "image-network")
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         return net
@@ -80,7 +93,7 @@ class ImageEncoder:
 
         c = self.config
         source = Path(weights_file(c.name, self.weights))
-        ident = f"{c.name}|{c.image_size}|fold={self.fold}|{file_identity(source)}"
+        ident = f"{c.name}|{c.image_size}|fold={self.fold}|{file_identity(source)}{self.tops_id}"
 
         def build(path):
             from retrieval.encoders.onnx_export import export_image
@@ -206,13 +219,15 @@ class ImageEncoder:
 
 def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, weights: str | os.PathLike | None = None,
                        channels_last: bool = True, image_size: int | None = None,
-                       fold: bool = True, engine: str = "torch", precision: str = "float32") -> ImageEncoder:
+                       fold: bool = True, engine: str = "torch", precision: str = "float32",
+                       tops: dict | None = None) -> ImageEncoder:
     """The one factory for image encoders. `resnet50` needs `weights`, a torchvision state-dict
     file; EfficientNet-Lite0 uses the weights its package ships unless `weights` is given.
     `image_size`: the input side to feed it (None or 0: the size it was trained at). `engine`:
     "torch" (training: the bit-exact path its hash is reproduced on) or "onnx" (everything a
     user runs: the same vectors within float rounding, about twice as fast). `precision`:
-    "float32", or "int8" (ONNX Runtime's int8 graph, where a calibration ships)."""
+    "float32", or "int8" (ONNX Runtime's int8 graph, where a calibration ships). `tops`: a
+    checkpoint's tuned weights of the folded network's last block and head (EfficientNet-Lite)."""
     if name not in CONFIGS:
         raise WeightsError(f"unknown image encoder {name!r}; choose one of {', '.join(CONFIGS)}")
     config = CONFIGS[name]
@@ -228,7 +243,10 @@ def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, weights: str | os.Path
         )
     if weights is not None and not Path(weights).is_file():
         raise WeightsError(f"{weights}: weights file not found")
-    enc = ImageEncoder(config, weights, channels_last, fold, engine, precision=precision)
+    if tops and not (name.startswith("efficientnet-lite") and fold):
+        raise WeightsError(f"tuned tops are weights of the folded EfficientNet-Lite, not of {name}"
+                           f"{'' if fold else ' unfolded'}; use a checkpoint trained without --tune-tops")
+    enc = ImageEncoder(config, weights, channels_last, fold, engine, precision=precision, tops=tops)
     if precision == "int8":
         from retrieval.encoders.int8 import shipped_ranges
 

@@ -63,10 +63,19 @@ def model_dir() -> Path:
 class TextEncoder:
     """Texts in, pooled vectors (and token states) out; the model loads on first use."""
 
-    def __init__(self, config: TextEncoderConfig = CONFIG, engine: str = "torch", threads: int | None = None):
+    def __init__(self, config: TextEncoderConfig = CONFIG, engine: str = "torch", threads: int | None = None,
+                 tops: dict | None = None):
         self.config = config
         self.engine = engine  # "onnx": ONNX Runtime runs the exported network; "torch": the module
         self.threads = threads  # ONNX Runtime's threads (None: every usable core)
+        self.tops = tops or None  # tuned weights of the top layer, by name in MiniLM (encoders/tops.py)
+
+    @property
+    def feature_id(self) -> str:
+        """What its vectors depend on: the model and any tuned top layer. Caches are keyed by it."""
+        from retrieval.encoders.tops import digest
+
+        return _feature_id(self.config.name, digest(self.tops))
 
     @cached_property
     def tokenizer(self):
@@ -83,6 +92,10 @@ class TextEncoder:
         from retrieval.encoders.minilm import MiniLM
 
         net = MiniLM.load(model_dir())
+        if self.tops:
+            from retrieval.encoders.tops import install
+
+            install(net, self.tops, "text-encoder")
         for p in net.parameters():
             p.requires_grad_(False)
         return net
@@ -113,17 +126,15 @@ class TextEncoder:
     @cached_property
     def graph(self):
         """The network as an ONNX Runtime graph (exported from the same weights on first use)."""
-        from retrieval.encoders.onnx_engine import Graph, file_identity, graph_path
+        from retrieval.encoders.onnx_engine import Graph
 
         def build(path):
             from retrieval.encoders.onnx_export import export_text
 
             return export_text(self, path)
 
-        source = model_dir() / "model.safetensors"
-        ident = f"{self.config.name}|{file_identity(source)}"
-        return Graph(graph_path(self.config.name, ident), build, self.threads,
-                     f"the text encoder ({self.config.name})", source)
+        return Graph(_graph_path(self.config.name, self.feature_id), build, self.threads,
+                     f"the text encoder ({self.config.name})", model_dir() / "model.safetensors")
 
     def preload(self) -> None:
         """Start loading the ONNX Runtime session in the background (when this machine has the
@@ -177,6 +188,17 @@ class TextEncoder:
             return mean.float().numpy(), (hidden.float().numpy() if tokens else None)
 
 
+def _feature_id(name: str, tops_digest: str) -> str:
+    return name + (f"+tops-{tops_digest}" if tops_digest else "")
+
+
+def _graph_path(name: str, feature_id: str) -> Path:
+    from retrieval.encoders.onnx_engine import file_identity, graph_path
+
+    ident = f"{name}|{file_identity(model_dir() / 'model.safetensors')}"
+    return graph_path(name, ident + (f"|{feature_id}" if feature_id != name else ""))
+
+
 def _pad(states: list, dim: int):
     length = max((s.shape[0] for s in states), default=0)
     out = np.zeros((len(states), length, dim), np.float32)
@@ -187,20 +209,22 @@ def _pad(states: list, dim: int):
     return out, mask
 
 
-def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, engine: str = "torch") -> TextEncoder:
+def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, engine: str = "torch", tops: dict | None = None) -> TextEncoder:
     """The one factory for the text encoder (only all-MiniLM-L6-v2 ships today); `engine` as
-    load_image_encoder's."""
+    load_image_encoder's; `tops`: a checkpoint's tuned weights of MiniLM's top layer."""
     if name != DEFAULT_TEXT_ENCODER:
         raise WeightsError(f"unknown text encoder {name!r}; the only one is {DEFAULT_TEXT_ENCODER}")
-    return TextEncoder(CONFIG, engine)
+    return TextEncoder(CONFIG, engine, tops=tops)
 
 
-def preload_text_model() -> None:
-    """Start loading the shipped text model's ONNX Runtime session in the background (a cold
-    search's first step); any problem is left for the real load to report."""
-    from retrieval.encoders.onnx_engine import default_engine
+def preload_text_model(tops_digest: str = "") -> None:
+    """Start loading the text model's ONNX Runtime session in the background (a cold search's
+    first step): MiniLM with the tuned top layer of digest `tops_digest` (a model config's
+    text_tops; '' the pretrained one). Any problem is left for the real load to report."""
+    from retrieval.encoders.onnx_engine import default_engine, preload
 
     try:
-        TextEncoder(CONFIG, default_engine()).preload()
+        if default_engine() == "onnx":
+            preload(_graph_path(CONFIG.name, _feature_id(CONFIG.name, tops_digest)))
     except Exception:  # noqa: BLE001 (FUSION_ENGINE or the weights: the Runtime says what is wrong)
         pass

@@ -28,8 +28,8 @@ def recall_report(data: Path, checkpoint: Path | None = None, candidates: int = 
 
     ck = load_checkpoint(checkpoint, image_encoder=image_encoder)
     ds = load_dataset(data)
-    te = load_text_encoder()
-    ie = load_image_encoder(image_encoder, image_weights, image_size=ck.config.image_size)
+    te = load_text_encoder(tops=ck.tops.get("text"))
+    ie = load_image_encoder(image_encoder, image_weights, image_size=ck.config.image_size, tops=ck.tops.get("image"))
     f = dataset_features(ds, ie, te, cache_dir)
     f = f.subset(np.arange(len(f.pooled)))  # drops text-only captions: recall needs a photo
     if len(f.pooled) < 2 or len(f.text) == 0:

@@ -15,7 +15,7 @@ from retrieval.errors import CheckpointError, disk_full, is_disk_full
 from retrieval.model.heads import FusionHead, ModelConfig, SharedSpace
 from retrieval.model.neighbours import Neighbours
 from retrieval.model.query_side import (FORMAT, config_of, content_hash, default_checkpoint_path,  # noqa: F401
-                                        read_checkpoint)
+                                        read_checkpoint, tops_of)
 from retrieval.model.reranker import Reranker
 
 
@@ -30,6 +30,7 @@ class Checkpoint:
     path: Path
     reranker: Reranker | None = None  # the evidence reranker search uses (None: rank by ITC)
     bank: torch.Tensor | None = None  # (B, d) ITC vectors of uncaptioned photos: the caption prior's bank
+    tops: dict | None = None  # tuned encoder tops: {"image"|"text": {name: float32 array}} (query_side.tops_of)
 
     @property
     def rerank_head(self) -> FusionHead:
@@ -48,8 +49,10 @@ def int8_rows(v: torch.Tensor) -> torch.Tensor:
     return torch.round(v / scale * 127).to(torch.int8).contiguous()
 
 
-def _tensors(space: SharedSpace, heads: dict, reranker: Reranker | None, bank=None) -> dict:
+def _tensors(space: SharedSpace, heads: dict, reranker: Reranker | None, bank=None, tops=None) -> dict:
     out = {f"space.{k}": v for k, v in space.state_dict().items()}
+    for side, weights in (tops or {}).items():  # the encoders' tuned tops, already float16-exact
+        out.update({f"tops.{side}.{k}": torch.as_tensor(v) for k, v in weights.items()})
     if space.neighbours is not None:
         out.update({f"neighbours.{k}": torch.as_tensor(v) for k, v in space.neighbours.tensors().items()})
     if bank is not None:
@@ -63,13 +66,14 @@ def _tensors(space: SharedSpace, heads: dict, reranker: Reranker | None, bank=No
 
 
 def save_checkpoint(path: str | os.PathLike, config: ModelConfig, space: SharedSpace, heads: dict,
-                    alphas: dict, record: dict, reranker: Reranker | None = None, bank=None) -> str:
+                    alphas: dict, record: dict, reranker: Reranker | None = None, bank=None, tops=None) -> str:
     """Write FILE (safetensors) and FILE with .json; returns the content hash. `bank`: the
-    caption prior's photo bank, (B, d) ITC vectors."""
+    caption prior's photo bank, (B, d) ITC vectors; `tops`: the encoders' tuned tops
+    ({"image"|"text": {name: array}}, stored in float16: tune them float16-exact)."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    tensors = _tensors(space, heads, reranker, bank)
+    tensors = _tensors(space, heads, reranker, bank, tops)
     digest = content_hash(tensors)
     meta = {"format": FORMAT, "config": config.to_dict(), "alphas": alphas, "record": record,
             "content_hash": digest}
@@ -122,7 +126,8 @@ def _build(path: Path, config: ModelConfig, meta: dict, tensors: dict) -> Checkp
         reranker.load_state_dict(_prefixed(tensors, "reranker."))
         reranker.eval()
     return Checkpoint(config, space.eval(), heads, {k: float(v) for k, v in meta["alphas"].items()},
-                      meta.get("record", {}), meta["content_hash"], path, reranker, tensors.get("bank.photos"))
+                      meta.get("record", {}), meta["content_hash"], path, reranker, tensors.get("bank.photos"),
+                      tops_of(tensors))
 
 
 def _prefixed(tensors: dict, prefix: str) -> dict:

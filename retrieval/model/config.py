@@ -45,6 +45,9 @@ class ModelConfig:
     # in a photo's search vector (retrieval/model/neighbours.py; 0: off, as every checkpoint before)
     neighbour_k: int = 20  # look-alike training photos each photo borrows from
     neighbour_tau: float = 0.1  # softmax temperature over their cosines
+    image_tops: str = ""  # digest of the tuned weights of the image network's top the checkpoint
+    # carries (retrieval/encoders/tops.py; '': the pretrained network, as every checkpoint before)
+    text_tops: str = ""  # the same for MiniLM's top layer
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -64,7 +64,7 @@ class CaptionMemory:
 
 
 def _cache_file(text_encoder, cache_dir: Path | None, digest: str) -> Path:
-    return (cache_dir or memory_cache_dir()) / f"{digest}-{text_encoder.config.name}.npy"
+    return (cache_dir or memory_cache_dir()) / f"{digest}-{text_encoder.feature_id}.npy"
 
 
 def memory_cached(text_encoder, cache_dir: Path | None = None) -> bool:

@@ -60,6 +60,30 @@ def read_checkpoint(path: Path | None, framework: str) -> tuple[Path, dict, dict
     return path, meta, tensors
 
 
+def tops_of(tensors: dict) -> dict:
+    """The tuned encoder tops a checkpoint carries: {"image": {name: float32 array}, "text": ...},
+    each present only where the checkpoint has it (retrieval/encoders/tops.py)."""
+    out: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("tops."):
+            _, side, name = key.split(".", 2)
+            array = value.float().numpy() if hasattr(value, "float") else np.asarray(value, np.float32)
+            out.setdefault(side, {})[name] = array
+    return out
+
+
+def shipped_text_tops() -> str:
+    """The shipped checkpoint's text_tops digest, read from its header alone (what a cold search
+    preloads MiniLM for before it opens the library); '' where it cannot be read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(default_checkpoint_path()), framework="numpy") as f:
+            return json.loads(f.metadata()["fusion"])["config"].get("text_tops", "")
+    except Exception:  # noqa: BLE001 (the real load reports a damaged checkpoint)
+        return ""
+
+
 def config_of(meta: dict) -> ModelConfig:
     known = {f.name for f in fields(ModelConfig)}
     return ModelConfig(**{k: v for k, v in meta["config"].items() if k in known})

@@ -74,6 +74,13 @@ class Runtime:
         """The checkpoint's query side in numpy: text_fc, class names, the reranker."""
         return QuerySide.load(self.checkpoint_path, read=self.checkpoint_file)
 
+    @cached_property
+    def tops(self) -> dict:
+        """The encoders' tuned tops the checkpoint carries (none: the pretrained networks)."""
+        from retrieval.model.query_side import tops_of
+
+        return tops_of(self.checkpoint_file[2])
+
     @property
     def config(self) -> ModelConfig:
         return self.query.config
@@ -99,13 +106,13 @@ class Runtime:
 
         return load_image_encoder(self.config.image_encoder, self.image_weights,
                                   image_size=self.config.image_size, engine=self.engine,
-                                  precision=self.image_precision)
+                                  precision=self.image_precision, tops=self.tops.get("image"))
 
     @cached_property
     def text_encoder(self):
         from retrieval.encoders.text_encoder import load_text_encoder
 
-        return load_text_encoder(self.config.text_encoder, self.engine)
+        return load_text_encoder(self.config.text_encoder, self.engine, tops=self.tops.get("text"))
 
     @cached_property
     def memory(self):

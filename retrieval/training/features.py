@@ -69,7 +69,7 @@ def dataset_features(ds: Dataset, image_encoder, text_encoder, cache_dir: Path |
                      progress: bool = True) -> DatasetFeatures:
     """Encode every photo and caption of `ds` (or read them from the cache)."""
     cache_dir = cache_dir or default_cache_dir()
-    key = _cache_key(ds, image_encoder.feature_id, text_encoder.config.name)
+    key = _cache_key(ds, image_encoder.feature_id, text_encoder.feature_id)
     path = cache_dir / f"{ds.root.name}-{key}.npz"
     if path.is_file():
         with np.load(path) as z:

@@ -147,7 +147,10 @@ def recall(img, txt, owner) -> dict:
     return {"t2i": [r(t_rank, k) for k in (1, 5, 10)], "i2t": [r(i_rank, k) for k in (1, 5, 10)]}
 
 
-def train_arm(name, ie, te, maps, states, offsets, caps_of, train_idx, dev_idx, dev_caps, dev_owner, args):
+def train_arm(name, ie, te, maps, states, offsets, caps_of, train_idx, dev_idx, dev_caps, dev_owner, args,
+              progress=None):
+    """One arm trained on `train_idx`; each epoch ranked on the dev photos `dev_idx` when given.
+    `progress`: called after every batch with its loss."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     itop, ttop = ImageTop(ie, args.dim, name in ("image", "both")), TextTop(te, args.dim, name in ("text", "both"))
@@ -176,7 +179,11 @@ def train_arm(name, ie, te, maps, states, offsets, caps_of, train_idx, dev_idx, 
             target = torch.arange(len(photos))
             loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
             opt.zero_grad(), loss.backward(), opt.step(), sched.step()
+            if progress:
+                progress(float(loss.detach()))
         itop.eval(), ttop.eval()
+        if dev_idx is None:
+            continue
         txt = embed_texts(ttop, states, offsets, dev_caps)
         img = embed_photos(itop, maps, dev_idx, False)
         both = F.normalize(img + embed_photos(itop, maps, dev_idx, True), dim=-1)
@@ -197,3 +204,52 @@ def interpolate(pretrained: nn.Module, tuned: nn.Module, mix: float) -> None:
         for k, v in tuned.state_dict().items():
             if v.is_floating_point():
                 v.copy_((1 - mix) * before[k] + mix * v)
+
+
+# the lab's recipe for the "both" arm (benchmarks/results/finetune.md): heads at 2e-3, the encoders'
+# tops at a tenth of that, 512-d heads, batches of 128 photos, mirror and 7x7-crop augmentation
+RECIPE = dict(batch=128, dim=512, lr=2e-3, top_lr=0.1, wd=1e-4, crop=True)
+
+
+def block_inputs(ds, ie, te, cache_dir: Path | None = None) -> tuple[np.ndarray, dict]:
+    """`ds`'s photo maps and caption states (photo_maps, caption_states), cached by the
+    dataset file and the image encoder: (maps, {"states", "offsets"})."""
+    import hashlib
+
+    from retrieval.data.cache import default_cache_dir
+
+    src = ds.source.stat()
+    ident = f"{ds.source.resolve()}|{src.st_size}|{src.st_mtime_ns}|{ie.feature_id}"
+    key = hashlib.sha1(ident.encode()).hexdigest()[:16]
+    cache = (cache_dir or default_cache_dir()) / "finetune"
+    maps = cached(cache / f"maps-{key}.npz", lambda: photo_maps(ds, ie))["maps"]
+    return maps, cached(cache / f"states-{key}.npz", lambda: caption_states(ds, te))
+
+
+def tune(ie, te, maps, text, caps_of, photos, epochs: int, mix: float = 1.0, seed: int = 0, dev=None,
+         progress=None) -> tuple[list, dict]:
+    """The "both" arm trained on `photos` (rows of `maps`; a row may repeat) for `epochs`, its
+    tops then put `mix` of the way from the pretrained weights (interpolate) and rounded to
+    float16, as a checkpoint stores them: (history, {"image": {name: array}, "text": ...}),
+    names as in the folded EfficientNet-Lite and in MiniLM (retrieval/encoders/tops.py).
+    `dev`: (dev photos, their captions, each caption's photo) to rank every epoch."""
+    import argparse
+
+    args = argparse.Namespace(epochs=epochs, seed=seed, **{**RECIPE, "batch": min(RECIPE["batch"], len(photos))})
+    dev_idx, dev_caps, dev_owner = dev or (None, None, None)
+    history, itop, ttop = train_arm("both", ie, te, maps, text["states"], text["offsets"], caps_of, photos,
+                                    dev_idx, dev_caps, dev_owner, args, progress)
+    n, layers = ie.network.net, te.network.layers
+    parts = {"image": ((f"_blocks.{len(n._blocks) - 1}.", n._blocks[-1], itop.block),
+                       ("_conv_head.", n._conv_head, itop.head)),
+             "text": ((f"layers.{len(layers) - 1}.", layers[-1], ttop.layer),)}
+    tops: dict = {}
+    for side, modules in parts.items():
+        tops[side] = {}
+        for prefix, pretrained, tuned in modules:
+            if mix != 1.0:
+                interpolate(pretrained, tuned, mix)
+            for k, v in tuned.state_dict().items():
+                if v.is_floating_point():
+                    tops[side][prefix + k] = v.detach().to(torch.float16).float().numpy()
+    return history, tops

@@ -15,6 +15,7 @@ from retrieval.training.features import DatasetFeatures, dataset_features
 from retrieval.encoders.image_encoder import CONFIGS, imagenet_classes, load_image_encoder, run_size
 from retrieval.model.heads import ModelConfig
 from retrieval.encoders.text_encoder import load_text_encoder
+from retrieval.encoders.tops import digest as tops_digest
 from retrieval.model.memory import load_memory
 from retrieval.model.prior import bank_rows
 from retrieval.model.reranker import EVIDENCE, Reranker
@@ -119,8 +120,8 @@ def image_size(image_encoder: str, tc: TrainConfig) -> int:
     return tc.image_size or run_size(image_encoder)
 
 
-def model_config(image_encoder: str, text_encoder, memory, tc: TrainConfig) -> ModelConfig:
-    return ModelConfig(image_encoder=image_encoder, image_dim=CONFIGS[image_encoder].feature_dim,
+def model_config(image_encoder: str, text_encoder, memory, tc: TrainConfig, image_tops: str = "") -> ModelConfig:
+    return ModelConfig(image_tops=image_tops, text_tops=tops_digest(text_encoder.tops), image_encoder=image_encoder, image_dim=CONFIGS[image_encoder].feature_dim,
                        image_size=image_size(image_encoder, tc),
                        mid_dim=CONFIGS[image_encoder].mid_dim if tc.mid_features else 0,
                        image_hidden=tc.image_hidden, image_bridge=tc.image_bridge,
@@ -140,15 +141,21 @@ def train_checkpoint(data: list[Path], out: Path, exclude: list[Path] = (), val_
     tc = tc or TrainConfig(seed=seed)
     ie = load_image_encoder(image_encoder, image_weights, image_size=image_size(image_encoder, tc))
     te = load_text_encoder()
+    held = {Path(p).name for d in exclude for p in load_dataset(d).images}
+    tops = None
+    if tc.tune_tops:
+        if Path(tc.tune_tops).resolve() == Path(data[0]).resolve():
+            raise DatasetError(f"--tune-tops {tc.tune_tops}: the first --data folder holds the validation photos; "
+                               "put another --data folder first")
+        ie, te, tops = tuned_encoders(ie, te, Path(tc.tune_tops), held, tc, cache_dir)
     datasets = [load_dataset(d) for d in data]
     feats = [dataset_features(ds, ie, te, cache_dir) for ds in datasets]
     if not tc.variants:  # nothing reads cells and tokens then: a third of the memory
         feats = [f.without_cells_and_tokens() for f in feats]
     others = folder_features(distractors, ie, cache_dir) if distractors else None
-    held = {Path(p).name for d in exclude for p in load_dataset(d).images}
     train, val = split(feats, [ds.images for ds in datasets], held, val_photos, tc.seed)
     memory = load_memory(te)
-    cfg = model_config(image_encoder, te, memory, tc)
+    cfg = model_config(image_encoder, te, memory, tc, tops_digest(ie.tops))
     nonsense = te.encode(nonsense_queries(seed=tc.seed), normalize=False).pooled
     model = train_model(cfg, class_embeddings(te), train, val, memory, tc, others, nonsense, log)
     result = model.result
@@ -162,5 +169,35 @@ def train_checkpoint(data: list[Path], out: Path, exclude: list[Path] = (), val_
         "reranker": model.record,
     }
     record["content_hash"] = save_checkpoint(out, model.config, result.space, result.heads, result.alphas,
-                                             record, model.reranker, model.bank)
+                                             record, model.reranker, model.bank, tops)
     return record
+
+
+def tuned_encoders(ie, te, folder: Path, held: set, tc: TrainConfig, cache_dir: Path | None = None):
+    """The encoders with their tops fine-tuned on `folder`'s captioned photos (those not named in
+    `held`) and moved tc.tops_mix of the way from the pretrained weights: (image encoder, text
+    encoder, their tops as the checkpoint stores them). retrieval/training/tops.py."""
+    from tqdm import tqdm
+
+    from retrieval.training.tops import RECIPE, block_inputs, tune
+
+    if not ie.config.name.startswith("efficientnet-lite"):
+        raise DatasetError(f"--tune-tops tunes EfficientNet-Lite's last block, not {ie.config.name}'s; "
+                           "train without --tune-tops")
+    ds = load_dataset(folder)
+    maps, text = block_inputs(ds, ie, te, cache_dir)
+    caps_of = ds.captions_of()
+    photos = np.array([i for i, p in enumerate(ds.images) if Path(p).name not in held and caps_of[i]], np.int64)
+    if len(photos) < 8:
+        raise DatasetError(f"--tune-tops {folder}: {len(photos)} captioned photos to tune on; give a folder with "
+                           "hundreds (Flickr8k's thousands tuned the shipped model)")
+    batch = min(RECIPE["batch"], len(photos))
+    with tqdm(total=tc.tops_epochs * (len(photos) // batch), desc="tuning the encoders' tops",
+              unit="batch") as bar:
+        def step(loss):
+            bar.update()
+            bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
+
+        _, tops = tune(ie, te, maps, text, caps_of, photos, tc.tops_epochs, tc.tops_mix, tc.seed, progress=step)
+    return (load_image_encoder(ie.config.name, ie.weights, image_size=ie.config.image_size, tops=tops["image"]),
+            load_text_encoder(tops=tops["text"]), tops)

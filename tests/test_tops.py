@@ -1,0 +1,116 @@
+"""Tuned encoder tops (retrieval/encoders/tops.py, fusion train --tune-tops): a checkpoint's new
+weights for Lite0's last block and head and MiniLM's top layer reach every engine, change every
+cache key, and are tuned float16-exact, as the checkpoint stores them."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from retrieval.cli import main
+from retrieval.encoders.image_encoder import load_image_encoder
+from retrieval.encoders.text_encoder import load_text_encoder
+from retrieval.encoders.tops import digest
+from retrieval.errors import WeightsError
+from retrieval.model.checkpoint import load_checkpoint, save_checkpoint
+from retrieval.model.runtime import Runtime
+from retrieval.training.loop import TrainConfig
+from tests.test_onnx import FAITHFUL, cosines
+
+CAPTIONS = ["two zebras grazing in a field", "a plate of food on a table", "a man riding a wave on a surfboard"]
+
+
+def nudged(module, prefix: str, scale: float, seed: int = 0) -> dict:
+    """Tops that differ from `module`'s pretrained weights by seeded noise, float16-exact."""
+    g = torch.Generator().manual_seed(seed)
+    return {prefix + k: (v + scale * v.std() * torch.randn(v.shape, generator=g)).half().float().numpy()
+            for k, v in module.state_dict().items() if v.is_floating_point()}
+
+
+@pytest.fixture(scope="module")
+def tops():
+    ie, te = load_image_encoder(image_size=256), load_text_encoder()
+    n = ie.network.net
+    image = {**nudged(n._blocks[-1], "_blocks.15.", 0.3), **nudged(n._conv_head, "_conv_head.", 0.3, 1)}
+    return {"image": image, "text": nudged(te.network.layers[-1], "layers.5.", 0.3, 2)}
+
+
+def test_tops_change_the_vectors_and_every_cache_key(tops, demo_photos):
+    plain = load_image_encoder(image_size=256)
+    tuned = load_image_encoder(image_size=256, tops=tops["image"])
+    pixels = [plain.load(p) for p in demo_photos[:6]]
+    a, b = plain.encode(pixels, normalize=False), tuned.encode(pixels, normalize=False)
+    assert cosines(a.pooled, b.pooled).max() < 0.999  # the head moved the pooled vector
+    np.testing.assert_array_equal(a.mid, b.mid)  # the last block's input is untouched
+    assert tuned.feature_id == f"{plain.feature_id}+tops-{digest(tops['image'])}"
+    assert tuned.float_graph.path != plain.float_graph.path
+    te_plain, te_tuned = load_text_encoder(), load_text_encoder(tops=tops["text"])
+    assert cosines(te_plain.encode(CAPTIONS).pooled, te_tuned.encode(CAPTIONS).pooled).max() < 0.999
+    assert te_tuned.feature_id == f"all-MiniLM-L6-v2+tops-{digest(tops['text'])}" and te_plain.feature_id == "all-MiniLM-L6-v2"
+    assert te_tuned.graph.path != te_plain.graph.path
+
+
+def test_onnx_runtime_runs_the_tuned_tops_as_torch_does(tops, demo_photos):
+    ie = {e: load_image_encoder(image_size=256, engine=e, tops=tops["image"]) for e in ("torch", "onnx")}
+    pixels = [ie["torch"].load(p) for p in demo_photos[:8]]
+    want, got = (ie[e].encode(pixels, normalize=False) for e in ("torch", "onnx"))
+    for name in ("pooled", "logits", "cells", "mid"):
+        assert cosines(getattr(got, name), getattr(want, name)).min() >= FAITHFUL, name
+    te = {e: load_text_encoder(engine=e, tops=tops["text"]) for e in ("torch", "onnx")}
+    assert cosines(te["onnx"].encode(CAPTIONS).pooled, te["torch"].encode(CAPTIONS).pooled).min() >= FAITHFUL
+
+
+def test_a_checkpoint_carries_its_tops_to_the_encoders_a_runtime_loads(tops, tmp_path):
+    from dataclasses import replace
+
+    ck = load_checkpoint()
+    out = tmp_path / "tuned.safetensors"
+    cfg = replace(ck.config, image_tops=digest(tops["image"]), text_tops=digest(tops["text"]))
+    save_checkpoint(out, cfg, ck.space, ck.heads, ck.alphas, ck.record, ck.reranker, ck.bank, tops)
+    rt = Runtime(out, image_precision="float32")
+    assert rt.image_encoder.feature_id.endswith(f"+tops-{cfg.image_tops}")
+    assert rt.text_encoder.feature_id.endswith(f"+tops-{cfg.text_tops}")
+    for side in ("image", "text"):
+        assert set(rt.tops[side]) == set(tops[side])
+        for k, v in tops[side].items():
+            np.testing.assert_array_equal(rt.tops[side][k], v)  # float16 storage loses nothing
+    assert load_checkpoint(out).tops["text"].keys() == tops["text"].keys()
+    assert rt.fingerprint != Runtime(image_precision="float32").fingerprint
+
+
+def test_tops_that_do_not_fit_the_network_are_one_line(tops):
+    wrong = {"_conv_head.weight": np.zeros((3, 3), np.float32)}
+    with pytest.raises(WeightsError, match=r"tuned image-network weight _conv_head.weight \(3, 3\) does not fit"):
+        _ = load_image_encoder(image_size=256, tops=wrong).network
+    with pytest.raises(WeightsError, match="folded EfficientNet-Lite"):
+        load_image_encoder(image_size=256, tops=tops["image"], fold=False)
+
+
+def test_tuning_the_tops_moves_them_and_gives_float16_exact_weights(demo_dir, tmp_path):
+    from retrieval.training.trainer import tuned_encoders
+
+    ie, te = load_image_encoder(image_size=256), load_text_encoder()
+    before = {k: v.clone() for k, v in ie.network.net._conv_head.state_dict().items()}
+    tc = TrainConfig(tune_tops=str(demo_dir), tops_epochs=3, tops_mix=0.5)
+    held = {p.split("/")[-1] for p in sorted(json.loads(line)["image"] for line in
+                                               (demo_dir / "captions.jsonl").read_text().splitlines())[:25]}
+    ie2, te2, tops = tuned_encoders(ie, te, demo_dir, held, tc, tmp_path / "cache")
+    assert set(tops) == {"image", "text"} and ie2.tops is tops["image"] and te2.tops is tops["text"]
+    assert any(k.startswith("_blocks.15.") for k in tops["image"]) and "_conv_head.weight" in tops["image"]
+    assert all(k.startswith("layers.5.") for k in tops["text"])
+    w = tops["image"]["_conv_head.weight"]
+    np.testing.assert_array_equal(w, w.astype(np.float16).astype(np.float32))
+    assert (w != before["weight"].half().float().numpy()).mean() > 0.5  # tuning moved most weights
+    torch.testing.assert_close(ie.network.net._conv_head.weight, before["weight"])  # the pretrained one is kept
+
+
+def test_train_refuses_to_tune_the_tops_on_the_validation_folder(demo_dir, tmp_path):
+    data = tmp_path / "d"
+    shutil.copytree(demo_dir, data)
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--tune-tops", str(data), "--out",
+                                  str(tmp_path / "m.safetensors"), "--cache", str(tmp_path / "cache")])
+    assert r.exit_code == 1 and "holds the validation photos" in r.output, r.output
+    assert not (tmp_path / "m.safetensors").exists()
