@@ -163,12 +163,13 @@ def tuned_encoders(args, tc):
     return ie, te
 
 
-def int8_encoder(image_encoder: str, tc):
+def int8_encoder(image_encoder: str, tc, tops=None):
     """The image network as `fusion index` runs it for a new library: int8 on ONNX Runtime,
-    with the calibration that ships (retrieval/encoders/int8.py)."""
+    with the calibration that ships (retrieval/encoders/int8.py), and the tuned tops if any."""
     from retrieval.encoders.image_encoder import load_image_encoder
 
-    return load_image_encoder(image_encoder, image_size=image_size(image_encoder, tc), engine="onnx", precision="int8")
+    return load_image_encoder(image_encoder, image_size=image_size(image_encoder, tc), engine="onnx", precision="int8",
+                              tops=tops)
 
 
 def main() -> None:
@@ -198,7 +199,8 @@ def main() -> None:
     report = open_world_report(args.data, args.distractors, args.train_only, args.folds, args.seed,
                                args.image_encoder, tc=tc, log=lambda e: print(e, file=sys.stderr, flush=True),
                                encoders=encoders,
-                               index_encoder=int8_encoder(args.image_encoder, tc) if args.int8_index else None,
+                               index_encoder=int8_encoder(args.image_encoder, tc, encoders and encoders[0].tops)
+                               if args.int8_index else None,
                                only_folds=[int(f) for f in args.only_folds.split(",")] if args.only_folds else None)
     report.update(image_encoder=args.image_encoder, image_size=image_size(args.image_encoder, tc),
                   memory_beta=tc.memory_beta, bridge_cells=tc.bridge_cells, mid_features=tc.mid_features,
