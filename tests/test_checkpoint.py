@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from retrieval.encoders.tops import digest as tops_digest
 from retrieval.model.checkpoint import default_checkpoint_path, load_checkpoint, save_checkpoint
 from retrieval.errors import CheckpointError
 from retrieval.model.heads import FUSION_VARIANTS, FusionHead, ModelConfig, SharedSpace
@@ -69,9 +70,14 @@ def test_damaged_and_missing(saved, tmp_path):
 def test_shipped_default_checkpoint():
     path = default_checkpoint_path()
     # 5.4 MB of look-alike training photos (256 principal directions of their features and
-    # their mean caption vectors, int8 rows), the rest heads, reranker and bank; no baselines
-    assert path.is_file() and path.stat().st_size < 9_000_000
+    # their mean caption vectors, int8 rows), 5.6 MB of the encoders' tuned tops (float16),
+    # the rest heads, reranker and bank; no baselines
+    assert path.is_file() and path.stat().st_size < 14_500_000
     ck = load_checkpoint(image_encoder="efficientnet-lite0", text_encoder="all-MiniLM-L6-v2")
+    # the tops tuned on Flickr8k (fusion train --tune-tops), named by the digests the encoders key caches by
+    assert ck.record["train_config"]["tune_tops"].endswith("flickr8k") and ck.record["train_config"]["tops_mix"] == 0.5
+    assert ck.config.image_tops == tops_digest(ck.tops["image"]) and "_conv_head.weight" in ck.tops["image"]
+    assert ck.config.text_tops == tops_digest(ck.tops["text"]) and "layers.5.out.weight" in ck.tops["text"]
     assert ck.heads == {}  # the fusion-head baselines only with fusion train --baselines
     assert ck.record["train_photos"] > 7000  # all of Flickr8k's train and dev splits (issue 32)
     # search reranks with the evidence reranker, at a weight tuned on cross-fitted candidates
