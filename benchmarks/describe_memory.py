@@ -40,6 +40,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "demo", help="captioned dataset folder")
     ap.add_argument("--name", default="describe_memory", help="results file name (without .md/.json)")
+    ap.add_argument("--weights", default="", help="other reranker weights to rank the memory with, "
+                                                           "comma-separated (rows beside the shipped one)")
     args = ap.parse_args()
     own = load_dataset(args.data).texts_by_path()
     runtime = Runtime()
@@ -51,6 +53,8 @@ def main() -> None:
         f"describe (shipped: ITC plus {cfg.rerank_weight:g} x the reranker's logit)": cfg,
         f"the library captions' rule (ITC minus {cfg.describe_prior:g} x the caption prior; shipped before)":
             replace(cfg, memory_describe_weight=cfg.describe_weight, memory_describe_prior=cfg.describe_prior),
+        **{f"ITC plus {w:g} x the reranker's logit": replace(cfg, memory_describe_weight=w)
+           for w in (float(x) for x in args.weights.split(",") if x)},
         "ITC alone": None}
     rows = {m: {"first_agrees": [], "any3_agrees": [], "closeness": []} for m in
             (*rules, "a random memory caption", "the memory caption closest to the photo's own (ceiling)")}
@@ -81,13 +85,13 @@ def main() -> None:
                     examples.append({"photo": Path(path).name, "own": caps[0], "shown": shown[0]})
             near = closeness(memory.vectors, own_vec)  # every memory caption against this photo's
             hit = np.array([bool(s & agreed) for s in mem_stems])
-            rows[names[3]]["first_agrees"].append(float(hit.mean()))
-            rows[names[3]]["any3_agrees"].append(float(1 - (1 - hit.mean()) ** 3))
-            rows[names[3]]["closeness"].append(float(near.mean()))
+            rows[names[-2]]["first_agrees"].append(float(hit.mean()))
+            rows[names[-2]]["any3_agrees"].append(float(1 - (1 - hit.mean()) ** 3))
+            rows[names[-2]]["closeness"].append(float(near.mean()))
             best = int(np.argmax(near))
-            rows[names[4]]["first_agrees"].append(bool(hit[best]))
-            rows[names[4]]["any3_agrees"].append(bool(hit[np.argsort(-near)[:3]].any()))
-            rows[names[4]]["closeness"].append(float(near[best]))
+            rows[names[-1]]["first_agrees"].append(bool(hit[best]))
+            rows[names[-1]]["any3_agrees"].append(bool(hit[np.argsort(-near)[:3]].any()))
+            rows[names[-1]]["closeness"].append(float(near[best]))
     summary = {m: {"first_agrees_pct": round(100 * float(np.mean(r["first_agrees"])), 1),
                    "any3_agrees_pct": round(100 * float(np.mean(r["any3_agrees"])), 1),
                    "closeness_mean": round(float(np.mean(r["closeness"])), 3)} for m, r in rows.items()}
