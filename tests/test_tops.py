@@ -114,3 +114,20 @@ def test_train_refuses_to_tune_the_tops_on_the_validation_folder(demo_dir, tmp_p
                                   str(tmp_path / "m.safetensors"), "--cache", str(tmp_path / "cache")])
     assert r.exit_code == 1 and "holds the validation photos" in r.output, r.output
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_a_cold_search_preloads_the_graph_of_the_shipped_models_text_tops():
+    """`fusion search` starts loading MiniLM before it reads the checkpoint: it must start on the
+    graph with the shipped model's tuned top layer, the one the search then runs."""
+    from retrieval.encoders import onnx_engine
+    from retrieval.encoders.text_encoder import preload_text_model
+    from retrieval.model.query_side import shipped_text_tops
+
+    rt = Runtime()
+    _ = rt.text_encoder.graph.ensure()  # exported on this machine, as after any first index
+    tops = shipped_text_tops()
+    assert tops and tops == rt.config.text_tops
+    preload_text_model(tops)
+    assert (str(rt.text_encoder.graph.path), rt.text_encoder.threads) in onnx_engine._preloads
+    assert rt.text_encoder.graph.session is not None  # the search takes the preloaded session over
+    assert (str(rt.text_encoder.graph.path), rt.text_encoder.threads) not in onnx_engine._preloads
