@@ -38,12 +38,13 @@ class ImageEncoder:
         # tuned weights of the last block and head convolution (retrieval/encoders/tops.py), by
         # name in the folded EfficientNet-Lite, replacing the pretrained ones
         self.tops = tops or None
+        self._tops_memo: dict = {}
 
     @property
     def tops_id(self) -> str:
-        from retrieval.encoders.tops import digest
+        from retrieval.encoders.tops import memo_label
 
-        return f"+tops-{digest(self.tops)}" if self.tops else ""
+        return memo_label(self.tops, self._tops_memo)
 
     @property
     def feature_id(self) -> str:

@@ -69,13 +69,14 @@ class TextEncoder:
         self.engine = engine  # "onnx": ONNX Runtime runs the exported network; "torch": the module
         self.threads = threads  # ONNX Runtime's threads (None: every usable core)
         self.tops = tops or None  # tuned weights of the top layer, by name in MiniLM (encoders/tops.py)
+        self._tops_memo: dict = {}
 
     @property
     def feature_id(self) -> str:
         """What its vectors depend on: the model and any tuned top layer. Caches are keyed by it."""
-        from retrieval.encoders.tops import digest
+        from retrieval.encoders.tops import memo_label
 
-        return _feature_id(self.config.name, digest(self.tops))
+        return self.config.name + memo_label(self.tops, self._tops_memo)
 
     @cached_property
     def tokenizer(self):
@@ -188,10 +189,6 @@ class TextEncoder:
             return mean.float().numpy(), (hidden.float().numpy() if tokens else None)
 
 
-def _feature_id(name: str, tops_digest: str) -> str:
-    return name + (f"+tops-{tops_digest}" if tops_digest else "")
-
-
 def _graph_path(name: str, feature_id: str) -> Path:
     from retrieval.encoders.onnx_engine import file_identity, graph_path
 
@@ -225,6 +222,8 @@ def preload_text_model(tops_digest: str = "") -> None:
 
     try:
         if default_engine() == "onnx":
-            preload(_graph_path(CONFIG.name, _feature_id(CONFIG.name, tops_digest)))
+            from retrieval.encoders.tops import label
+
+            preload(_graph_path(CONFIG.name, CONFIG.name + label(tops_digest)))
     except Exception:  # noqa: BLE001 (FUSION_ENGINE or the weights: the Runtime says what is wrong)
         pass

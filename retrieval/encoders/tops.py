@@ -24,6 +24,19 @@ def digest(tops: dict | None) -> str:
     return h.hexdigest()[:12]
 
 
+def label(tops_digest: str) -> str:
+    """What an encoder's cache identity appends for tops of this digest ('' for none)."""
+    return f"+tops-{tops_digest}" if tops_digest else ""
+
+
+def memo_label(tops: dict | None, memo: dict) -> str:
+    """label(digest(tops)), hashed once per tops object (`memo`: the encoder's own dict), not on
+    every cache lookup of a search's start-up."""
+    if "label" not in memo or memo["of"] is not tops:
+        memo.update(of=tops, label=label(digest(tops)))
+    return memo["label"]
+
+
 def install(module, tops: dict, what: str) -> None:
     """Copy `tops` (name relative to `module` -> array) into `module`'s weights, in place;
     WeightsError naming the first that does not fit."""
