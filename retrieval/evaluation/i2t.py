@@ -1,0 +1,47 @@
+"""Image → text in the open-world benchmark: each photo's top captions of a corpus rescored by
+the reranker (each caption in the query's seat) and the caption prior, as `fusion describe`
+ranks them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retrieval.model.prior import caption_prior
+from retrieval.training.recall import i2t_recall, rerank
+from retrieval.training.rerank import ALPHAS
+
+PRIORS = (0.25, 0.5, 1.0)  # caption prior weights measured for describe
+
+
+def i2t_reranked(model, emb, photo_itc, ev, corpus_itc, corpus_sent, caption_image, k: int, bank=None) -> dict:
+    """i2t after the reranker rescored each photo's top k captions of the corpus (ITC and
+    sentence vectors; caption_image: each caption's photo, -1 for none), each caption taking
+    the query's seat (same evidence, the photo fixed), at each rerank weight; with a `bank`,
+    also minus each caption's prior (retrieval/model/prior.py) at each prior weight."""
+    sim = photo_itc @ corpus_itc.T
+    n, k = len(photo_itc), min(k, sim.shape[1])
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    pairs = ev.take(np.repeat(np.arange(n), k)[:, None])
+    feats = emb.evidence(np.take_along_axis(sim, top, 1).reshape(-1, 1), corpus_itc[top.ravel()],
+                         corpus_sent[top.ravel()], pairs)
+    rows = np.arange(n)[:, None]
+    logit = _at(model.reranker.logits(feats).reshape(n, k), rows, top, sim.shape)  # rerank() visits the
+    prior = None  # top k in its own order, so both are looked up by (row, caption)
+    if bank is not None:
+        prior = _at(caption_prior(corpus_itc[top.ravel()], bank).reshape(n, k), rows, top, sim.shape)
+    out = {}
+    for w in ALPHAS[1:]:
+        out[f"{w:g}"] = i2t_recall(rerank(sim, k, lambda r, c, w=w: sim[r, c] + w * logit[r, c]), caption_image)
+    for lam in sorted({*PRIORS, model.config.describe_prior} - {0.0}) if prior is not None else ():
+        for w in sorted({0.0, model.config.describe_weight}):
+            out[f"{w:g}, prior {lam:g}"] = i2t_recall(
+                rerank(sim, k, lambda r, c, w=w, lam=lam: sim[r, c] + w * logit[r, c] - lam * prior[r, c]),
+                caption_image)
+    return out
+
+
+def _at(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape) -> np.ndarray:
+    """A (n, corpus) array holding `values` at (rows, cols), NaN elsewhere."""
+    out = np.full(shape, np.nan, np.float32)
+    out[rows, cols] = values
+    return out
