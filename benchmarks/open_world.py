@@ -61,6 +61,14 @@ def to_markdown(r: dict, name: str = "Open-world recall") -> str:
             lines.append(f"i2t, {m[4:]}: {fmt(v)}")
         elif m.startswith("fold alone, reranked"):
             lines.append(f"i2t in the fold alone, {m[12:]}: {fmt(v)}")
+    if r.get("describe_memory"):
+        lines += ["", "Describe from the memory alone (a library without captions): the first caption shown, "
+                  "% of photos where it uses a word at least 2 of the photo's own captions use, and its best "
+                  "sentence cosine to them (mean ± std over folds):", "",
+                  "| rule | first agrees | closeness |", "| --- | ---: | ---: |"]
+        for rule, v in r["describe_memory"].items():
+            a, c = v["first_agrees"], v["closeness"]
+            lines.append(f"| {rule} | {a['mean']:.1f} ± {a['std']:.1f} | {c['mean']:.3f} ± {c['std']:.3f} |")
     lines.append("")
     for kind, what in (("probability", "the reranker's match probability over every candidate it scored"),
                        ("share", "the share shown in results (softmax of the ranking score at weight "

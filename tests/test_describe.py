@@ -104,3 +104,46 @@ def test_agreement_measures_of_benchmarks_describe_memory():
     shown = np.array([[1, 0, 0], [0, 0.6, 0.8]], np.float32)
     mine = np.array([[0, 1, 0], [0.6, 0.8, 0]], np.float32)
     np.testing.assert_allclose(closeness(shown, mine), [0.6, 0.6])
+
+
+def test_the_open_world_memory_measure_picks_what_describe_shows(photos_only, demo_dir):
+    """The open-world benchmark's describe-from-the-memory rows (retrieval/evaluation/i2t.py)
+    score the caption `fusion describe` would show first, under each rule it reports."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from retrieval.data.datasets import load_dataset
+    from retrieval.evaluation.describe import uses_agreed_word
+    from retrieval.evaluation.i2t import describe_from_memory
+
+    s = open_searcher(photos_only / "lib")
+    rt = s.runtime
+    paths = sorted((photos_only / "p").iterdir())
+    enc = rt.image_encoder
+    pv = rt.photo_vectors(enc.encode([enc.load(p) for p in paths], normalize=False))
+    own = load_dataset(demo_dir).texts_by_path()
+    texts, caption_image = [], []
+    for n, p in enumerate(paths):
+        caps = next(v for k, v in own.items() if k.endswith(p.name))
+        texts += caps
+        caption_image += [n] * len(caps)
+    _, sent = rt.embedder.texts(rt.text_encoder.encode(texts, normalize=False).pooled)
+    got = describe_from_memory(SimpleNamespace(reranker=rt.query), rt.embedder, pv.itc, pv.evidence, 32,
+                               rt.query.bank, texts, sent, np.array(caption_image))
+    cfg = rt.query.config
+    rules = {"ITC alone": 0.0, "reranker 0.1": 0.1, "reranker 0.25": 0.25, "prior 0.5": None}
+    try:
+        for rule, w in rules.items():
+            rt.query.config = (replace(cfg, memory_describe_weight=0.0, memory_describe_prior=0.5) if w is None
+                               else replace(cfg, memory_describe_weight=w, memory_describe_prior=0.0))
+            first, agrees, _ = got[rule]
+            shown = [s.describe(p, k=1).hits[0].text for p in paths]
+            assert [rt.embedder.memory.texts[i] for i in first] == shown, rule
+            want = [uses_agreed_word(t, [x for x, c in zip(texts, caption_image) if c == n])
+                    for n, t in enumerate(shown)]
+            assert agrees.tolist() == want
+    finally:
+        rt.query.config = cfg
+    assert (got["ITC alone"][0] != got["reranker 0.25"][0]).any()  # the rules differ on these photos
+    assert got["ITC alone"][1].mean() > 0.5  # the demo's own words: describe is not guessing
+    assert 0 < got["ITC alone"][2].min() and got["ITC alone"][2].max() <= 1.0001

@@ -45,3 +45,34 @@ def _at(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape) -> np.nda
     out = np.full(shape, np.nan, np.float32)
     out[rows, cols] = values
     return out
+
+
+def describe_from_memory(model, emb, photo_itc, ev, k: int, bank, own_texts: list[str], own_sent: np.ndarray,
+                         caption_image: np.ndarray) -> dict:
+    """What `fusion describe` shows a photo from the caption memory alone (a library without
+    captions; none of the memory's captions is the photo's own), under each rule: the first
+    caption of the memory's ITC top k after rescoring, and whether it agrees with the photo's
+    own captions (retrieval/evaluation/describe.py: an agreed word, and its closeness).
+    Returns {rule: (first caption's memory index (n,), agrees (n,) bool, closeness (n,) float)}."""
+    from retrieval.evaluation.describe import closeness, uses_agreed_word
+
+    sim = photo_itc @ emb.corpus_itc.T
+    n, k = len(photo_itc), min(k, sim.shape[1])
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    itc = np.take_along_axis(sim, top, 1)
+    pairs = ev.take(np.repeat(np.arange(n), k)[:, None])
+    feats = emb.evidence(itc.reshape(-1, 1), emb.corpus_itc[top.ravel()], emb.memory.vectors[top.ravel()], pairs)
+    logit = model.reranker.logits(feats).reshape(n, k)
+    scores = {"ITC alone": itc, **{f"reranker {w:g}": itc + w * logit for w in ALPHAS[1:]}}
+    if bank is not None:
+        prior = caption_prior(emb.corpus_itc[top.ravel()], bank).reshape(n, k)
+        scores.update({f"prior {lam:g}": itc - lam * prior for lam in PRIORS})
+    own = [[own_texts[c] for c in np.flatnonzero(caption_image == p)] for p in range(n)]
+    own_vecs = [own_sent[caption_image == p] for p in range(n)]
+    out = {}
+    for rule, s in scores.items():
+        first = top[np.arange(n), np.argmax(s, axis=1)]  # ties: the higher ITC, as describe's stable sort
+        agrees = np.array([uses_agreed_word(emb.memory.texts[c], own[p]) for p, c in enumerate(first)])
+        close = np.array([closeness(emb.memory.vectors[c][None], own_vecs[p])[0] for p, c in enumerate(first)])
+        out[rule] = (first, agrees, close)
+    return out

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.evaluation.i2t import i2t_reranked
+from retrieval.evaluation.i2t import describe_from_memory, i2t_reranked
 from retrieval.training.recall import KS, i2t_recall, ranks_of
 from retrieval.model.embedder import Embedder
 from retrieval.model.heads import SharedSpace
@@ -26,7 +26,8 @@ from retrieval.training.features import Photos
 from retrieval.training.rerank import ALPHAS, Candidates, reranked_ranks
 
 PROJECT_TO = 5046  # the photos of the library our users' figures were measured in
-NOT_METHODS = ("calibration", "i2t", "i2t_small", "i2t_reranked", "i2t_small_reranked", "no_match")
+NOT_METHODS = ("calibration", "i2t", "i2t_small", "i2t_reranked", "i2t_small_reranked", "no_match",
+               "describe_memory")
 MEASURED_BETA = 0.5  # the memory weight in search vectors measured beside the shipped one
 LIKELY_LEVELS = tuple(sorted({0.5, 0.8, 0.95, LIKELY}))  # likely-set levels measured
 
@@ -92,6 +93,7 @@ def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: in
         bank = getattr(model, "bank", None)
         out["i2t_reranked"] = i2t_reranked(model, emb, pv.itc[:n], ev, *corpus, k, bank)
         out["i2t_small_reranked"] = i2t_reranked(model, emb, pv.itc[:n], ev, q_itc, q_sent, target, k, bank)
+        out["describe_memory"] = describe_from_memory(model, emb, pv.itc[:n], ev, k, bank, fold.text, q_sent, target)
     out["i2t_small"] = i2t_recall(pv.itc[:n] @ q_itc.T, target)  # the fold's own captions only
     if nonsense is not None and len(distractors):
         out["no_match"] = _no_match(model, emb, fold, distractors, nonsense, k)
@@ -172,6 +174,11 @@ def summarise(folds: list[dict], gallery: int) -> dict:
         for w in folds[0]["i2t_reranked"]:
             out["i2t"][f"itc reranked at weight {w}"] = _mean_std([f["i2t_reranked"][w] for f in folds])
             out["i2t"][f"fold alone, reranked at weight {w}"] = _mean_std([f["i2t_small_reranked"][w] for f in folds])
+    if "describe_memory" in folds[0]:  # the memory alone: % of photos whose first caption agrees, closeness
+        out["describe_memory"] = {rule: {
+            "first_agrees": _spread([100 * float(np.mean(f["describe_memory"][rule][1])) for f in folds]),
+            "closeness": _spread([float(np.mean(f["describe_memory"][rule][2])) for f in folds])}
+            for rule in folds[0]["describe_memory"]}
     out["calibration"] = {}
     for kind in ("probability", "share"):
         probs = np.concatenate([f["calibration"][kind][0] for f in folds])
@@ -273,3 +280,7 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
                    "data": [str(d) for d in data], "train_only": [str(d) for d in train_only],
                    "memory_captions": len(memory.texts), "candidates": candidates, "evidence": list(EVIDENCE)})
     return report
+
+
+def _spread(values: list[float]) -> dict:
+    return {"mean": round(float(np.mean(values)), 3), "std": round(float(np.std(values)), 3)}
