@@ -193,3 +193,30 @@ def test_the_exact_index_scans_the_float16_vectors_sqlite_keeps(photos, tmp_path
     assert reopened.photos.search(queries, 5)[1].tolist() == found.tolist()
     index_paths([photos], db, runtime=runtime, rebuild_first=True)
     assert Library.open(db, runtime.fingerprint, runtime.dim).info()["index_type"] == "exact inner product (float16)"
+
+
+def test_ivf_below_200k_keeps_the_exact_indexs_float16_scores(photos, tmp_path, runtime):
+    """An IVF index below SQ8_FROM photos holds the float16 vectors themselves (no residual): a
+    photo its probed lists hold scores exactly as in the exact index, so with every list probed
+    it answers as the exact index does; 8-bit codes (from 200,000 photos) only approximately.
+    `auto` takes IVF from 50,000 photos and 8-bit codes from 200,000."""
+    from retrieval.store.vectors import IVF_FROM, SQ8_FROM, VectorStore, ivf_codes, wanted_kind
+
+    assert (wanted_kind("auto", IVF_FROM - 1), wanted_kind("auto", IVF_FROM)) == ("flat", "ivf")
+    assert (ivf_codes(SQ8_FROM - 1), ivf_codes(SQ8_FROM), IVF_FROM) == ("fp16", "sq8", 50_000)
+    db = tmp_path / "lib"
+    index_paths([photos], db, runtime=runtime)
+    con = sqlite3.connect(db / "library.sqlite")
+    ids, vecs = zip(*[(i, np.frombuffer(b, "<f2").astype(np.float32)) for i, b in
+                      con.execute("select photo_id, vector from photo_features order by photo_id")])
+    con.close()
+    vecs = np.stack(vecs)
+    queries = vecs + np.random.default_rng(1).normal(0, 0.05, vecs.shape).astype(np.float32)
+    exact = VectorStore.build("flat", runtime.dim, ids, vecs).search(queries, 5)
+    ivf = VectorStore.build("ivf", runtime.dim, ids, vecs)
+    assert ivf.describe().startswith("IVF1,fp16")  # 12 photos: one list, probed
+    got = ivf.search(queries, 5)
+    assert got[1].tolist() == exact[1].tolist()
+    np.testing.assert_array_equal(got[0], exact[0])
+    sq8 = VectorStore.build("ivf", runtime.dim, ids, vecs, codes="sq8").search(queries, 5)
+    assert np.abs(sq8[0] - exact[0]).max() > 1e-4  # 8-bit codes: approximate scores

@@ -27,8 +27,10 @@ from retrieval.cli.output import print_hits
               "photos; 0: this process. [default: this process; with FUSION_ENGINE=torch, one per core, at most "
               "4, for 300+ photos to encode]")
 @click.option("--index-type", type=click.Choice(["auto", "flat", "ivf"]),
-              help="Photo vector index: exact (flat), IVF with 8-bit codes (ivf), or by library size "
-                   "(auto: ivf from 200,000 photos). Remembered by the library. [default: auto]")
+              help="Photo vector index: exact (flat), IVF (ivf: only the query's nearest lists scanned; float16 "
+                   "codes below 200,000 photos, 8-bit from there), or by library size "
+                   "(auto: ivf from 50,000 photos). Remembered by the library. "
+                   "[default: auto]")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Read, decode and encode the photos on Ray Data workers (pip install "
                    "'fusion-retrieval[ray]'): --ray alone starts a local Ray on this machine's CPUs; "

@@ -12,10 +12,14 @@ import numpy as np
 from retrieval.errors import LibraryError, disk_full, is_disk_full
 
 
-# Exact search scans every vector: one single-threaded query measured 10.9 ms at 200k and
-# 54.9 ms at 1M (384-d) on our 2-core machines, so from here on an IVF index with 8-bit codes
-# takes over (9 ms per query end to end at 1M, recall@10 0.985: benchmarks/results/scale.md).
-IVF_FROM = 200_000
+# Exact search scans every vector, ~0.04 ms per 1,000 photos a query here (memory-bound: 9.0 ms
+# end to end at 100k, 6.8 at 10k), so from 50,000 photos an IVF index takes over. Its codes are
+# float16, the exact index's own, compared directly (no residual), so a photo the probed lists
+# hold scores exactly as in the exact index: at 100k the same answers for all but a few queries
+# in a thousand, ~3 ms sooner (benchmarks/results/index_kinds.md). From 200,000 photos the codes
+# are 8-bit, half the memory (9 ms per query end to end at 1M, recall@10 0.985: scale.md).
+IVF_FROM = 50_000
+SQ8_FROM = 200_000
 RETRAIN_GROWTH = 4  # an IVF index is retrained once the library is this many times larger
 
 
@@ -23,6 +27,11 @@ def wanted_kind(index_type: str, n: int) -> str:
     if index_type != "auto":
         return index_type
     return "ivf" if n >= IVF_FROM else "flat"
+
+
+def ivf_codes(n: int) -> str:
+    """The IVF codes for an index trained on n vectors: float16 below SQ8_FROM, else 8-bit."""
+    return "sq8" if n >= SQ8_FROM else "fp16"
 
 
 def ivf_shape(n: int) -> tuple[int, int]:
@@ -42,7 +51,7 @@ def exact_index(dim: int):
 
 class VectorStore:
     """Vectors under explicit ids (IndexIDMap2) in an exact index (float16, every vector
-    scanned), or an IVF index with 8-bit scalar-quantised codes for large libraries (both
+    scanned), or an IVF index for large libraries (float16 codes, 8-bit from SQ8_FROM; both
     support adds and removals)."""
 
     def __init__(self, dim: int, index=None, mapped: bool = False):
@@ -55,14 +64,18 @@ class VectorStore:
             raise LibraryError("this vector index is memory-mapped read-only; open the library as a writer")
 
     @classmethod
-    def build(cls, kind: str, dim: int, ids, vectors: np.ndarray, seed: int = 0) -> "VectorStore":
-        """A store of `kind` (flat or ivf) holding `vectors`; an IVF index is trained on them."""
+    def build(cls, kind: str, dim: int, ids, vectors: np.ndarray, seed: int = 0,
+              codes: str | None = None) -> "VectorStore":
+        """A store of `kind` (flat or ivf) holding `vectors`; an IVF index is trained on them,
+        with `codes` (fp16 or sq8; default by size, ivf_codes)."""
         if kind == "flat" or len(ids) == 0:
             store = cls(dim)
         else:
             nlist, nprobe = ivf_shape(len(ids))
-            ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist,
-                                                faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+            codes = codes or ivf_codes(len(ids))
+            qt = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}[codes]
+            ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, qt, faiss.METRIC_INNER_PRODUCT,
+                                                codes == "sq8")  # float16 codes: the vectors themselves
             rng = np.random.default_rng(seed)
             sample = vectors[rng.choice(len(vectors), min(len(vectors), 64 * nlist), replace=False)]
             ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
@@ -78,7 +91,8 @@ class VectorStore:
     def describe(self) -> str:
         sub = faiss.downcast_index(self.index.index)
         if isinstance(sub, faiss.IndexIVF):
-            return f"IVF{sub.nlist},SQ8 (nprobe {sub.nprobe}), inner product"
+            codes = "fp16" if sub.sq.qtype == faiss.ScalarQuantizer.QT_fp16 else "SQ8"
+            return f"IVF{sub.nlist},{codes} (nprobe {sub.nprobe}), inner product"
         if isinstance(sub, faiss.IndexScalarQuantizer):
             return "exact inner product (float16)"
         return "exact inner product (Flat)"
