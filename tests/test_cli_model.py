@@ -47,12 +47,14 @@ def test_train_writes_a_loadable_checkpoint(demo_dir, tmp_path):
     # a rerank weight outside the grid the reranker is tuned on (the log line once looked it
     # up there and failed after the whole training)
     r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), "--val-photos", "6",
-                                  "--cache", str(tmp_path / "cache"), "--rerank-weight", "0.07"])
+                                  "--cache", str(tmp_path / "cache"), "--rerank-weight", "0.07",
+                                  "--memory-describe-weight", "0.02"])
     assert r.exit_code == 0, r.output
     ck = load_checkpoint(out)
     assert ck.record["train_photos"] == 14 and ck.record["val_photos"] == 6
     assert ck.config.rerank == "evidence" and ck.reranker is not None and ck.config.match_threshold > 0
     assert ck.config.rerank_weight == 0.07 and ck.config.share_temperature > 0
+    assert ck.config.memory_describe_weight == 0.02  # describe's rule for the caption memory
     assert out.with_suffix(".json").is_file() and ck.content_hash in r.output
 
 

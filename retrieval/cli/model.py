@@ -80,6 +80,10 @@ def encode(paths, batch_size, workers, top, as_json):
               help="Weight of the caption prior in fusion describe: each candidate caption loses this "
                    "times its mean similarity to its 10 nearest --distractors photos (generic captions "
                    "that fit every photo sink).")
+@click.option("--memory-describe-weight", type=click.FloatRange(0, None),
+              help="The reranker's weight when fusion describe ranks the caption memory (a library "
+                   "without captions; benchmarks/open_world.py and describe_memory.py measure each); "
+                   "default: --rerank-weight.")
 @click.option("--neighbour-weight", default=0.25, show_default=True, type=click.FloatRange(0, None),
               help="Weight of the captions each photo borrows from its 20 most alike training photos "
                    "(by the image encoder's features) in its search vector; 0: off (docs/quality.md).")
@@ -106,7 +110,7 @@ def encode(paths, batch_size, workers, top, as_json):
 @image_encoder_options
 @fusion_errors
 def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, describe_weight, describe_prior,
-          neighbour_weight, image_size, tune_tops, tops_epochs, tops_mix, baselines, cache, image_encoder,
+          memory_describe_weight, neighbour_weight, image_size, tune_tops, tops_epochs, tops_mix, baselines, cache, image_encoder,
           image_weights):
     """Train the shared space (ITC) and the evidence reranker (and, with --baselines, the
     fusion-head baselines).
@@ -127,9 +131,10 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, desc
                    --data ../shared/data/flickr8k --distractors ../shared/data/distractors \\
                    --exclude data/demo --tune-tops ../shared/data/flickr8k \\
                    --rerank-weight W --describe-weight D --describe-prior P \\
+                   --memory-describe-weight M \\
                    --out retrieval/model/checkpoints/default.safetensors
 
-    where W, D and P are the weights the open-world folds chose (docs/quality.md).
+    where W, D, P and M are the weights the open-world folds chose (docs/quality.md).
     """
     from tqdm import tqdm
 
@@ -137,7 +142,8 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, desc
     from retrieval.training.trainer import train_checkpoint
 
     tc = TrainConfig(seed=seed, rerank_weight=rerank_weight, describe_weight=describe_weight,
-                     describe_prior=describe_prior, image_size=image_size or 0, neighbour_weight=neighbour_weight,
+                     describe_prior=describe_prior, memory_describe_weight=memory_describe_weight,
+                     image_size=image_size or 0, neighbour_weight=neighbour_weight,
                      tune_tops=str(tune_tops or ""), tops_epochs=tops_epochs, tops_mix=tops_mix,
                      **({} if baselines else {"variants": ()}))
     # one step per ITC run (a soup, twice with pseudo-captions), fusion head and cross-fitting

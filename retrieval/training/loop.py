@@ -44,6 +44,8 @@ class TrainConfig:
     rerank_weight: float | None = None  # fixed weight (e.g. tuned on the open-world folds); None: tune
     describe_weight: float = 0.0  # the reranker's weight for photo -> caption (tuned on the folds)
     describe_prior: float = 0.0  # weight of the caption prior in photo -> caption (tuned on the folds)
+    memory_describe_weight: float | None = None  # the reranker's weight when describe ranks the caption
+    # memory (a library without captions); None: search's rerank weight
     soup: int = 5  # ITC runs (seeds) whose weights are averaged into the shipped space (1: one run)
     pseudo_captions: int = 3  # memory captions per uncaptioned photo as its pseudo-captions (0: off)
     pseudo_prior: float = 0.0  # caption prior's weight when they recall them (0: plain ITC; 0.5 measured a draw)

@@ -84,7 +84,8 @@ def train_model(cfg: ModelConfig, class_emb, train: DatasetFeatures, val: Datase
              "share_temperature": temperature})
     cfg = replace(cfg, rerank="evidence", rerank_weight=alpha, reranker_hidden=tc.reranker_hidden,
                   match_threshold=round(threshold, 4), describe_weight=tc.describe_weight,
-                  describe_prior=tc.describe_prior, share_temperature=round(temperature, 4))
+                  describe_prior=tc.describe_prior, share_temperature=round(temperature, 4),
+                  memory_describe_weight=tc.memory_describe_weight)
     record = {"queries": int(len(cands.label)), "gallery": cands.gallery, "crossfit_t2i_by_alpha": table,
               "weights": dict(zip(EVIDENCE, np.round(_linear_weights(reranker), 3).tolist())),
               "match_threshold": threshold, "tuned_alpha": tuned, "share_temperature": temperature}
