@@ -5,8 +5,6 @@ prior). `fusion bench recall` and the Flickr8k benchmark both measure through he
 
 from __future__ import annotations
 
-import numpy as np
-
 from retrieval.evaluation.openworld import NOT_METHODS, fold_scores, recall_at
 from retrieval.training.features import DatasetFeatures
 from retrieval.training.features import Photos
