@@ -220,3 +220,13 @@ def test_ivf_below_200k_keeps_the_exact_indexs_float16_scores(photos, tmp_path, 
     np.testing.assert_array_equal(got[0], exact[0])
     sq8 = VectorStore.build("ivf", runtime.dim, ids, vecs, codes="sq8").search(queries, 5)
     assert np.abs(sq8[0] - exact[0]).max() > 1e-4  # 8-bit codes: approximate scores
+    # with lists the query does not probe: an exhaustive search, and photo + words' scores of
+    # chosen photos (retrieval/query/combine.py), still see every photo at its exact score
+    from retrieval.query.combine import Part, part_scores
+
+    few = VectorStore.build("ivf", runtime.dim, ids, vecs, shape=(4, 1))
+    assert (few.search(queries[:1], 12)[1] >= 0).sum() < 12
+    assert few.search(queries, 5, exhaustive=True)[1].tolist() == exact[1].tolist()
+    chosen = np.asarray(ids[::2])
+    np.testing.assert_allclose(part_scores(few, Part("q", 1.0, queries[:1], None), chosen),
+                               queries[0] @ vecs[::2].T, atol=1e-5)

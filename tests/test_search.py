@@ -72,6 +72,27 @@ def test_filters_keep_k_results(searcher, library):
     assert len(searcher.text("a photo", k=5, filters=Filters(before=far_future)).hits) == 5
 
 
+def test_filters_on_an_ivf_index_reach_photos_outside_the_probed_lists(library, tmp_path):
+    """A filtered search over-fetches until k photos pass; in an IVF index the probed lists can
+    run out first, and then every list is searched: the same photos as the exact index."""
+    from retrieval.store.vectors import VectorStore
+
+    db = tmp_path / "lib"
+    shutil.copytree(library / "lib", db)
+    exact = open_searcher(db)
+    sub = str(library / "demo" / "images" / "sub")
+    want = [h.path for h in exact.text("a photo", k=12, filters=Filters(under=sub)).hits]
+    lib = exact.lib
+    ids, vecs = lib._vectors(lib.reader.vectors("photo_features", "photo_id"))
+    VectorStore.build("ivf", lib.photos.dim, ids, vecs, shape=(8, 1)).save(db / "photos.faiss")
+    ivf = open_searcher(db)
+    assert ivf.lib.photos.describe().startswith("IVF8,fp16 (nprobe 1)")
+    probed = ivf.lib.photos.search(ivf.runtime.embed_texts(ivf.runtime.text_encoder.encode(["a photo"]).pooled), 48)
+    assert (probed[1][0] >= 0).sum() < 48  # one list of eight holds a few of the 48 photos
+    got = [h.path for h in ivf.text("a photo", k=12, filters=Filters(under=sub)).hits]
+    assert len(want) == 12 and got == want
+
+
 def test_long_query_is_truncated_with_a_note(searcher):
     r = searcher.text("zebra " * 400, k=3)
     assert len(r.hits) == 3 and "only its beginning was used" in r.notes[0]

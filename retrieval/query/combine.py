@@ -90,9 +90,12 @@ def parts_of(searcher, q: Combined) -> tuple[list[Part], list[str]]:
 
 def part_scores(store, part: Part, ids: np.ndarray) -> np.ndarray:
     """Inner product of one part with the stored vectors of `ids` (an ID selector restricts
-    the search to them, so flat and IVF indexes both answer; a photo that IVF's probed lists
-    miss gets the lowest score seen)."""
-    params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids.astype(np.int64)))
+    the search to them, every list of an IVF index probed, so flat and IVF indexes both answer;
+    a photo 8-bit codes somehow lose gets the lowest score seen)."""
+    sel = faiss.IDSelectorBatch(ids.astype(np.int64))
+    sub = faiss.downcast_index(store.index.index)
+    params = (faiss.SearchParametersIVF(sel=sel, nprobe=sub.nlist) if isinstance(sub, faiss.IndexIVF)
+              else faiss.SearchParameters(sel=sel))
     scores, got = store.index.search(np.ascontiguousarray(part.vector, np.float32), len(ids), params=params)
     found = {int(i): float(s) for s, i in zip(scores[0], got[0]) if i >= 0}
     floor = min(found.values(), default=0.0)

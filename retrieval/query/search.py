@@ -189,13 +189,17 @@ class Searcher:
 
     def _top(self, qvec: np.ndarray, n: int, filters: Filters):
         """The n best ids by ITC that pass the filters, over-fetching from FAISS until n pass
-        or the whole index was seen."""
+        or the whole index was seen (an IVF index's every list, once its probed ones ran out)."""
         total = len(self.lib.photos)
         check = filters.active() or self._lagging
         fetch = min(total, n if not check else 4 * n)
+        exhaustive = False
         while True:
-            scores, ids = self.lib.photos.search(qvec, fetch)
+            scores, ids = self.lib.photos.search(qvec, fetch, exhaustive)
             keep = ids[0] >= 0
+            if check and not keep.all() and not exhaustive:  # the probed lists ran out: probe them all
+                exhaustive = True
+                continue
             ids, scores = ids[0][keep], scores[0][keep]
             if check:
                 allowed = self._allowed(ids.tolist(), filters)

@@ -65,13 +65,14 @@ class VectorStore:
 
     @classmethod
     def build(cls, kind: str, dim: int, ids, vectors: np.ndarray, seed: int = 0,
-              codes: str | None = None) -> "VectorStore":
+              codes: str | None = None, shape: tuple[int, int] | None = None) -> "VectorStore":
         """A store of `kind` (flat or ivf) holding `vectors`; an IVF index is trained on them,
-        with `codes` (fp16 or sq8; default by size, ivf_codes)."""
+        with `codes` (fp16 or sq8; default by size, ivf_codes) and `shape` (nlist, nprobe;
+        default by size, ivf_shape)."""
         if kind == "flat" or len(ids) == 0:
             store = cls(dim)
         else:
-            nlist, nprobe = ivf_shape(len(ids))
+            nlist, nprobe = shape or ivf_shape(len(ids))
             codes = codes or ivf_codes(len(ids))
             qt = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}[codes]
             ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, qt, faiss.METRIC_INNER_PRODUCT,
@@ -150,10 +151,14 @@ class VectorStore:
         if len(ids) and self.index.ntotal:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
 
-    def search(self, queries: np.ndarray, k: int):
-        """(scores, ids) of the k best per query; ids are -1 where fewer than k exist."""
+    def search(self, queries: np.ndarray, k: int, exhaustive: bool = False):
+        """(scores, ids) of the k best per query; ids are -1 where fewer than k exist, or, in an
+        IVF index, where its probed lists hold fewer than k (`exhaustive`: probe every list)."""
         k = max(1, min(k, max(1, self.index.ntotal)))
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        params = None
+        if exhaustive and self.kind == "ivf":
+            params = faiss.SearchParametersIVF(nprobe=faiss.downcast_index(self.index.index).nlist)
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
 
     def vectors(self, ids) -> np.ndarray:
         """Stored vectors by id (exact index only: IVF codes keep no id map to save memory)."""
