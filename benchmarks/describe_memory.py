@@ -28,6 +28,7 @@ import numpy as np
 from indexer.run import index_paths
 from retrieval.evaluation.describe import agreed_words, closeness, uses_agreed_word
 from retrieval.model.runtime import Runtime
+from retrieval.query.describe import memory_weights
 from retrieval.query.search import open_searcher
 from retrieval.query.words import stems
 from retrieval.data.datasets import load_dataset
@@ -50,7 +51,7 @@ def main() -> None:
     enc = lambda texts: runtime.text_encoder.encode(texts).pooled  # noqa: E731 (L2-normalised)
     cfg = runtime.query.config
     rules = {  # how describe ranks the memory's ITC top 32 (the model's config, swapped per row)
-        f"describe (shipped: ITC plus {cfg.rerank_weight:g} x the reranker's logit)": cfg,
+        f"describe (shipped: ITC plus {memory_weights(cfg)[0]:g} x the reranker's logit)": cfg,
         f"the library captions' rule (ITC minus {cfg.describe_prior:g} x the caption prior; shipped before)":
             replace(cfg, memory_describe_weight=cfg.describe_weight, memory_describe_prior=cfg.describe_prior),
         **{f"ITC plus {w:g} x the reranker's logit": replace(cfg, memory_describe_weight=w)
