@@ -53,10 +53,11 @@ def of(f: DatasetFeatures) -> Photos:
 
 def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: int,
                 nonsense: np.ndarray | None = None, own_label: str = "reranked at the model's weight",
-                own_weight: float | None = None) -> dict:
+                own_weight: float | None = None, captions: list[str] | None = None) -> dict:
     """Ranks of every fold caption's photo by each method, in the open gallery (fold photos,
     then distractors) and in the fold alone (`own_label`: reranked at `own_weight`, else at the
-    model's weight); calibration pairs of the pipeline at the model's weight."""
+    model's weight); calibration pairs of the pipeline at the model's weight. `captions`: the
+    fold's caption texts in fold.text's order, for describing from the memory alone."""
     untrained = Embedder(SharedSpace(model.config, model.result.space.class_embeddings), None)
     emb = Embedder(model.result.space, memory)
     gallery = Photos.concat(of(fold), distractors)
@@ -93,7 +94,9 @@ def fold_scores(model, memory, fold: DatasetFeatures, distractors: Photos, k: in
         bank = getattr(model, "bank", None)
         out["i2t_reranked"] = i2t_reranked(model, emb, pv.itc[:n], ev, *corpus, k, bank)
         out["i2t_small_reranked"] = i2t_reranked(model, emb, pv.itc[:n], ev, q_itc, q_sent, target, k, bank)
-        out["describe_memory"] = describe_from_memory(model, emb, pv.itc[:n], ev, k, bank, fold.text, q_sent, target)
+        if captions is not None:
+            out["describe_memory"] = describe_from_memory(model, emb, pv.itc[:n], ev, k, bank, captions, q_sent,
+                                                          target)
     out["i2t_small"] = i2t_recall(pv.itc[:n] @ q_itc.T, target)  # the fold's own captions only
     if nonsense is not None and len(distractors):
         out["no_match"] = _no_match(model, emb, fold, distractors, nonsense, k)
@@ -234,14 +237,16 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     ie, te = encoders or (load_image_encoder(image_encoder, image_size=image_size(image_encoder, tc)),
                           load_text_encoder())
     slim = (lambda f: f) if tc.variants else DatasetFeatures.without_cells_and_tokens
-    evals = DatasetFeatures.concat([slim(dataset_features(load_dataset(d), ie, te, cache_dir)) for d in data])
-    evals = evals.subset(np.arange(len(evals.pooled)))
+    datasets = [load_dataset(d) for d in data]
+    evals = DatasetFeatures.concat([slim(dataset_features(ds, ie, te, cache_dir)) for ds in datasets])
+    texts = np.array([c.text for ds in datasets for c in ds.captions], object)[evals.caption_image >= 0]
+    evals = evals.subset(np.arange(len(evals.pooled)))  # drops the text-only captions, keeps the order
     extra = [slim(dataset_features(load_dataset(d), ie, te, cache_dir)) for d in train_only]
     extra = [e.subset(np.arange(len(e.pooled))) for e in extra]
     others = folder_features(distractors, ie, cache_dir)
     indexed, gallery_photos = evals, others
     if index_encoder is not None:  # its photo fields only (dataset features take the grid from torch)
-        paths = [ds.image_path(i) for ds in map(load_dataset, data) for i in range(len(ds.images))]
+        paths = [ds.image_path(i) for ds in datasets for i in range(len(ds.images))]
         f, _, errors = index_encoder.encode_files(paths, normalize=False)
         if errors:
             raise errors[0]
@@ -264,9 +269,11 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
         train = DatasetFeatures.concat([evals.subset(np.setdiff1d(rest, val))] + extra)
         model = train_model(cfg, class_emb, train, evals.subset(val), memory, replace(tc, seed=seed + f),
                             train_distractors, nonsense)
-        held = indexed.subset(np.flatnonzero(fold_of == f))
+        held_photos = np.flatnonzero(fold_of == f)
+        held = indexed.subset(held_photos)
         results.append(fold_scores(model, memory, held, others, candidates, held_out_nonsense,
-                                   "reranked at the weight tuned on its training candidates", model.record["tuned_alpha"]))
+                                   "reranked at the weight tuned on its training candidates", model.record["tuned_alpha"],
+                                   list(texts[np.isin(evals.caption_image, held_photos)])))
         if log:
             r = results[-1]
             log({"fold": f, "photos": int(len(held.pooled)), "captions": int(len(held.text)),
