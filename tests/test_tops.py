@@ -131,3 +131,37 @@ def test_a_cold_search_preloads_the_graph_of_the_shipped_models_text_tops():
     assert (str(rt.text_encoder.graph.path), rt.text_encoder.threads) in onnx_engine._preloads
     assert rt.text_encoder.graph.session is not None  # the search takes the preloaded session over
     assert (str(rt.text_encoder.graph.path), rt.text_encoder.threads) not in onnx_engine._preloads
+
+
+TUNE = """
+import sys
+from pathlib import Path
+import numpy as np
+from retrieval.data.datasets import load_dataset
+from retrieval.encoders.image_encoder import load_image_encoder
+from retrieval.encoders.text_encoder import load_text_encoder
+from retrieval.encoders.tops import digest
+from retrieval.training.tops import block_inputs, tune
+ds = load_dataset(sys.argv[1])
+ie, te = load_image_encoder(image_size=256), load_text_encoder()
+maps, text = block_inputs(ds, ie, te, Path(sys.argv[2]))
+caps_of = ds.captions_of()
+photos = np.tile([i for i in range(len(ds.images)) if caps_of[i]], 8)  # batches of 128, as fusion train's
+_, tops = tune(ie, te, maps, text, caps_of, photos, 1, 0.5, 0)
+print(digest(tops["image"]), digest(tops["text"]))
+"""
+
+
+def test_tuned_tops_are_the_same_whether_the_block_inputs_were_cached_or_not(demo_dir, tmp_path):
+    """fusion train on a fresh machine makes the block-input cache, then tunes; on a machine that
+    has it, only tunes. Both must give the same tops (the checkpoint's hash depends on them): the
+    cache is made in a child process, since running the image network in this one first changed
+    how the tuning rounds (tops with another digest)."""
+    import subprocess
+    import sys
+
+    run = lambda: subprocess.run([sys.executable, "-c", TUNE, str(demo_dir), str(tmp_path / "cache")],  # noqa: E731
+                                 check=True, capture_output=True, text=True).stdout.split()
+    fresh = run()
+    assert len(list((tmp_path / "cache" / "finetune").glob("*.npz"))) == 2
+    assert run() == fresh and len(fresh) == 2
