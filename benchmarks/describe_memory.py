@@ -52,7 +52,7 @@ def main() -> None:
     cfg = runtime.query.config
     rules = {  # how describe ranks the memory's ITC top 32 (the model's config, swapped per row)
         f"describe (shipped: ITC plus {memory_weights(cfg)[0]:g} x the reranker's logit)": cfg,
-        f"the library captions' rule (ITC minus {cfg.describe_prior:g} x the caption prior; shipped before)":
+        f"the library captions' rule (ITC minus {cfg.describe_prior:g} x the caption prior)":
             replace(cfg, memory_describe_weight=cfg.describe_weight, memory_describe_prior=cfg.describe_prior),
         **{f"ITC plus {w:g} x the reranker's logit": replace(cfg, memory_describe_weight=w)
            for w in (float(x) for x in args.weights.split(",") if x)},
