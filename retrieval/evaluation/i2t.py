@@ -18,14 +18,10 @@ def i2t_reranked(model, emb, photo_itc, ev, corpus_itc, corpus_sent, caption_ima
     sentence vectors; caption_image: each caption's photo, -1 for none), each caption taking
     the query's seat (same evidence, the photo fixed), at each rerank weight; with a `bank`,
     also minus each caption's prior (retrieval/model/prior.py) at each prior weight."""
-    sim = photo_itc @ corpus_itc.T
-    n, k = len(photo_itc), min(k, sim.shape[1])
-    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    pairs = ev.take(np.repeat(np.arange(n), k)[:, None])
-    feats = emb.evidence(np.take_along_axis(sim, top, 1).reshape(-1, 1), corpus_itc[top.ravel()],
-                         corpus_sent[top.ravel()], pairs)
+    sim, top, _, top_logit = _top_logits(model, emb, photo_itc, ev, corpus_itc, corpus_sent, k)
+    n, k = top.shape
     rows = np.arange(n)[:, None]
-    logit = _at(model.reranker.logits(feats).reshape(n, k), rows, top, sim.shape)  # rerank() visits the
+    logit = _at(top_logit, rows, top, sim.shape)  # rerank() visits the
     prior = None  # top k in its own order, so both are looked up by (row, caption)
     if bank is not None:
         prior = _at(caption_prior(corpus_itc[top.ravel()], bank).reshape(n, k), rows, top, sim.shape)
@@ -38,6 +34,18 @@ def i2t_reranked(model, emb, photo_itc, ev, corpus_itc, corpus_sent, caption_ima
                 rerank(sim, k, lambda r, c, w=w, lam=lam: sim[r, c] + w * logit[r, c] - lam * prior[r, c]),
                 caption_image)
     return out
+
+
+def _top_logits(model, emb, photo_itc, ev, corpus_itc, corpus_sent, k: int):
+    """Each photo's ITC top k of the corpus and the reranker's logit for each, the caption in
+    the query's seat: (sim (n, corpus), top (n, k), their ITC (n, k), their logits (n, k))."""
+    sim = photo_itc @ corpus_itc.T
+    n, k = len(photo_itc), min(k, sim.shape[1])
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    itc = np.take_along_axis(sim, top, 1)
+    pairs = ev.take(np.repeat(np.arange(n), k)[:, None])
+    feats = emb.evidence(itc.reshape(-1, 1), corpus_itc[top.ravel()], corpus_sent[top.ravel()], pairs)
+    return sim, top, itc, model.reranker.logits(feats).reshape(n, k)
 
 
 def _at(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape) -> np.ndarray:
@@ -56,13 +64,8 @@ def describe_from_memory(model, emb, photo_itc, ev, k: int, bank, own_texts: lis
     Returns {rule: (first caption's memory index (n,), agrees (n,) bool, closeness (n,) float)}."""
     from retrieval.evaluation.describe import closeness, uses_agreed_word
 
-    sim = photo_itc @ emb.corpus_itc.T
-    n, k = len(photo_itc), min(k, sim.shape[1])
-    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    itc = np.take_along_axis(sim, top, 1)
-    pairs = ev.take(np.repeat(np.arange(n), k)[:, None])
-    feats = emb.evidence(itc.reshape(-1, 1), emb.corpus_itc[top.ravel()], emb.memory.vectors[top.ravel()], pairs)
-    logit = model.reranker.logits(feats).reshape(n, k)
+    _, top, itc, logit = _top_logits(model, emb, photo_itc, ev, emb.corpus_itc, emb.memory.vectors, k)
+    n = len(top)
     scores = {"ITC alone": itc, **{f"reranker {w:g}": itc + w * logit for w in ALPHAS[1:]}}
     if bank is not None:
         prior = caption_prior(emb.corpus_itc[top.ravel()], bank).reshape(n, k)
