@@ -124,6 +124,16 @@ def run(args) -> dict:
         r = rerank_recall(head, alpha, test, model.result.space, args.candidates)
         scores["t2i"][f"itc top {args.candidates} reranked by the {variant} fusion head (weight {alpha:g})"] = r["t2i"]
         scores["i2t"][f"itc top {args.candidates} reranked by the {variant} fusion head (weight {alpha:g})"] = r["i2t"]
+        from retrieval.evaluation.fusion_rerank import head_in_ranking
+
+        grid = head_in_ranking(model, memory, test, head, args.candidates)
+        for a, v in grid["t2i"].items():
+            if a != "0":
+                scores["t2i"][f"shipped ranking + {a} x the {variant} head"] = v
+        for a, v in grid["i2t"].items():
+            if a != "0":
+                scores["i2t"][f"describe's ranking + {a} x the {variant} head"] = v
+        scores.setdefault("head_in_ranking", {})[variant] = grid
     return {"photos": int(len(test.pooled)), "captions": int(len(test.text)), "candidates": args.candidates,
             "train_photos": int(len(train.pooled)), "train_captions": int(len(train.text)),
             "val_photos": int(len(val.pooled)), "val_from": "flickr8k" if args.val_from_flickr else str(args.data[0]),

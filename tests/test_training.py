@@ -180,3 +180,29 @@ def test_features_without_cells_and_tokens_keep_what_itc_reads_and_hold_nothing_
         assert np.array_equal(getattr(slim, name), getattr(f, name))
     both = DatasetFeatures.concat([slim, slim.subset(np.array([1, 3]))])
     assert len(both.pooled) == 6 and both.grid.shape == (6, 0, 6) and list(both.caption_image[-4:]) == [4, 4, 5, 5]
+
+
+def test_a_fusion_head_over_the_shipped_rankings_starts_exactly_at_them(feats, memory):
+    """retrieval/evaluation/fusion_rerank.py (issue 32's fusion-classifier road): at weight 0 the
+    head leaves search's and describe's rankings as closed_gallery_recall measures them, and a
+    head that says something moves them at a large weight."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from retrieval.evaluation.closed import DESCRIBE, SHIPPED, closed_gallery_recall
+    from retrieval.evaluation.fusion_rerank import head_in_ranking
+    from retrieval.model.checkpoint import load_checkpoint
+    from retrieval.model.heads import FusionHead
+
+    ck = load_checkpoint(None)
+    model = SimpleNamespace(config=ck.config, result=SimpleNamespace(space=ck.space), reranker=ck.reranker,
+                            bank=ck.bank.numpy())
+    f = feats.subset(np.arange(len(feats.pooled)))
+    ref = closed_gallery_recall(model, memory, f, 32)
+    torch.manual_seed(0)
+    head = FusionHead("cross-attention", ck.config)
+    torch.nn.init.normal_(head.mlp[-1].weight, std=1.0)
+    grid = head_in_ranking(model, memory, f, head, 32, weights=(0.0, 10.0))
+    assert grid["t2i"]["0"] == ref["t2i"][SHIPPED] and grid["i2t"]["0"] == ref["i2t"][DESCRIBE]
+    assert grid["t2i"]["10"] != grid["t2i"]["0"] and grid["i2t"]["10"] != grid["i2t"]["0"]
