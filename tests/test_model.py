@@ -42,7 +42,7 @@ def test_additive_head_cannot_change_a_ranking():
     assert list(np.argsort(-a)) == list(np.argsort(-b))
 
 
-@pytest.mark.parametrize("variant", ["multiplicative", "concat-mlp", "cross-attention"])
+@pytest.mark.parametrize("variant", ["multiplicative", "concat-mlp", "cross-attention", "late-interaction"])
 def test_interacting_heads_can_change_a_ranking(variant):
     head = randomise(FusionHead(variant, CFG))
     pooled, grid, text, tokens = inputs()

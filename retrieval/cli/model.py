@@ -101,9 +101,9 @@ def encode(paths, batch_size, workers, top, as_json):
               help="How far the tops move from the pretrained weights towards the tuned ones (WiSE-FT "
                    "weight-space ensembling: 0.5 kept most of the Flickr8k gain and lost nothing on COCO).")
 @click.option("--baselines", is_flag=True,
-              help="Also train the four fusion-head baselines (additive, multiplicative, concat-mlp, "
-                   "cross-attention) that `fusion bench recall` compares; no search uses them, and on "
-                   "35k captions they take most of the training time.")
+              help="Also train the five fusion-head baselines (additive, multiplicative, concat-mlp, "
+                   "cross-attention, late-interaction) that `fusion bench recall` compares; no search "
+                   "uses them, and on 35k captions they take most of the training time.")
 @click.option("--seed", default=0, show_default=True, help="Seed for splits, sampling and init.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache folder [default: $FUSION_CACHE or ~/.cache/fusion/features].")

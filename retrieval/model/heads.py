@@ -18,7 +18,8 @@ from torch import nn
 
 from retrieval.model.config import ModelConfig  # noqa: E402,F401  (defined there, torch-free)
 
-FUSION_VARIANTS = ("additive", "multiplicative", "concat-mlp", "cross-attention")
+FUSION_VARIANTS = ("additive", "multiplicative", "concat-mlp", "cross-attention", "late-interaction")
+GRID_VARIANTS = ("cross-attention", "late-interaction")  # heads that read grid cells and tokens
 
 
 class SharedSpace(nn.Module):
@@ -117,6 +118,8 @@ class FusionHead(nn.Module):
     - concat-mlp: MLP([P(i), Q(t), P(i) * Q(t)]), mid fusion.
     - cross-attention: the text's tokens attend over the photo's grid cells (8x8 at 256 px), mid fusion
       at the cell level; MLP over (attended cells * tokens), mean over tokens.
+    - late-interaction: ColBERT's MaxSim, the lighter cell-level match: each projected token's
+      best cosine over the projected grid cells, averaged over the tokens, times a learned weight.
     """
 
     def __init__(self, variant: str, config: ModelConfig):
@@ -132,6 +135,9 @@ class FusionHead(nn.Module):
         if variant == "additive":
             self.classifier = nn.Linear(d, 1)
             last = self.classifier
+        elif variant == "late-interaction":
+            self.match = nn.Linear(1, 1)
+            last = self.match
         else:
             width = {"multiplicative": d, "concat-mlp": 3 * d, "cross-attention": d}[variant]
             self.mlp = nn.Sequential(nn.Linear(width, hid), nn.GELU(), nn.Dropout(0.1), nn.Linear(hid, 1))
@@ -144,7 +150,7 @@ class FusionHead(nn.Module):
         """What a library stores per photo for this head (computed once at index time):
         the projected pooled features (N, d), or projected grid cells (N, cells, d) for
         cross-attention."""
-        return self.image_proj(grid if self.variant == "cross-attention" else pooled)
+        return self.image_proj(grid if self.variant in GRID_VARIANTS else pooled)
 
     def residual(self, pooled, text, grid=None, tokens=None, mask=None, grid_index=None) -> torch.Tensor:
         """h(photo, text) for aligned rows: pooled (N, image_dim), text (N, text_dim); the
@@ -163,6 +169,11 @@ class FusionHead(nn.Module):
             per_token = self.mlp(attended * toks).squeeze(-1)
             m = mask.to(per_token.dtype)
             return (per_token * m).sum(1) / m.sum(1).clamp(min=1)
+        if self.variant == "late-interaction":
+            toks = nn.functional.normalize(self.text_proj(tokens), dim=-1)
+            best = torch.einsum("nld,ncd->nlc", toks, nn.functional.normalize(image, dim=-1)).amax(-1)
+            m = mask.to(best.dtype)
+            return self.match(((best * m).sum(1) / m.sum(1).clamp(min=1))[:, None]).squeeze(-1)
         i, t = image, self.text_proj(text)
         if self.variant == "additive":
             return self.classifier(i + t).squeeze(-1)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from retrieval.training.recall import i2t_recall, rerank, t2i_recall
-from retrieval.model.heads import FusionHead, ModelConfig, SharedSpace
+from retrieval.model.heads import GRID_VARIANTS, FusionHead, ModelConfig, SharedSpace
 from retrieval.training.features import DatasetFeatures
 from retrieval.training.loop import TrainConfig, _t, crossfit_spaces, embed, mine
 
@@ -44,7 +44,7 @@ def head_scores(head: FusionHead, f: DatasetFeatures, caps, photos, itc, batch: 
 
 def _pair_inputs(head: FusionHead, f: DatasetFeatures, caps, photos):
     pooled, text = _t(f.pooled[photos]), _t(f.text[caps])
-    if head.variant != "cross-attention":
+    if head.variant not in GRID_VARIANTS:
         return pooled, text
     uniq, index = np.unique(photos, return_inverse=True)
     mask = f.mask[caps]
