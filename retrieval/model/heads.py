@@ -20,6 +20,9 @@ from retrieval.model.config import ModelConfig  # noqa: E402,F401  (defined ther
 
 FUSION_VARIANTS = ("additive", "multiplicative", "concat-mlp", "cross-attention", "late-interaction")
 GRID_VARIANTS = ("cross-attention", "late-interaction")  # heads that read grid cells and tokens
+# late-interaction's MaxSim (a mean cosine) enters its zero-initialised weight at ITC's starting
+# logit scale: unscaled, that weight moved too little in an epoch on 32k captions to reorder anything
+LATE_SCALE = 20.0
 
 
 class SharedSpace(nn.Module):
@@ -119,7 +122,8 @@ class FusionHead(nn.Module):
     - cross-attention: the text's tokens attend over the photo's grid cells (8x8 at 256 px), mid fusion
       at the cell level; MLP over (attended cells * tokens), mean over tokens.
     - late-interaction: ColBERT's MaxSim, the lighter cell-level match: each projected token's
-      best cosine over the projected grid cells, averaged over the tokens, times a learned weight.
+      best cosine over the projected grid cells, averaged over the tokens, times a learned weight
+      (at LATE_SCALE).
     """
 
     def __init__(self, variant: str, config: ModelConfig):
@@ -173,7 +177,7 @@ class FusionHead(nn.Module):
             toks = nn.functional.normalize(self.text_proj(tokens), dim=-1)
             best = torch.einsum("nld,ncd->nlc", toks, nn.functional.normalize(image, dim=-1)).amax(-1)
             m = mask.to(best.dtype)
-            return self.match(((best * m).sum(1) / m.sum(1).clamp(min=1))[:, None]).squeeze(-1)
+            return self.match(LATE_SCALE * ((best * m).sum(1) / m.sum(1).clamp(min=1))[:, None]).squeeze(-1)
         i, t = image, self.text_proj(text)
         if self.variant == "additive":
             return self.classifier(i + t).squeeze(-1)
