@@ -117,6 +117,7 @@ def run(args) -> dict:
     seconds = time.perf_counter() - start
     test = feats[datasets.index(flickr)].subset(dev)
     scores = closed_gallery_recall(model, memory, test, args.candidates)
+    from retrieval.evaluation.fusion_rerank import head_in_ranking
     from retrieval.training.fusion_heads import rerank_recall
 
     for variant, head in model.result.heads.items():  # fusion classifiers over ITC's top K
@@ -124,8 +125,6 @@ def run(args) -> dict:
         r = rerank_recall(head, alpha, test, model.result.space, args.candidates)
         scores["t2i"][f"itc top {args.candidates} reranked by the {variant} fusion head (weight {alpha:g})"] = r["t2i"]
         scores["i2t"][f"itc top {args.candidates} reranked by the {variant} fusion head (weight {alpha:g})"] = r["i2t"]
-        from retrieval.evaluation.fusion_rerank import head_in_ranking
-
         grid = head_in_ranking(model, memory, test, head, args.candidates)
         for a, v in grid["t2i"].items():
             if a != "0":

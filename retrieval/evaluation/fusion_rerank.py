@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.evaluation.i2t import _top_logits
+from retrieval.evaluation.i2t import scattered, top_logits
 from retrieval.model.embedder import Embedder
 from retrieval.model.prior import caption_prior
 from retrieval.training.features import DatasetFeatures, Photos
@@ -26,12 +26,6 @@ def _residual(head, f: DatasetFeatures, caps: np.ndarray, photos: np.ndarray) ->
     """h for (caption, photo) pairs of the same shape, in ITC units."""
     _, h = head_scores(head, f, caps.ravel(), photos.ravel(), np.zeros(caps.size, np.float32))
     return (h / float(head.itc_scale.detach())).reshape(caps.shape)
-
-
-def _lookup(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape) -> np.ndarray:
-    out = np.full(shape, np.nan, np.float64)
-    out[rows, cols] = values
-    return out
 
 
 def head_in_ranking(model, memory, f: DatasetFeatures, head, k: int = 32, weights=WEIGHTS) -> dict:
@@ -49,17 +43,18 @@ def head_in_ranking(model, memory, f: DatasetFeatures, head, k: int = 32, weight
     top = np.argsort(-sim, axis=1, kind="stable")[:, :k_t]
     first = np.take_along_axis(sim, top, 1)
     logit = model.reranker.logits(emb.evidence(first, q_itc, q_sent, pv.evidence.take(top)))
-    base = _lookup(first + model.config.rerank_weight * logit, rows_t, top, sim.shape)
-    h = _lookup(_residual(head, f, np.repeat(rows_t, k_t, 1), top), rows_t, top, sim.shape)
+    base = scattered(first + model.config.rerank_weight * logit, rows_t, top, sim.shape, np.float64)
+    h = scattered(_residual(head, f, np.repeat(rows_t, k_t, 1), top), rows_t, top, sim.shape, np.float64)
     t2i = {f"{a:g}": t2i_recall(rerank(sim, k_t, lambda r, c, a=a: base[r, c] + a * h[r, c]), target)
            for a in weights}
     # image -> text, as describe: ITC top k of the captions, minus the caption prior
-    s, top_c, itc_c, logit_c = _top_logits(model, emb, pv.itc, pv.evidence, q_itc, q_sent, k)
+    s, top_c, itc_c, logit_c = top_logits(model, emb, pv.itc, pv.evidence, q_itc, q_sent, k)
     rows_i = np.arange(n_photos)[:, None]
     prior = caption_prior(q_itc[top_c.ravel()], getattr(model, "bank", None)).reshape(top_c.shape)
     score = itc_c + model.config.describe_weight * logit_c - model.config.describe_prior * prior
-    base_i = _lookup(score, rows_i, top_c, s.shape)
-    h_i = _lookup(_residual(head, f, top_c, np.repeat(rows_i, top_c.shape[1], 1)), rows_i, top_c, s.shape)
+    base_i = scattered(score, rows_i, top_c, s.shape, np.float64)
+    h_i = _residual(head, f, top_c, np.repeat(rows_i, top_c.shape[1], 1))
+    h_i = scattered(h_i, rows_i, top_c, s.shape, np.float64)
     i2t = {f"{a:g}": i2t_recall(rerank(s, k, lambda r, c, a=a: base_i[r, c] + a * h_i[r, c]), target)
            for a in weights}
     return {"t2i": t2i, "i2t": i2t}

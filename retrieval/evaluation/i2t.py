@@ -18,13 +18,13 @@ def i2t_reranked(model, emb, photo_itc, ev, corpus_itc, corpus_sent, caption_ima
     sentence vectors; caption_image: each caption's photo, -1 for none), each caption taking
     the query's seat (same evidence, the photo fixed), at each rerank weight; with a `bank`,
     also minus each caption's prior (retrieval/model/prior.py) at each prior weight."""
-    sim, top, _, top_logit = _top_logits(model, emb, photo_itc, ev, corpus_itc, corpus_sent, k)
+    sim, top, _, top_logit = top_logits(model, emb, photo_itc, ev, corpus_itc, corpus_sent, k)
     n, k = top.shape
     rows = np.arange(n)[:, None]
-    logit = _at(top_logit, rows, top, sim.shape)  # rerank() visits the
+    logit = scattered(top_logit, rows, top, sim.shape)  # rerank() visits the
     prior = None  # top k in its own order, so both are looked up by (row, caption)
     if bank is not None:
-        prior = _at(caption_prior(corpus_itc[top.ravel()], bank).reshape(n, k), rows, top, sim.shape)
+        prior = scattered(caption_prior(corpus_itc[top.ravel()], bank).reshape(n, k), rows, top, sim.shape)
     out = {}
     for w in ALPHAS[1:]:
         out[f"{w:g}"] = i2t_recall(rerank(sim, k, lambda r, c, w=w: sim[r, c] + w * logit[r, c]), caption_image)
@@ -36,7 +36,7 @@ def i2t_reranked(model, emb, photo_itc, ev, corpus_itc, corpus_sent, caption_ima
     return out
 
 
-def _top_logits(model, emb, photo_itc, ev, corpus_itc, corpus_sent, k: int):
+def top_logits(model, emb, photo_itc, ev, corpus_itc, corpus_sent, k: int):
     """Each photo's ITC top k of the corpus and the reranker's logit for each, the caption in
     the query's seat: (sim (n, corpus), top (n, k), their ITC (n, k), their logits (n, k))."""
     sim = photo_itc @ corpus_itc.T
@@ -48,9 +48,9 @@ def _top_logits(model, emb, photo_itc, ev, corpus_itc, corpus_sent, k: int):
     return sim, top, itc, model.reranker.logits(feats).reshape(n, k)
 
 
-def _at(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape) -> np.ndarray:
+def scattered(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape, dtype=np.float32) -> np.ndarray:
     """A (n, corpus) array holding `values` at (rows, cols), NaN elsewhere."""
-    out = np.full(shape, np.nan, np.float32)
+    out = np.full(shape, np.nan, dtype)
     out[rows, cols] = values
     return out
 
@@ -64,7 +64,7 @@ def describe_from_memory(model, emb, photo_itc, ev, k: int, bank, own_texts: lis
     Returns {rule: (first caption's memory index (n,), agrees (n,) bool, closeness (n,) float)}."""
     from retrieval.evaluation.describe import closeness, uses_agreed_word
 
-    _, top, itc, logit = _top_logits(model, emb, photo_itc, ev, emb.corpus_itc, emb.memory.vectors, k)
+    _, top, itc, logit = top_logits(model, emb, photo_itc, ev, emb.corpus_itc, emb.memory.vectors, k)
     n = len(top)
     scores = {"ITC alone": itc, **{f"reranker {w:g}": itc + w * logit for w in ALPHAS[1:]}}
     if bank is not None:
