@@ -40,8 +40,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class Lab:
     """A Flickr8k folder's cached block inputs, its train / dev split and dev's captions."""
 
-    def __init__(self, ds, ie, te):
-        self.maps, self.text = block_inputs(ds, ie, te)
+    def __init__(self, ds, ie, te, depth: int = 1):
+        self.depth = depth
+        self.maps, self.text = block_inputs(ds, ie, te, depth=depth)
         splits = split_of(ds)
         self.caps_of = ds.captions_of()
         self.train_idx, self.dev_idx = np.flatnonzero(splits != "dev"), np.flatnonzero(splits == "dev")
@@ -50,14 +51,16 @@ class Lab:
         self.dev_owner = np.array([where[ds.captions[c].image] for c in self.dev_caps])
 
 
-def tune_tops(ie, te, flickr_ds, epochs: int, seed: int = 0, all_photos: bool = False, mix: float = 1.0):
+def tune_tops(ie, te, flickr_ds, epochs: int, seed: int = 0, all_photos: bool = False, mix: float = 1.0,
+              depth: int = 1):
     """The lab's "both" arm on `flickr_ds`'s non-dev photos, installed into `ie` and `te`:
     Lite0's last block and head convolution and MiniLM's top layer replaced by the tuned ones
     (float16-exact, as fusion train ships them), and every feature and memory cache key marked
     with their digest. `all_photos`: train on dev's photos too (for benchmarks that measure
     elsewhere; the logged dev figures are then on training photos). `mix` < 1 installs weights
-    between the pretrained and the tuned ones (interpolate). Returns the arm's dev history."""
-    lab = Lab(flickr_ds, ie, te)
+    between the pretrained and the tuned ones (interpolate). `depth`: how many of each encoder's
+    last blocks / layers are tuned. Returns the arm's dev history."""
+    lab = Lab(flickr_ds, ie, te, depth)
     return tune_tops_on(ie, te, lab, np.arange(len(lab.maps)) if all_photos else lab.train_idx, epochs, seed, mix)
 
 
@@ -67,7 +70,7 @@ def tune_tops_on(ie, te, lab, train_idx, epochs: int, seed: int = 0, mix: float 
     from retrieval.encoders.tops import install
 
     history, tops = tune(ie, te, lab.maps, lab.text, lab.caps_of, train_idx, epochs, mix, seed,
-                         (lab.dev_idx, lab.dev_caps, lab.dev_owner))
+                         (lab.dev_idx, lab.dev_caps, lab.dev_owner), depth=lab.depth)
     install(ie.network.net, tops["image"], "image-network")
     install(te.network, tops["text"], "text-encoder")
     ie.tops, te.tops = tops["image"], tops["text"]
@@ -85,6 +88,9 @@ def main(argv=None):
     ap.add_argument("--top-lr", type=float, default=0.1, help="the trained blocks' rate, times --lr")
     ap.add_argument("--wd", type=float, default=1e-4)
     ap.add_argument("--no-crop", dest="crop", action="store_false", help="no random 7x7 crop of the map")
+    ap.add_argument("--depth", type=int, default=1,
+                    help="how many of each encoder's last blocks / layers are trained (Lite0: its last blocks and "
+                         "head convolution; MiniLM: its top layers)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="finetune")
@@ -97,7 +103,7 @@ def main(argv=None):
 
     ie = load_image_encoder(image_size=run_size("efficientnet-lite0"))
     te = load_text_encoder()
-    lab = Lab(load_dataset(args.flickr), ie, te)
+    lab = Lab(load_dataset(args.flickr), ie, te, args.depth)
     train_idx, dev_idx, dev_caps, dev_owner = lab.train_idx, lab.dev_idx, lab.dev_caps, lab.dev_owner
     maps, text, caps_of = lab.maps, lab.text, lab.caps_of
     runs = {}

@@ -88,7 +88,8 @@ def run(args) -> dict:
     if args.tune_tops:  # an experiment: the fine-tuning lab's tops first, then the recipe on their features
         from finetune import tune_tops
 
-        tuned = tune_tops(ie, te, flickr, args.tune_tops, tc.seed, mix=args.tune_mix)[-1]
+        tuned = tune_tops(ie, te, flickr, args.tune_tops, tc.seed, mix=args.tune_mix,
+                          depth=args.tune_depth)[-1]
     datasets = [load_dataset(d) for d in args.data]
     datasets = [flickr] + datasets if args.val_from_flickr else datasets + [flickr]
     feats = [dataset_features(ds, ie, te) for ds in datasets]
@@ -146,7 +147,8 @@ def experiment(args) -> dict:
     """The benchmark's own options that change what is trained (beside the recipe)."""
     out = {"heads": args.heads, "max_pool": args.max_pool, "val_from_flickr": args.val_from_flickr,
            "image_encoder": args.image_encoder if args.image_encoder != "efficientnet-lite0" else None,
-           "tune_tops": args.tune_tops, "tune_mix": args.tune_mix if args.tune_tops and args.tune_mix != 1 else None}
+           "tune_tops": args.tune_tops, "tune_mix": args.tune_mix if args.tune_tops and args.tune_mix != 1 else None,
+           **({"tune_depth": args.tune_depth} if args.tune_depth != 1 else {})}
     out = {k: v for k, v in out.items() if v}
     if args.val_photos != 50:
         out["val_photos"] = args.val_photos
@@ -203,6 +205,8 @@ def main() -> None:
                          "(benchmarks/finetune.py's 'both' arm) for EPOCHS, then the recipe on their features")
     ap.add_argument("--tune-mix", type=float, default=1.0, metavar="ALPHA",
                     help="with --tune-tops: install (1 - ALPHA) x pretrained + ALPHA x tuned weights (WiSE-FT)")
+    ap.add_argument("--tune-depth", type=int, default=1, metavar="N",
+                    help="with --tune-tops: tune each encoder's N last blocks / layers (default 1, as fusion train)")
     ap.add_argument("--max-pool", action="store_true",
                     help="experiment: image_fc also reads each photo's max over its grid cells")
     ap.add_argument("--heads", default="", help="fusion heads to train and measure, comma-separated "

@@ -167,7 +167,7 @@ def tuned_encoders(args, tc):
     ie = load_image_encoder(args.image_encoder, image_size=image_size(args.image_encoder, tc))
     te = load_text_encoder()
     tune_tops(ie, te, load_dataset(args.tune_on or args.train_only[0]), args.tune_tops, tc.seed, all_photos=True,
-              mix=args.tune_mix)
+              mix=args.tune_mix, depth=args.tune_depth)
     return ie, te
 
 
@@ -195,6 +195,8 @@ def main() -> None:
                                                  "first --train-only folder]")
     ap.add_argument("--tune-mix", type=float, default=1.0, metavar="ALPHA",
                     help="with --tune-tops: install (1 - ALPHA) x pretrained + ALPHA x tuned weights (WiSE-FT)")
+    ap.add_argument("--tune-depth", type=int, default=1, metavar="N",
+                    help="with --tune-tops: tune each encoder's N last blocks / layers (default 1, as fusion train)")
     ap.add_argument("--int8-index", action="store_true",
                     help="index the folds and gallery with the int8 image network, as fusion index does for a "
                          "new library (retrieval/encoders/int8.py); training keeps float32 features, as "
@@ -215,7 +217,8 @@ def main() -> None:
                   reranker_hidden=tc.reranker_hidden, soup=tc.soup, pseudo_captions=tc.pseudo_captions,
                   pseudo_prior=tc.pseudo_prior, rerank_weight=tc.rerank_weight,
                   neighbour_weight=tc.neighbour_weight, neighbour_dims=tc.neighbour_dims, recipe=changed(tc),
-                  tune_tops=args.tune_tops, tune_mix=args.tune_mix, only_folds=args.only_folds,
+                  tune_tops=args.tune_tops, tune_mix=args.tune_mix, tune_depth=args.tune_depth,
+                  only_folds=args.only_folds,
                   int8_index=args.int8_index)
     report["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -165,3 +165,27 @@ def test_tuned_tops_are_the_same_whether_the_block_inputs_were_cached_or_not(dem
     fresh = run()
     assert len(list((tmp_path / "cache" / "finetune").glob("*.npz"))) == 2
     assert run() == fresh and len(fresh) == 2
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_the_tuned_tops_start_from_the_encoders_own_features_at_any_depth(demo_dir, depth):
+    """The lab and fusion train tune the encoders' `depth` last blocks / layers over their cached
+    inputs: before tuning, those tops must give what the whole encoders give (pooled map, the
+    last block's input, MiniLM's sentence vector), else tuning starts from another network."""
+    from retrieval.data.datasets import load_dataset
+    from retrieval.training.tops import ImageTop, TextTop, caption_states, photo_maps, text_batch
+
+    ds = load_dataset(demo_dir)
+    ds.images = ds.images[:6]  # six photos are enough to compare
+    ie, te = load_image_encoder(image_size=256), load_text_encoder()
+    maps = photo_maps(ds, ie, depth)["maps"]
+    with torch.no_grad():
+        fmap, mid = ImageTop(ie, 8, False, depth).eval().features(torch.from_numpy(maps[:, 0].astype(np.float32)))
+    want = ie.encode([ie.load(ds.image_path(i)) for i in range(6)], normalize=False)
+    assert cosines(fmap.mean((2, 3)).numpy(), want.pooled).min() > 0.999
+    assert cosines(mid.mean((2, 3)).numpy(), want.mid).min() > 0.999
+    ds.captions = ds.captions[:5]
+    text = caption_states(ds, te, depth)
+    with torch.no_grad():
+        got = TextTop(te, 8, False, depth).eval().features(*text_batch(text["states"], text["offsets"], range(5)))
+    assert cosines(got.numpy(), te.encode([c.text for c in ds.captions]).pooled).min() > 0.999

@@ -32,8 +32,8 @@ def cached(path: Path, make):
     return out
 
 
-def photo_maps(ds, ie) -> dict:
-    """Each photo's last-block input map, and its mirror image's: (N, 2, C, S, S) float16."""
+def photo_maps(ds, ie, depth: int = 1) -> dict:
+    """Each photo's map entering the `depth` last blocks, and its mirror image's: (N, 2, C, S, S) float16."""
     from tqdm import tqdm
 
     from retrieval.encoders.images import load_many
@@ -47,7 +47,7 @@ def photo_maps(ds, ie) -> dict:
             x = ie._to_tensor([p for pair in batch for p in pair])
             n = net.net
             h = n._swish(n._bn0(n._conv_stem(x)))
-            for block in n._blocks[:-1]:
+            for block in n._blocks[:-depth]:
                 h = block(h)
             out.append(h.float().numpy().astype(np.float16).reshape(len(batch), 2, *h.shape[1:]))
         batch.clear()
@@ -62,8 +62,8 @@ def photo_maps(ds, ie) -> dict:
     return {"maps": np.concatenate(out)}
 
 
-def caption_states(ds, te) -> dict:
-    """MiniLM's token states entering its top layer, ragged: (T, 384) float16 and offsets."""
+def caption_states(ds, te, depth: int = 1) -> dict:
+    """MiniLM's token states entering its `depth` top layers, ragged: (T, 384) float16 and offsets."""
     from tqdm import tqdm
 
     net, texts = te.network, [c.text for c in ds.captions]
@@ -75,7 +75,7 @@ def caption_states(ds, te) -> dict:
             pos = torch.arange(ids.shape[1])
             x = net.norm(net.word(ids) + net.position(pos)[None] + net.token_type.weight[0])
             keep = mask.bool()[:, None, None, :]
-            for layer in net.layers[:-1]:
+            for layer in net.layers[:-depth]:
                 x = layer(x, keep)
             for r in range(len(ids)):
                 n = int(mask[r].sum())
@@ -85,32 +85,48 @@ def caption_states(ds, te) -> dict:
 
 
 class ImageTop(nn.Module):
-    def __init__(self, ie, dim: int, train_block: bool):
+    """Lite0's `depth` last blocks and head convolution over their cached input map. The mid-level
+    half of the feature is the last block's input (as the encoder's), so at depth 2 it is
+    computed here too."""
+
+    def __init__(self, ie, dim: int, train_block: bool, depth: int = 1):
         super().__init__()
         n = ie.network.net
-        self.block, self.head = copy.deepcopy(n._blocks[-1]), copy.deepcopy(n._conv_head)
+        self.blocks = nn.ModuleList(copy.deepcopy(b) for b in n._blocks[-depth:])
+        self.head = copy.deepcopy(n._conv_head)
         self.swish = n._swish
-        for p in list(self.block.parameters()) + list(self.head.parameters()):
+        for p in list(self.blocks.parameters()) + list(self.head.parameters()):
             p.requires_grad_(train_block)
         self.proj = nn.Linear(1280 + ie.config.mid_dim, dim)
 
+    def features(self, maps):
+        """(the pooled last feature map, the last block's input map) as the encoder gives them."""
+        for block in self.blocks[:-1]:
+            maps = block(maps)
+        return self.swish(self.head(self.blocks[-1](maps))), maps
+
     def forward(self, maps):
-        fmap = self.swish(self.head(self.block(maps)))
-        return F.normalize(self.proj(torch.cat([fmap.mean((2, 3)), maps.mean((2, 3))], 1)), dim=-1)
+        fmap, mid = self.features(maps)
+        return F.normalize(self.proj(torch.cat([fmap.mean((2, 3)), mid.mean((2, 3))], 1)), dim=-1)
 
 
 class TextTop(nn.Module):
-    def __init__(self, te, dim: int, train_layer: bool):
+    def __init__(self, te, dim: int, train_layer: bool, depth: int = 1):
         super().__init__()
-        self.layer = copy.deepcopy(te.network.layers[-1])
-        for p in self.layer.parameters():
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for layer in te.network.layers[-depth:])
+        for p in self.layers.parameters():
             p.requires_grad_(train_layer)
         self.proj = nn.Linear(te.config.dim, dim)
 
-    def forward(self, x, mask):
-        h = self.layer(x, mask[:, None, None, :])
+    def features(self, x, mask):
+        """The caption's mean token state after the top layers, unit length (MiniLM's sentence vector)."""
+        for layer in self.layers:
+            x = layer(x, mask[:, None, None, :])
         m = mask.unsqueeze(-1).float()
-        return F.normalize(self.proj(F.normalize((h * m).sum(1) / m.sum(1), dim=-1)), dim=-1)
+        return F.normalize((x * m).sum(1) / m.sum(1), dim=-1)
+
+    def forward(self, x, mask):
+        return F.normalize(self.proj(self.features(x, mask)), dim=-1)
 
 
 def text_batch(states, offsets, idx):
@@ -157,10 +173,12 @@ def train_arm(name, ie, te, maps, states, offsets, caps_of, train_idx, dev_idx, 
     `progress`: called after every batch with its loss."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    itop, ttop = ImageTop(ie, args.dim, name in ("image", "both")), TextTop(te, args.dim, name in ("text", "both"))
+    depth = getattr(args, "depth", 1)
+    itop = ImageTop(ie, args.dim, name in ("image", "both"), depth)
+    ttop = TextTop(te, args.dim, name in ("text", "both"), depth)
     scale = nn.Parameter(torch.tensor(np.log(1 / 0.05), dtype=torch.float32))
     heads = list(itop.proj.parameters()) + list(ttop.proj.parameters()) + [scale]
-    tops = [p for m in (itop.block, itop.head, ttop.layer) for p in m.parameters() if p.requires_grad]
+    tops = [p for m in (itop.blocks, itop.head, ttop.layers) for p in m.parameters() if p.requires_grad]
     groups = [{"params": heads, "lr": args.lr}] + ([{"params": tops, "lr": args.lr * args.top_lr}] if tops else [])
     opt = torch.optim.AdamW(groups, weight_decay=args.wd)
     steps = args.epochs * (len(train_idx) // args.batch)
@@ -215,9 +233,10 @@ def interpolate(pretrained: nn.Module, tuned: nn.Module, mix: float) -> None:
 RECIPE = dict(batch=128, dim=512, lr=2e-3, top_lr=0.1, wd=1e-4, crop=True)
 
 
-def block_inputs(ds, ie, te, cache_dir: Path | None = None) -> tuple[np.ndarray, dict]:
-    """`ds`'s photo maps and caption states (photo_maps, caption_states), cached by the
-    dataset file and the image encoder: (maps, {"states", "offsets"}).
+def block_inputs(ds, ie, te, cache_dir: Path | None = None, depth: int = 1) -> tuple[np.ndarray, dict]:
+    """`ds`'s photo maps and caption states entering the `depth` top blocks and layers
+    (photo_maps, caption_states), cached by the dataset file, the image encoder and the depth:
+    (maps, {"states", "offsets"}).
 
     A missing cache is made in a child process. Made here, through `ie`'s own network, it
     changed the tuning that follows: a single forward pass of that network (even its stem
@@ -230,7 +249,7 @@ def block_inputs(ds, ie, te, cache_dir: Path | None = None) -> tuple[np.ndarray,
     from retrieval.data.cache import default_cache_dir
 
     src = ds.source.stat()
-    ident = f"{ds.source.resolve()}|{src.st_size}|{src.st_mtime_ns}|{ie.feature_id}"
+    ident = f"{ds.source.resolve()}|{src.st_size}|{src.st_mtime_ns}|{ie.feature_id}" + (f"|depth{depth}" if depth != 1 else "")
     key = hashlib.sha1(ident.encode()).hexdigest()[:16]
     cache = (cache_dir or default_cache_dir()) / "finetune"
     maps_file, states_file = cache / f"maps-{key}.npz", cache / f"states-{key}.npz"
@@ -241,7 +260,7 @@ def block_inputs(ds, ie, te, cache_dir: Path | None = None) -> tuple[np.ndarray,
         from retrieval.errors import DatasetError
 
         args = [str(ds.source), ie.config.name, None if ie.weights is None else str(ie.weights),
-                ie.config.image_size, ie.channels_last, str(maps_file), str(states_file)]
+                ie.config.image_size, ie.channels_last, str(maps_file), str(states_file), depth]
         code = "import json, sys; from retrieval.training.tops import _make_block_inputs; " \
                "_make_block_inputs(*json.loads(sys.argv[1]))"
         done = subprocess.run([sys.executable, "-c", code, json.dumps(args)])
@@ -252,7 +271,7 @@ def block_inputs(ds, ie, te, cache_dir: Path | None = None) -> tuple[np.ndarray,
 
 
 def _make_block_inputs(source: str, name: str, weights, image_size: int, channels_last: bool, maps_file: str,
-                       states_file: str) -> None:
+                       states_file: str, depth: int = 1) -> None:
     """block_inputs' child: the pretrained encoders as the parent made them, the two caches."""
     from retrieval.data.datasets import load_dataset
     from retrieval.encoders.image_encoder import load_image_encoder
@@ -260,27 +279,31 @@ def _make_block_inputs(source: str, name: str, weights, image_size: int, channel
 
     ds = load_dataset(Path(source))
     ie = load_image_encoder(name, weights, channels_last=channels_last, image_size=image_size)
-    cached(Path(maps_file), lambda: photo_maps(ds, ie))
-    cached(Path(states_file), lambda: caption_states(ds, load_text_encoder()))
+    cached(Path(maps_file), lambda: photo_maps(ds, ie, depth))
+    cached(Path(states_file), lambda: caption_states(ds, load_text_encoder(), depth))
 
 
 def tune(ie, te, maps, text, caps_of, photos, epochs: int, mix: float = 1.0, seed: int = 0, dev=None,
-         progress=None) -> tuple[list, dict]:
+         progress=None, depth: int = 1) -> tuple[list, dict]:
     """The "both" arm trained on `photos` (rows of `maps`; a row may repeat) for `epochs`, its
     tops then put `mix` of the way from the pretrained weights (interpolate) and rounded to
     float16, as a checkpoint stores them: (history, {"image": {name: array}, "text": ...}),
     names as in the folded EfficientNet-Lite and in MiniLM (retrieval/encoders/tops.py).
-    `dev`: (dev photos, their captions, each caption's photo) to rank every epoch."""
+    `dev`: (dev photos, their captions, each caption's photo) to rank every epoch. `depth`: how
+    many of each encoder's last blocks / layers are trained (`maps` and `text` must enter them)."""
     import argparse
 
-    args = argparse.Namespace(epochs=epochs, seed=seed, **{**RECIPE, "batch": min(RECIPE["batch"], len(photos))})
+    args = argparse.Namespace(epochs=epochs, seed=seed, depth=depth,
+                              **{**RECIPE, "batch": min(RECIPE["batch"], len(photos))})
     dev_idx, dev_caps, dev_owner = dev or (None, None, None)
     history, itop, ttop = train_arm("both", ie, te, maps, text["states"], text["offsets"], caps_of, photos,
                                     dev_idx, dev_caps, dev_owner, args, progress)
     n, layers = ie.network.net, te.network.layers
-    parts = {"image": ((f"_blocks.{len(n._blocks) - 1}.", n._blocks[-1], itop.block),
-                       ("_conv_head.", n._conv_head, itop.head)),
-             "text": ((f"layers.{len(layers) - 1}.", layers[-1], ttop.layer),)}
+    first_block, first_layer = len(n._blocks) - depth, len(layers) - depth
+    parts = {"image": tuple((f"_blocks.{first_block + i}.", n._blocks[first_block + i], b)
+                            for i, b in enumerate(itop.blocks)) + (("_conv_head.", n._conv_head, itop.head),),
+             "text": tuple((f"layers.{first_layer + i}.", layers[first_layer + i], t)
+                           for i, t in enumerate(ttop.layers))}
     tops: dict = {}
     for side, modules in parts.items():
         tops[side] = {}
