@@ -107,6 +107,24 @@ def test_tuning_the_tops_moves_them_and_gives_float16_exact_weights(demo_dir, tm
     torch.testing.assert_close(ie.network.net._conv_head.weight, before["weight"])  # the pretrained one is kept
 
 
+def test_tuning_two_blocks_deep_reaches_the_encoders_fusion_train_uses(demo_dir, tmp_path, demo_photos):
+    """--tops-depth 2: Lite0's blocks 14 and 15 and MiniLM's layers 4 and 5 are tuned and
+    installed, so the mid-level features (block 15's input) move too, where depth 1 keeps them
+    (test_tops_change_the_vectors_and_every_cache_key)."""
+    from retrieval.training.trainer import tuned_encoders
+
+    ie, te = load_image_encoder(image_size=256), load_text_encoder()
+    tc = TrainConfig(tune_tops=str(demo_dir), tops_epochs=1, tops_mix=0.5, tops_depth=2)
+    ie2, te2, tops = tuned_encoders(ie, te, demo_dir, set(), tc, tmp_path / "cache")
+    assert {k.split(".")[1] for k in tops["image"] if k.startswith("_blocks.")} == {"14", "15"}
+    assert {k.split(".")[1] for k in tops["text"]} == {"4", "5"}
+    pixels = [ie.load(p) for p in demo_photos[:4]]
+    # one small step moves them little, but depth 1 leaves the mid-level features bit-identical
+    moved = np.abs(ie2.encode(pixels, normalize=False).mid - ie.encode(pixels, normalize=False).mid)
+    assert moved.max() > 1e-4, moved.max()
+    assert np.abs(te2.encode(CAPTIONS).pooled - te.encode(CAPTIONS).pooled).max() > 1e-4
+
+
 def test_train_refuses_to_tune_the_tops_on_the_validation_folder(demo_dir, tmp_path):
     data = tmp_path / "d"
     shutil.copytree(demo_dir, data)
