@@ -249,7 +249,8 @@ def block_inputs(ds, ie, te, cache_dir: Path | None = None, depth: int = 1) -> t
     from retrieval.data.cache import default_cache_dir
 
     src = ds.source.stat()
-    ident = f"{ds.source.resolve()}|{src.st_size}|{src.st_mtime_ns}|{ie.feature_id}" + (f"|depth{depth}" if depth != 1 else "")
+    ident = f"{ds.source.resolve()}|{src.st_size}|{src.st_mtime_ns}|{ie.feature_id}"
+    ident += f"|depth{depth}" if depth != 1 else ""  # depth 1 keeps the keys it had before depths
     key = hashlib.sha1(ident.encode()).hexdigest()[:16]
     cache = (cache_dir or default_cache_dir()) / "finetune"
     maps_file, states_file = cache / f"maps-{key}.npz", cache / f"states-{key}.npz"
