@@ -12,7 +12,7 @@ and ranked on its `dev` 1K (the standard protocol, 1,000 photos and 5,000 captio
 - text: MiniLM's top layer trained too;
 - both.
 
-CPU-feasible by caching the input of the first trained block once (retrieval/training/tops.py).
+CPU-feasible by caching the input of the first trained block once (retrieval/training/block_inputs.py).
 
     python benchmarks/finetune.py --flickr ../shared/data/flickr8k [--epochs 12] [--arms frozen,image]
 
@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flickr8k import split_of  # noqa: E402
 
-from retrieval.training.tops import block_inputs, train_arm, tune  # noqa: E402
+from retrieval.training.block_inputs import block_inputs  # noqa: E402
+from retrieval.training.tops import train_arm, tune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

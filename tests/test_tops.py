@@ -159,7 +159,8 @@ from retrieval.data.datasets import load_dataset
 from retrieval.encoders.image_encoder import load_image_encoder
 from retrieval.encoders.text_encoder import load_text_encoder
 from retrieval.encoders.tops import digest
-from retrieval.training.tops import block_inputs, tune
+from retrieval.training.block_inputs import block_inputs
+from retrieval.training.tops import tune
 ds = load_dataset(sys.argv[1])
 ie, te = load_image_encoder(image_size=256), load_text_encoder()
 maps, text = block_inputs(ds, ie, te, Path(sys.argv[2]))
@@ -191,7 +192,8 @@ def test_the_tuned_tops_start_from_the_encoders_own_features_at_any_depth(demo_d
     inputs: before tuning, those tops must give what the whole encoders give (pooled map, the
     last block's input, MiniLM's sentence vector), else tuning starts from another network."""
     from retrieval.data.datasets import load_dataset
-    from retrieval.training.tops import ImageTop, TextTop, caption_states, photo_maps, text_batch
+    from retrieval.training.block_inputs import caption_states, photo_maps
+    from retrieval.training.tops import ImageTop, TextTop, text_batch
 
     ds = load_dataset(demo_dir)
     ds.images = ds.images[:6]  # six photos are enough to compare

@@ -180,7 +180,8 @@ def tuned_encoders(ie, te, folder: Path, held: set, tc: TrainConfig, cache_dir: 
     encoder, their tops as the checkpoint stores them). retrieval/training/tops.py."""
     from tqdm import tqdm
 
-    from retrieval.training.tops import RECIPE, block_inputs, tune
+    from retrieval.training.block_inputs import block_inputs
+    from retrieval.training.tops import RECIPE, tune
 
     if not ie.config.name.startswith("efficientnet-lite"):
         raise DatasetError(f"--tune-tops tunes EfficientNet-Lite's last block, not {ie.config.name}'s; "

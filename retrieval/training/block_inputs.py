@@ -1,0 +1,130 @@
+"""The tops' training inputs (issue 32), cached once so that tuning stays CPU-feasible: each
+photo's map entering Lite0's `depth` last blocks (and its mirror image's) and MiniLM's token
+states entering its `depth` top layers, made in a child process and kept under the cache
+directory by the dataset file, the image encoder and the depth. retrieval/training/tops.py
+trains on them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def cached(path: Path, make):
+    """The arrays saved at `path`, made by `make()` and saved first if missing (whole or not at all)."""
+    if path.is_file():
+        z = np.load(path)
+        return {k: z[k] for k in z.files}
+    out = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **out)
+    os.replace(tmp, path)
+    return out
+
+
+def photo_maps(ds, ie, depth: int = 1) -> dict:
+    """Each photo's map entering the `depth` last blocks, and its mirror image's: (N, 2, C, S, S) float16."""
+    from tqdm import tqdm
+
+    from retrieval.encoders.images import load_many
+
+    net, out = ie.network, []
+    paths = [ds.image_path(i) for i in range(len(ds.images))]
+    batch: list = []
+
+    def flush():
+        with torch.inference_mode():
+            x = ie._to_tensor([p for pair in batch for p in pair])
+            n = net.net
+            h = n._swish(n._bn0(n._conv_stem(x)))
+            for block in n._blocks[:-depth]:
+                h = block(h)
+            out.append(h.float().numpy().astype(np.float16).reshape(len(batch), 2, *h.shape[1:]))
+        batch.clear()
+
+    for _, pixels in tqdm(load_many(paths, ie.load, workers=1), total=len(paths), desc="photo maps",
+                          unit="photo"):
+        batch.append((pixels, np.ascontiguousarray(pixels[:, ::-1])))
+        if len(batch) == 8:
+            flush()
+    if batch:
+        flush()
+    return {"maps": np.concatenate(out)}
+
+
+def caption_states(ds, te, depth: int = 1) -> dict:
+    """MiniLM's token states entering its `depth` top layers, ragged: (T, 384) float16 and offsets."""
+    from tqdm import tqdm
+
+    net, texts = te.network, [c.text for c in ds.captions]
+    rows, lengths = [], []
+    with torch.inference_mode():
+        for s in tqdm(range(0, len(texts), 128), desc="caption states", unit="batch"):
+            enc, _ = te.tokenize(texts[s:s + 128])
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            pos = torch.arange(ids.shape[1])
+            x = net.norm(net.word(ids) + net.position(pos)[None] + net.token_type.weight[0])
+            keep = mask.bool()[:, None, None, :]
+            for layer in net.layers[:-depth]:
+                x = layer(x, keep)
+            for r in range(len(ids)):
+                n = int(mask[r].sum())
+                rows.append(x[r, :n].numpy().astype(np.float16))
+                lengths.append(n)
+    return {"states": np.concatenate(rows), "offsets": np.concatenate([[0], np.cumsum(lengths)])}
+
+
+def block_inputs(ds, ie, te, cache_dir: Path | None = None, depth: int = 1) -> tuple[np.ndarray, dict]:
+    """`ds`'s photo maps and caption states entering the `depth` top blocks and layers
+    (photo_maps, caption_states), cached by the dataset file, the image encoder and the depth:
+    (maps, {"states", "offsets"}).
+
+    A missing cache is made in a child process. Made here, through `ie`'s own network, it
+    changed the tuning that follows: a single forward pass of that network (even its stem
+    alone) before tuning gave tops with another digest than tuning straight from the cache,
+    the same seed and data (why, inside torch, is not known; tests/test_tops.py). Made apart,
+    `fusion train` tunes the same tops on a fresh machine as on one that has the cache.
+    """
+    import hashlib
+
+    from retrieval.data.cache import default_cache_dir
+
+    src = ds.source.stat()
+    ident = f"{ds.source.resolve()}|{src.st_size}|{src.st_mtime_ns}|{ie.feature_id}"
+    ident += f"|depth{depth}" if depth != 1 else ""  # depth 1 keeps the keys it had before depths
+    key = hashlib.sha1(ident.encode()).hexdigest()[:16]
+    cache = (cache_dir or default_cache_dir()) / "finetune"
+    maps_file, states_file = cache / f"maps-{key}.npz", cache / f"states-{key}.npz"
+    if not (maps_file.is_file() and states_file.is_file()):
+        import json
+        import subprocess
+
+        from retrieval.errors import DatasetError
+
+        args = [str(ds.source), ie.config.name, None if ie.weights is None else str(ie.weights),
+                ie.config.image_size, ie.channels_last, str(maps_file), str(states_file), depth]
+        code = "import json, sys; from retrieval.training.block_inputs import _make_block_inputs; " \
+               "_make_block_inputs(*json.loads(sys.argv[1]))"
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(args)])
+        if done.returncode != 0 or not (maps_file.is_file() and states_file.is_file()):
+            raise DatasetError(f"{ds.source}: computing its block inputs failed (exit code {done.returncode}, its "
+                               "error above); run fusion train again")
+    return cached(maps_file, None)["maps"], cached(states_file, None)
+
+
+def _make_block_inputs(source: str, name: str, weights, image_size: int, channels_last: bool, maps_file: str,
+                       states_file: str, depth: int = 1) -> None:
+    """block_inputs' child: the pretrained encoders as the parent made them, the two caches."""
+    from retrieval.data.datasets import load_dataset
+    from retrieval.encoders.image_encoder import load_image_encoder
+    from retrieval.encoders.text_encoder import load_text_encoder
+
+    ds = load_dataset(Path(source))
+    ie = load_image_encoder(name, weights, channels_last=channels_last, image_size=image_size)
+    cached(Path(maps_file), lambda: photo_maps(ds, ie, depth))
+    cached(Path(states_file), lambda: caption_states(ds, load_text_encoder(), depth))
