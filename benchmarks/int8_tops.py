@@ -24,14 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune import tune_tops  # noqa: E402
+from int8_onnx import cosine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("pooled", "logits", "cells", "mid")
-
-
-def cosines(a, b):
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def compare(tops: dict, photos: list) -> dict:
@@ -42,7 +38,7 @@ def compare(tops: dict, photos: list) -> dict:
     pixels = [enc["float32"].load(p) for p in photos]
     f = {p: e.encode(pixels, normalize=False) for p, e in enc.items()}
     out = {k: {"min": round(float(c.min()), 4), "mean": round(float(c.mean()), 4)}
-           for k in KINDS for c in [cosines(getattr(f["int8"], k), getattr(f["float32"], k))]}
+           for k in KINDS for c in [cosine(*(getattr(f[p], k).reshape(len(photos), -1) for p in ("int8", "float32")))]}
     out["top-1 label agrees"] = round(float((f["int8"].logits.argmax(1) == f["float32"].logits.argmax(1)).mean()), 4)
     return out
 
@@ -58,6 +54,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from retrieval.data.datasets import load_dataset
+    from retrieval.encoders.encode import find_photos
     from retrieval.encoders.image_encoder import load_image_encoder
     from retrieval.encoders.text_encoder import load_text_encoder
     from retrieval.model.checkpoint import load_checkpoint
@@ -71,7 +68,7 @@ def main() -> None:
         deep = ie.tops
         if args.tops:
             np.savez(args.tops, **deep)
-    photos = sorted(p for p in args.photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    photos = find_photos([args.photos])
     report = {"photos": len(photos), "depth": args.depth, "epochs": args.epochs, "mix": args.mix,
               "shipped tops (depth 1)": compare(load_checkpoint().tops["image"], photos),
               f"tops tuned {args.depth} deep": compare(deep, photos)}
@@ -81,7 +78,7 @@ def main() -> None:
     rows = [f"# int8 against float32 with tuned tops ({len(photos)} photos of {args.photos})", "",
             "Written by `benchmarks/int8_tops.py`: cosine of each int8 feature to float32's, min / mean.", "",
             "| tops | " + " | ".join(KINDS) + " | top-1 label agrees |", "| --- |" + " --- |" * (len(KINDS) + 1)]
-    for label in (k for k in report if k.endswith("deep") or k.startswith("shipped")):
+    for label in ("shipped tops (depth 1)", f"tops tuned {args.depth} deep"):
         r = report[label]
         rows.append(f"| {label} | " + " | ".join(f"{r[k]['min']:.4f} / {r[k]['mean']:.4f}" for k in KINDS)
                     + f" | {100 * r['top-1 label agrees']:.1f}% |")

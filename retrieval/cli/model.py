@@ -102,8 +102,8 @@ def encode(paths, batch_size, workers, top, as_json):
                    "weight-space ensembling: 0.5 kept most of the Flickr8k gain and lost nothing on COCO).")
 @click.option("--tops-depth", default=1, show_default=True, type=click.IntRange(1, 6),
               help="How many of each encoder's last blocks / layers --tune-tops tunes (Lite0's blocks, "
-                   "MiniLM's layers); 2 gained ~1 R@1 on both benchmarks in one run each and takes twice "
-                   "the tuning time (docs/quality.md).")
+                   "MiniLM's layers). 2 gained under a point on Flickr8k dev and the COCO folds, lost on "
+                   "one-word queries, and takes twice the tuning time, so 1 ships (docs/quality.md).")
 @click.option("--baselines", is_flag=True,
               help="Also train the five fusion-head baselines (additive, multiplicative, concat-mlp, "
                    "cross-attention, late-interaction) that `fusion bench recall` compares; no search "
