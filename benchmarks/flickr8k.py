@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe import add_recipe_options, changed, recipe  # noqa: E402
+from recipe import add_recipe_options, changed, depth_arg, recipe  # noqa: E402
 
 from retrieval.evaluation.closed import DESCRIBE, SHIPPED, closed_gallery_recall  # noqa: E402
 
@@ -118,6 +118,12 @@ def run(args) -> dict:
     seconds = time.perf_counter() - start
     test = feats[datasets.index(flickr)].subset(dev)
     scores = closed_gallery_recall(model, memory, test, args.candidates)
+    from retrieval.evaluation.short_queries import short_query_scores
+
+    in_dev = set(dev.tolist())  # dev's captions in test.text's order (DatasetFeatures.subset keeps it)
+    texts = [c.text for c in flickr.captions if c.image is not None and c.image in in_dev]
+    scores["short"] = short_query_scores(model, memory, test, texts,
+                                         lambda t: te.encode(t, normalize=False).pooled, args.candidates)
     from retrieval.evaluation.fusion_rerank import head_in_ranking
     from retrieval.training.fusion_heads import rerank_recall
 
@@ -170,6 +176,17 @@ def to_markdown(r: dict, name: str) -> str:
     lines += [f"| {m} | {fmt(v)} |" for m, v in r["t2i"].items()]
     lines += ["", "| image → text | R@1 / 5 / 10 |", "| --- | --- |"]
     lines += [f"| {m} | {fmt(v)} |" for m, v in r["i2t"].items()]
+    if "short" in r:
+        s = r["short"]
+        lines += ["", "Short queries, as search ranks them: each caption cut to its first content words "
+                  f"(\"{s['first 3 content words, example']}\"), its own photo's recall R@1 / 5 / 10; and "
+                  f"{s['words']} single words, each one that at least 2 captions of some dev photo use, asked "
+                  "alone: the share of the first result and of the first 10 that at least 2 of whose captions "
+                  f"use it (a random photo: {s['one word, random photo']:.1f}%).", "",
+                  "| query | R@1 / 5 / 10 |", "| --- | --- |"]
+        lines += [f"| {q} | {fmt(v)} |" for q, v in s.items() if isinstance(v, dict) and "r1" in v]
+        lines += ["", f"One word: the first result relevant {s['one word']['p1']:.1f}%, the first 10 "
+                  f"{s['one word']['p10']:.1f}%."]
     lines += ["", "Published Flickr8k 1K **test** R@1 (text → image / image → text), for scale:", ""]
     lines += [f"- {who}: {t:.1f} / {i:.1f}" for who, t, i in PUBLISHED]
     return "\n".join(lines) + "\n"
@@ -205,8 +222,9 @@ def main() -> None:
                          "(benchmarks/finetune.py's 'both' arm) for EPOCHS, then the recipe on their features")
     ap.add_argument("--tune-mix", type=float, default=1.0, metavar="ALPHA",
                     help="with --tune-tops: install (1 - ALPHA) x pretrained + ALPHA x tuned weights (WiSE-FT)")
-    ap.add_argument("--tune-depth", type=int, default=1, metavar="N",
-                    help="with --tune-tops: tune each encoder's N last blocks / layers (default 1, as fusion train)")
+    ap.add_argument("--tune-depth", type=depth_arg, default=1, metavar="N|IMAGE,TEXT",
+                    help="with --tune-tops: tune each encoder's N last blocks / layers (default 1, as fusion train), "
+                         "or IMAGE of Lite0's and TEXT of MiniLM's")
     ap.add_argument("--max-pool", action="store_true",
                     help="experiment: image_fc also reads each photo's max over its grid cells")
     ap.add_argument("--heads", default="", help="fusion heads to train and measure, comma-separated "

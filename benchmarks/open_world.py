@@ -23,7 +23,7 @@ from retrieval.model.query_side import LIKELY
 from retrieval.training.trainer import image_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe import add_recipe_options, changed, recipe  # noqa: E402
+from recipe import add_recipe_options, changed, depth_arg, recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -195,8 +195,9 @@ def main() -> None:
                                                  "first --train-only folder]")
     ap.add_argument("--tune-mix", type=float, default=1.0, metavar="ALPHA",
                     help="with --tune-tops: install (1 - ALPHA) x pretrained + ALPHA x tuned weights (WiSE-FT)")
-    ap.add_argument("--tune-depth", type=int, default=1, metavar="N",
-                    help="with --tune-tops: tune each encoder's N last blocks / layers (default 1, as fusion train)")
+    ap.add_argument("--tune-depth", type=depth_arg, default=1, metavar="N|IMAGE,TEXT",
+                    help="with --tune-tops: tune each encoder's N last blocks / layers (default 1, as fusion train), "
+                         "or IMAGE of Lite0's and TEXT of MiniLM's")
     ap.add_argument("--int8-index", action="store_true",
                     help="index the folds and gallery with the int8 image network, as fusion index does for a "
                          "new library (retrieval/encoders/int8.py); training keeps float32 features, as "

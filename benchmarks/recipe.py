@@ -61,3 +61,14 @@ def changed(tc: TrainConfig) -> dict:
     base = TrainConfig()
     skip = {"variants", "seed"}
     return {k: v for k, v in tc.__dict__.items() if k not in skip and v != getattr(base, k)}
+
+
+def depth_arg(text: str):
+    """--tune-depth: "2" (both encoders) or "2,1" (the image network's blocks, MiniLM's layers)."""
+    try:
+        parts = [int(x) for x in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give N or IMAGE,TEXT, e.g. 2 or 2,1")
+    return parts[0] if len(parts) == 1 else tuple(parts)

@@ -125,6 +125,28 @@ def test_tuning_two_blocks_deep_reaches_the_encoders_fusion_train_uses(demo_dir,
     assert np.abs(te2.encode(CAPTIONS).pooled - te.encode(CAPTIONS).pooled).max() > 1e-4
 
 
+def test_each_encoder_can_be_tuned_to_its_own_depth(demo_dir, tmp_path):
+    """depth (2, 1): Lite0's blocks 14 and 15 with MiniLM's layer 5 alone, each side from the
+    cache of its own depth (the maps entering block 14, the states entering layer 5)."""
+    from retrieval.data.datasets import load_dataset
+    from retrieval.training.block_inputs import block_inputs
+    from retrieval.training.tops import tune
+
+    ie, te, ds = load_image_encoder(image_size=256), load_text_encoder(), load_dataset(demo_dir)
+    maps, text = block_inputs(ds, ie, te, tmp_path / "cache", (2, 1))
+    maps1, text1 = block_inputs(ds, ie, te, tmp_path / "cache", 1)
+    maps2, text2 = block_inputs(ds, ie, te, tmp_path / "cache", 2)
+    np.testing.assert_array_equal(maps, maps2)
+    np.testing.assert_array_equal(text["states"], text1["states"])
+    assert maps.shape == maps1.shape and not np.array_equal(maps, maps1)  # block 14's input, not 15's
+    assert not np.array_equal(text1["states"], text2["states"])
+    caps_of = ds.captions_of()
+    photos = np.array([i for i, c in enumerate(caps_of) if c], np.int64)
+    _, tops = tune(ie, te, maps, text, caps_of, photos, 1, 0.5, depth=(2, 1))
+    assert {k.split(".")[1] for k in tops["image"] if k.startswith("_blocks.")} == {"14", "15"}
+    assert {k.split(".")[1] for k in tops["text"]} == {"5"}
+
+
 def test_train_refuses_to_tune_the_tops_on_the_validation_folder(demo_dir, tmp_path):
     data = tmp_path / "d"
     shutil.copytree(demo_dir, data)

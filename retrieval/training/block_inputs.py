@@ -1,8 +1,8 @@
 """The tops' training inputs (issue 32), cached once so that tuning stays CPU-feasible: each
-photo's map entering Lite0's `depth` last blocks (and its mirror image's) and MiniLM's token
-states entering its `depth` top layers, made in a child process and kept under the cache
-directory by the dataset file, the image encoder and the depth. retrieval/training/tops.py
-trains on them."""
+photo's map entering Lite0's last blocks (and its mirror image's) and MiniLM's token states
+entering its top layers (as many as each encoder's depth), made in a child process and kept
+under the cache directory by the dataset file, the image encoder and the depth.
+retrieval/training/tops.py trains on them."""
 
 from __future__ import annotations
 
@@ -79,10 +79,19 @@ def caption_states(ds, te, depth: int = 1) -> dict:
     return {"states": np.concatenate(rows), "offsets": np.concatenate([[0], np.cumsum(lengths)])}
 
 
-def block_inputs(ds, ie, te, cache_dir: Path | None = None, depth: int = 1) -> tuple[np.ndarray, dict]:
-    """`ds`'s photo maps and caption states entering the `depth` top blocks and layers
-    (photo_maps, caption_states), cached by the dataset file, the image encoder and the depth:
-    (maps, {"states", "offsets"}).
+def sides(depth) -> tuple[int, int]:
+    """(image depth, text depth) of a tops depth: one number for both encoders, or a pair."""
+    if isinstance(depth, int):
+        return depth, depth
+    image, text = depth
+    return int(image), int(text)
+
+
+def block_inputs(ds, ie, te, cache_dir: Path | None = None, depth=1) -> tuple[np.ndarray, dict]:
+    """`ds`'s photo maps and caption states entering the top blocks and layers (photo_maps,
+    caption_states), cached by the dataset file, the image encoder and the depth: (maps,
+    {"states", "offsets"}). `depth`: how many blocks and layers, one number for both encoders
+    or (image, text).
 
     A missing cache is made in a child process. Made here, through `ie`'s own network, it
     changed the tuning that follows: a single forward pass of that network (even its stem
@@ -90,6 +99,14 @@ def block_inputs(ds, ie, te, cache_dir: Path | None = None, depth: int = 1) -> t
     the same seed and data (why, inside torch, is not known; tests/test_tops.py). Made apart,
     `fusion train` tunes the same tops on a fresh machine as on one that has the cache.
     """
+    image, text = sides(depth)
+    maps_file = _cache_files(ds, ie, cache_dir, image, ("maps",))[0]
+    states_file = _cache_files(ds, ie, cache_dir, text, ("states",))[1]
+    return cached(maps_file, None)["maps"], cached(states_file, None)
+
+
+def _cache_files(ds, ie, cache_dir: Path | None, depth: int, need: tuple[str, ...]) -> tuple[Path, Path]:
+    """The maps and states files of one depth, the `need`ed ones made first if missing."""
     import hashlib
 
     from retrieval.data.cache import default_cache_dir
@@ -99,32 +116,36 @@ def block_inputs(ds, ie, te, cache_dir: Path | None = None, depth: int = 1) -> t
     ident += f"|depth{depth}" if depth != 1 else ""  # depth 1 keeps the keys it had before depths
     key = hashlib.sha1(ident.encode()).hexdigest()[:16]
     cache = (cache_dir or default_cache_dir()) / "finetune"
-    maps_file, states_file = cache / f"maps-{key}.npz", cache / f"states-{key}.npz"
-    if not (maps_file.is_file() and states_file.is_file()):
+    files = cache / f"maps-{key}.npz", cache / f"states-{key}.npz"
+    wanted = [str(f) if kind in need else None for kind, f in zip(("maps", "states"), files)]
+    if not all(Path(f).is_file() for f in wanted if f):
         import json
         import subprocess
 
         from retrieval.errors import DatasetError
 
         args = [str(ds.source), ie.config.name, None if ie.weights is None else str(ie.weights),
-                ie.config.image_size, ie.channels_last, str(maps_file), str(states_file), depth]
+                ie.config.image_size, ie.channels_last, *wanted, depth]
         code = "import json, sys; from retrieval.training.block_inputs import _make_block_inputs; " \
                "_make_block_inputs(*json.loads(sys.argv[1]))"
         done = subprocess.run([sys.executable, "-c", code, json.dumps(args)])
-        if done.returncode != 0 or not (maps_file.is_file() and states_file.is_file()):
+        if done.returncode != 0 or not all(Path(f).is_file() for f in wanted if f):
             raise DatasetError(f"{ds.source}: computing its block inputs failed (exit code {done.returncode}, its "
                                "error above); run fusion train again")
-    return cached(maps_file, None)["maps"], cached(states_file, None)
+    return files
 
 
-def _make_block_inputs(source: str, name: str, weights, image_size: int, channels_last: bool, maps_file: str,
-                       states_file: str, depth: int = 1) -> None:
-    """block_inputs' child: the pretrained encoders as the parent made them, the two caches."""
+def _make_block_inputs(source: str, name: str, weights, image_size: int, channels_last: bool, maps_file,
+                       states_file, depth: int = 1) -> None:
+    """block_inputs' child: the pretrained encoders as the parent made them, the caches asked
+    for (a file name; None: not asked)."""
     from retrieval.data.datasets import load_dataset
     from retrieval.encoders.image_encoder import load_image_encoder
     from retrieval.encoders.text_encoder import load_text_encoder
 
     ds = load_dataset(Path(source))
-    ie = load_image_encoder(name, weights, channels_last=channels_last, image_size=image_size)
-    cached(Path(maps_file), lambda: photo_maps(ds, ie, depth))
-    cached(Path(states_file), lambda: caption_states(ds, load_text_encoder(), depth))
+    if maps_file:
+        ie = load_image_encoder(name, weights, channels_last=channels_last, image_size=image_size)
+        cached(Path(maps_file), lambda: photo_maps(ds, ie, depth))
+    if states_file:
+        cached(Path(states_file), lambda: caption_states(ds, load_text_encoder(), depth))

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retrieval.training.block_inputs import sides
+
 
 class ImageTop(nn.Module):
     """Lite0's `depth` last blocks and head convolution over their cached input map. The mid-level
@@ -107,9 +109,9 @@ def train_arm(name, ie, te, maps, states, offsets, caps_of, train_idx, dev_idx, 
     `progress`: called after every batch with its loss."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    depth = getattr(args, "depth", 1)
-    itop = ImageTop(ie, args.dim, name in ("image", "both"), depth)
-    ttop = TextTop(te, args.dim, name in ("text", "both"), depth)
+    image_depth, text_depth = sides(getattr(args, "depth", 1))
+    itop = ImageTop(ie, args.dim, name in ("image", "both"), image_depth)
+    ttop = TextTop(te, args.dim, name in ("text", "both"), text_depth)
     scale = nn.Parameter(torch.tensor(np.log(1 / 0.05), dtype=torch.float32))
     heads = list(itop.proj.parameters()) + list(ttop.proj.parameters()) + [scale]
     tops = [p for m in (itop.blocks, itop.head, ttop.layers) for p in m.parameters() if p.requires_grad]
@@ -168,13 +170,14 @@ RECIPE = dict(batch=128, dim=512, lr=2e-3, top_lr=0.1, wd=1e-4, crop=True)
 
 
 def tune(ie, te, maps, text, caps_of, photos, epochs: int, mix: float = 1.0, seed: int = 0, dev=None,
-         progress=None, depth: int = 1) -> tuple[list, dict]:
+         progress=None, depth=1) -> tuple[list, dict]:
     """The "both" arm trained on `photos` (rows of `maps`; a row may repeat) for `epochs`, its
     tops then put `mix` of the way from the pretrained weights (interpolate) and rounded to
     float16, as a checkpoint stores them: (history, {"image": {name: array}, "text": ...}),
     names as in the folded EfficientNet-Lite and in MiniLM (retrieval/encoders/tops.py).
     `dev`: (dev photos, their captions, each caption's photo) to rank every epoch. `depth`: how
-    many of each encoder's last blocks / layers are trained (`maps` and `text` must enter them)."""
+    many of each encoder's last blocks / layers are trained, one number or (image, text) (`maps`
+    and `text` must enter them)."""
     import argparse
 
     args = argparse.Namespace(epochs=epochs, seed=seed, depth=depth,
@@ -183,7 +186,8 @@ def tune(ie, te, maps, text, caps_of, photos, epochs: int, mix: float = 1.0, see
     history, itop, ttop = train_arm("both", ie, te, maps, text["states"], text["offsets"], caps_of, photos,
                                     dev_idx, dev_caps, dev_owner, args, progress)
     n, layers = ie.network.net, te.network.layers
-    first_block, first_layer = len(n._blocks) - depth, len(layers) - depth
+    image_depth, text_depth = sides(depth)
+    first_block, first_layer = len(n._blocks) - image_depth, len(layers) - text_depth
     parts = {"image": tuple((f"_blocks.{first_block + i}.", n._blocks[first_block + i], b)
                             for i, b in enumerate(itop.blocks)) + (("_conv_head.", n._conv_head, itop.head),),
              "text": tuple((f"layers.{first_layer + i}.", layers[first_layer + i], t)
