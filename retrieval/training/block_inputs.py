@@ -21,7 +21,7 @@ def cached(path: Path, make):
         return {k: z[k] for k in z.files}
     out = make()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # two runs making it at once both finish
     np.savez(tmp, **out)
     os.replace(tmp, path)
     return out

@@ -76,7 +76,7 @@ def dataset_features(ds: Dataset, image_encoder, text_encoder, cache_dir: Path |
             return DatasetFeatures(**{k: z[k] for k in z.files})
     feats = _encode(ds, image_encoder, text_encoder, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, **feats.__dict__)
     os.replace(tmp, path)  # never leave a half-written cache behind
     return feats
@@ -159,7 +159,7 @@ def folder_features(folder: Path, image_encoder, cache_dir: Path | None = None, 
     with tqdm(total=len(paths), desc=f"photos {Path(folder).name}", unit="photo", disable=not progress) as bar:
         f, _, _ = image_encoder.encode_files(paths, normalize=False, progress=bar.update)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, pooled=f.pooled, logits=f.logits, cells=f.cells, mid=f.mid)
     os.replace(tmp, path)
     return Photos.of(f)
