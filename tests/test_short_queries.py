@@ -61,3 +61,44 @@ def test_the_measured_ranking_is_what_search_shows(library, demo_dir):
     shown = [[str(h.path) for h in s.text(q, k=5).hits] for q in queries]
     assert [[str(paths[i]) for i in row] for row in got] == shown
     assert len({tuple(r) for r in got}) > 3  # the queries do not all rank alike
+
+
+def test_the_benchmark_measures_agree_with_the_recall_benchmarks(demo_dir, tmp_path):
+    """Whole captions through the short-query measure give closed_gallery_recall's shipped
+    ranking to the digit, and the folds' ranks (keyword_ranks) give the same recall as the
+    ranked lists (short_query_scores), with and without photos around the fold's own."""
+    from types import SimpleNamespace
+
+    from retrieval.encoders.image_encoder import load_image_encoder
+    from retrieval.encoders.text_encoder import load_text_encoder
+    from retrieval.evaluation.closed import SHIPPED, closed_gallery_recall
+    from retrieval.evaluation.openworld import recall_at
+    from retrieval.evaluation.short_queries import keyword_ranks, short_query_scores
+    from retrieval.model.checkpoint import load_checkpoint
+    from retrieval.model.memory import load_memory
+    from retrieval.training.features import Photos, dataset_features
+
+    ck = load_checkpoint(None)
+    te = load_text_encoder(tops=ck.tops.get("text"))
+    ie = load_image_encoder(image_size=ck.config.image_size, tops=ck.tops.get("image"))
+    ds = load_dataset(demo_dir)
+    f = dataset_features(ds, ie, te, tmp_path, progress=False)
+    texts = [c.text for c in ds.captions]
+    assert len(texts) == len(f.text) and (f.caption_image >= 0).all()
+    memory = load_memory(te, progress=False)
+    model = SimpleNamespace(config=ck.config, result=SimpleNamespace(space=ck.space), reranker=ck.reranker,
+                            bank=ck.bank.numpy())
+    encode = lambda t: te.encode(t, normalize=False).pooled  # noqa: E731
+    got = short_query_scores(model, memory, f, texts, encode)
+    assert got["whole captions"] == closed_gallery_recall(model, memory, f)["t2i"][SHIPPED]
+    assert got["first 3 content words"]["r10"] < got["whole captions"]["r10"]  # words lost say less
+    assert got["one word"]["p1"] > got["one word, random photo"]  # a word finds photos about it
+    alone = keyword_ranks(model, memory, f, Photos.of(f).take(slice(0, 0)), texts, encode)
+    for n in (2, 3):
+        ranks = alone[f"first {n} content words, shipped ranking"]
+        assert recall_at(ranks["small"]) == got[f"first {n} content words"]
+        np.testing.assert_array_equal(ranks["open"], ranks["small"])
+    crowd = keyword_ranks(model, memory, f.subset(np.arange(24)), Photos.of(f).take(np.arange(24, 48)),
+                          [t for t, p in zip(texts, f.caption_image) if p < 24], encode)
+    ranks = crowd["first 3 content words, shipped ranking"]
+    assert (ranks["open"] >= ranks["small"]).all() and (ranks["open"] > ranks["small"]).any()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.evaluation.i2t import describe_from_memory, i2t_reranked
+from retrieval.evaluation.short_queries import keyword_ranks
 from retrieval.training.recall import KS, i2t_recall, ranks_of
 from retrieval.model.embedder import Embedder
 from retrieval.model.heads import SharedSpace
@@ -271,9 +272,12 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
                             train_distractors, nonsense)
         held_photos = np.flatnonzero(fold_of == f)
         held = indexed.subset(held_photos)
+        held_texts = list(texts[np.isin(evals.caption_image, held_photos)])
         results.append(fold_scores(model, memory, held, others, candidates, held_out_nonsense,
                                    "reranked at the weight tuned on its training candidates", model.record["tuned_alpha"],
-                                   list(texts[np.isin(evals.caption_image, held_photos)])))
+                                   held_texts))
+        results[-1].update(keyword_ranks(model, memory, held, others, held_texts,
+                                         lambda t: te.encode(t, normalize=False).pooled, candidates))
         if log:
             r = results[-1]
             log({"fold": f, "photos": int(len(held.pooled)), "captions": int(len(held.text)),

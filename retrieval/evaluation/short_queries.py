@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from retrieval.query.words import STOP, stems
-from retrieval.training.recall import KS
+from retrieval.training.recall import KS, ranks_of
 
 TOP = 10
 
@@ -66,6 +66,43 @@ def shipped_top(emb, logits, weight: float, photos, pooled: np.ndarray, candidat
     score = itc + weight * logits(emb.evidence(itc, q_itc, q_sent, pv.evidence.take(first)))
     order = np.argsort(-score, axis=1, kind="stable")
     return np.take_along_axis(first, order, 1)[:, :top]
+
+
+def shipped_ranks(emb, logits, weight: float, photos, pooled: np.ndarray, target: np.ndarray,
+                  candidates: int = 32) -> np.ndarray:
+    """0-based rank of each query's photo `target` as search ranks (shipped_top's order within
+    the top `candidates`; below them, the search vector's order)."""
+    pv = emb.photos(photos)
+    q_itc, q_sent = emb.texts(pooled)
+    sim = q_itc @ pv.search.T
+    first_rank = ranks_of(sim, target)
+    k = min(candidates, sim.shape[1])
+    first = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    itc = np.take_along_axis(sim, first, 1)
+    score = itc + weight * logits(emb.evidence(itc, q_itc, q_sent, pv.evidence.take(first)))
+    hit = np.take_along_axis(first, np.argsort(-score, axis=1, kind="stable"), 1) == target[:, None]
+    return np.where(hit.any(1), hit.argmax(1), first_rank)
+
+
+def keyword_ranks(model, memory, fold, distractors, texts: list[str], encode, candidates: int = 32,
+                  lengths: tuple[int, ...] = (2, 3)) -> dict:
+    """For the open-world folds: {"first N content words, shipped ranking": {"open": ranks among
+    the fold's photos and `distractors`, "small": ranks in the fold alone}} for each N, the
+    captions `texts` (fold.text's order) cut to their first N content words."""
+    from retrieval.model.embedder import Embedder
+    from retrieval.training.features import Photos
+
+    emb, own = Embedder(model.result.space, memory), Photos.of(fold)
+    out = {}
+    for n in lengths:
+        short = [keywords(t, n) for t in texts]
+        keep = np.array([bool(s) for s in short])
+        pooled, target = encode([s for s in short if s]), fold.caption_image[keep]
+        out[f"first {n} content words, shipped ranking"] = {
+            scope: shipped_ranks(emb, model.reranker.logits, model.config.rerank_weight, photos, pooled, target,
+                                 candidates)
+            for scope, photos in (("open", Photos.concat(own, distractors)), ("small", own))}
+    return out
 
 
 def precision(top: np.ndarray, relevant: list[frozenset[int]]) -> dict:
