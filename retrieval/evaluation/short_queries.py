@@ -52,11 +52,8 @@ def word_queries(captions_of: list[list[str]], support: int = 2) -> list[tuple[s
     return [(max(sorted(written[s]), key=lambda w: written[s][w]), frozenset(p)) for s, p in sorted(relevant.items())]
 
 
-def shipped_top(emb, logits, weight: float, photos, pooled: np.ndarray, candidates: int = 32,
-                top: int = TOP) -> np.ndarray:
-    """(queries, top) photo indices as search ranks raw query vectors `pooled` among `photos`
-    (Photos) with Embedder `emb`: the search vector's top `candidates`, reordered by ITC +
-    `weight` x the reranker's logit (`logits`: the reranker's logits of evidence features)."""
+def _ranked(emb, logits, weight: float, photos, pooled: np.ndarray, candidates: int):
+    """(the search vector's scores, each query's top `candidates` in search's order)."""
     pv = emb.photos(photos)
     q_itc, q_sent = emb.texts(pooled)
     sim = q_itc @ pv.search.T
@@ -64,24 +61,24 @@ def shipped_top(emb, logits, weight: float, photos, pooled: np.ndarray, candidat
     first = np.argsort(-sim, axis=1, kind="stable")[:, :k]
     itc = np.take_along_axis(sim, first, 1)
     score = itc + weight * logits(emb.evidence(itc, q_itc, q_sent, pv.evidence.take(first)))
-    order = np.argsort(-score, axis=1, kind="stable")
-    return np.take_along_axis(first, order, 1)[:, :top]
+    return sim, np.take_along_axis(first, np.argsort(-score, axis=1, kind="stable"), 1)
+
+
+def shipped_top(emb, logits, weight: float, photos, pooled: np.ndarray, candidates: int = 32,
+                top: int = TOP) -> np.ndarray:
+    """(queries, top) photo indices as search ranks raw query vectors `pooled` among `photos`
+    (Photos) with Embedder `emb`: the search vector's top `candidates`, reordered by ITC +
+    `weight` x the reranker's logit (`logits`: the reranker's logits of evidence features)."""
+    return _ranked(emb, logits, weight, photos, pooled, candidates)[1][:, :top]
 
 
 def shipped_ranks(emb, logits, weight: float, photos, pooled: np.ndarray, target: np.ndarray,
                   candidates: int = 32) -> np.ndarray:
     """0-based rank of each query's photo `target` as search ranks (shipped_top's order within
     the top `candidates`; below them, the search vector's order)."""
-    pv = emb.photos(photos)
-    q_itc, q_sent = emb.texts(pooled)
-    sim = q_itc @ pv.search.T
-    first_rank = ranks_of(sim, target)
-    k = min(candidates, sim.shape[1])
-    first = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    itc = np.take_along_axis(sim, first, 1)
-    score = itc + weight * logits(emb.evidence(itc, q_itc, q_sent, pv.evidence.take(first)))
-    hit = np.take_along_axis(first, np.argsort(-score, axis=1, kind="stable"), 1) == target[:, None]
-    return np.where(hit.any(1), hit.argmax(1), first_rank)
+    sim, order = _ranked(emb, logits, weight, photos, pooled, candidates)
+    hit = order == target[:, None]
+    return np.where(hit.any(1), hit.argmax(1), ranks_of(sim, target))
 
 
 def keyword_ranks(model, memory, fold, distractors, texts: list[str], encode, candidates: int = 32,
