@@ -57,7 +57,8 @@ def test_the_measured_ranking_is_what_search_shows(library, demo_dir):
     caps = [next(v for k, v in own.items() if k.endswith(p.name)) for p in paths]
     queries = [w for w, _ in word_queries(caps)][:12] + [keywords(c[0]) for c in caps[:6]]
     pooled = rt.text_encoder.encode(queries, normalize=False).pooled
-    got = shipped_top(rt.embedder, rt.query.logits, rt.config.rerank_weight, feats, pooled, 32, top=5)
+    got = shipped_top(rt.embedder, rt.query.logits, rt.config.rerank_weight, rt.photo_vectors(feats), pooled, 32,
+                      top=5)
     shown = [[str(h.path) for h in s.text(q, k=5).hits] for q in queries]
     assert [[str(paths[i]) for i in row] for row in got] == shown
     assert len({tuple(r) for r in got}) > 3  # the queries do not all rank alike

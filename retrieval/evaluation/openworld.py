@@ -17,7 +17,7 @@ import numpy as np
 
 from retrieval.evaluation.i2t import describe_from_memory, i2t_reranked
 from retrieval.evaluation.short_queries import keyword_ranks
-from retrieval.training.recall import KS, i2t_recall, ranks_of
+from retrieval.training.recall import KS, i2t_recall, ranks_of, recall_at
 from retrieval.model.embedder import Embedder
 from retrieval.model.heads import SharedSpace
 from retrieval.model.query_side import LIKELY, likely_count, shares
@@ -31,10 +31,6 @@ NOT_METHODS = ("calibration", "i2t", "i2t_small", "i2t_reranked", "i2t_small_rer
                "describe_memory")
 MEASURED_BETA = 0.5  # the memory weight in search vectors measured beside the shipped one
 LIKELY_LEVELS = tuple(sorted({0.5, 0.8, 0.95, LIKELY}))  # likely-set levels measured
-
-
-def recall_at(ranks: np.ndarray) -> dict:
-    return {f"r{k}": round(100.0 * float(np.mean(ranks < k)), 2) for k in KS}
 
 
 def projected_recall(ranks: np.ndarray, gallery: int, size: int = PROJECT_TO) -> dict:

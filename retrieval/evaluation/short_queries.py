@@ -12,12 +12,10 @@ ranks (the search vector's top K reranked at the model's weight):
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-from retrieval.query.words import STOP, stems
-from retrieval.training.recall import KS, ranks_of
+from retrieval.query.words import content_words, fold as folded, stems
+from retrieval.training.recall import ranks_of, recall_at
 
 TOP = 10
 
@@ -25,11 +23,7 @@ TOP = 10
 def keywords(text: str, n: int = 3) -> str:
     """The text's first `n` distinct content words, in order ("A black dog runs on the beach"
     -> "black dog runs"); content words as retrieval.query.words defines them."""
-    out: list[str] = []
-    for w in re.findall(r"[a-z]+", text.lower()):
-        if len(w) >= 3 and w not in STOP and w not in out:
-            out.append(w)
-    return " ".join(out[:n])
+    return " ".join(list(dict.fromkeys(content_words(text)))[:n])
 
 
 def word_queries(captions_of: list[list[str]], support: int = 2) -> list[tuple[str, frozenset[int]]]:
@@ -42,19 +36,17 @@ def word_queries(captions_of: list[list[str]], support: int = 2) -> list[tuple[s
         for c in caps:
             for s in stems(c):
                 counts[s] = counts.get(s, 0) + 1
-            for w in re.findall(r"[a-z]+", c.lower()):
-                for s in stems(w):
-                    forms = written.setdefault(s, {})
-                    forms[w] = forms.get(w, 0) + 1
+            for w in content_words(c):
+                forms = written.setdefault(folded(w), {})
+                forms[w] = forms.get(w, 0) + 1
         for s, k in counts.items():
             if k >= support:
                 relevant.setdefault(s, set()).add(photo)
     return [(max(sorted(written[s]), key=lambda w: written[s][w]), frozenset(p)) for s, p in sorted(relevant.items())]
 
 
-def _ranked(emb, logits, weight: float, photos, pooled: np.ndarray, candidates: int):
+def _ranked(emb, logits, weight: float, pv, pooled: np.ndarray, candidates: int):
     """(the search vector's scores, each query's top `candidates` in search's order)."""
-    pv = emb.photos(photos)
     q_itc, q_sent = emb.texts(pooled)
     sim = q_itc @ pv.search.T
     k = min(candidates, sim.shape[1])
@@ -64,19 +56,20 @@ def _ranked(emb, logits, weight: float, photos, pooled: np.ndarray, candidates: 
     return sim, np.take_along_axis(first, np.argsort(-score, axis=1, kind="stable"), 1)
 
 
-def shipped_top(emb, logits, weight: float, photos, pooled: np.ndarray, candidates: int = 32,
+def shipped_top(emb, logits, weight: float, pv, pooled: np.ndarray, candidates: int = 32,
                 top: int = TOP) -> np.ndarray:
-    """(queries, top) photo indices as search ranks raw query vectors `pooled` among `photos`
-    (Photos) with Embedder `emb`: the search vector's top `candidates`, reordered by ITC +
-    `weight` x the reranker's logit (`logits`: the reranker's logits of evidence features)."""
-    return _ranked(emb, logits, weight, photos, pooled, candidates)[1][:, :top]
+    """(queries, top) photo indices as search ranks raw query vectors `pooled` among the photos
+    of PhotoVectors `pv` (emb.photos) with Embedder `emb`: the search vector's top `candidates`,
+    reordered by ITC + `weight` x the reranker's logit (`logits`: the reranker's logits of
+    evidence features)."""
+    return _ranked(emb, logits, weight, pv, pooled, candidates)[1][:, :top]
 
 
-def shipped_ranks(emb, logits, weight: float, photos, pooled: np.ndarray, target: np.ndarray,
+def shipped_ranks(emb, logits, weight: float, pv, pooled: np.ndarray, target: np.ndarray,
                   candidates: int = 32) -> np.ndarray:
     """0-based rank of each query's photo `target` as search ranks (shipped_top's order within
     the top `candidates`; below them, the search vector's order)."""
-    sim, order = _ranked(emb, logits, weight, photos, pooled, candidates)
+    sim, order = _ranked(emb, logits, weight, pv, pooled, candidates)
     hit = order == target[:, None]
     return np.where(hit.any(1), hit.argmax(1), ranks_of(sim, target))
 
@@ -90,15 +83,16 @@ def keyword_ranks(model, memory, fold, distractors, texts: list[str], encode, ca
     from retrieval.training.features import Photos
 
     emb, own = Embedder(model.result.space, memory), Photos.of(fold)
+    scopes = {"open": emb.photos(Photos.concat(own, distractors)), "small": emb.photos(own)}
     out = {}
     for n in lengths:
         short = [keywords(t, n) for t in texts]
         keep = np.array([bool(s) for s in short])
         pooled, target = encode([s for s in short if s]), fold.caption_image[keep]
         out[f"first {n} content words, shipped ranking"] = {
-            scope: shipped_ranks(emb, model.reranker.logits, model.config.rerank_weight, photos, pooled, target,
+            scope: shipped_ranks(emb, model.reranker.logits, model.config.rerank_weight, pv, pooled, target,
                                  candidates)
-            for scope, photos in (("open", Photos.concat(own, distractors)), ("small", own))}
+            for scope, pv in scopes.items()}
     return out
 
 
@@ -115,29 +109,22 @@ def short_query_scores(model, memory, f, texts: list[str], encode, candidates: i
     from retrieval.model.embedder import Embedder
     from retrieval.training.features import Photos
 
-    photos, emb = Photos.of(f), Embedder(model.result.space, memory)
-
-    def rank(pooled, top):
-        return shipped_top(emb, model.reranker.logits, model.config.rerank_weight, photos, pooled, candidates, top)
-
-    out = {"whole captions": _recall(rank(f.text, max(KS)), f.caption_image)}
+    emb = Embedder(model.result.space, memory)
+    pv = emb.photos(Photos.of(f))
+    logits, weight = model.reranker.logits, model.config.rerank_weight
+    out = {"whole captions": recall_at(shipped_ranks(emb, logits, weight, pv, f.text, f.caption_image, candidates))}
     for n in lengths:
         short = [keywords(t, n) for t in texts]
         keep = np.array([bool(s) for s in short])
-        out[f"first {n} content words"] = _recall(rank(encode([s for s in short if s]), max(KS)),
-                                                  f.caption_image[keep])
+        out[f"first {n} content words"] = recall_at(shipped_ranks(
+            emb, logits, weight, pv, encode([s for s in short if s]), f.caption_image[keep], candidates))
         out[f"first {n} content words, example"] = short[0]
     caps_of: list[list[str]] = [[] for _ in range(len(f.pooled))]
     for t, p in zip(texts, f.caption_image):
         caps_of[p].append(t)
     words = word_queries(caps_of)
-    one = rank(encode([w for w, _ in words]), TOP)
+    one = shipped_top(emb, logits, weight, pv, encode([w for w, _ in words]), candidates)
     rel = [r for _, r in words]
     return {**out, "one word": precision(one, rel), "words": len(words),
             "one word, random photo": round(100 * float(np.mean([len(r) for r in rel])) / len(f.pooled), 2)}
 
-
-def _recall(top: np.ndarray, target: np.ndarray) -> dict:
-    """Recall@k when `top` holds each query's first max(KS) photos (its rank beyond them is not needed)."""
-    hit = top == target[:, None]
-    return {f"r{k}": round(100 * float(hit[:, :k].any(1).mean()), 2) for k in KS}

@@ -14,13 +14,23 @@ through about above below along among between beside toward towards upon each an
 where then than just also here them they these those was were been can will had not all""".split())
 
 
+def content_words(text: str) -> list[str]:
+    """The text's content words as written (lower case), in order, repeats kept."""
+    return [w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 3 and w not in STOP]
+
+
 def words(text: str) -> set[str]:
     """The text's content words as written (lower case)."""
-    return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 3 and w not in STOP}
+    return set(content_words(text))
+
+
+def fold(word: str) -> str:
+    """A plural -s folded ("dogs" -> "dog"; "grass" stays)."""
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
 
 
 @lru_cache(maxsize=1 << 16)
 def stems(text: str) -> frozenset[str]:
     """Content words with a plural -s folded ("dogs" and "dog" match; "grass" stays). Cached:
     a served library's combined queries keep meeting the same memory captions."""
-    return frozenset(w[:-1] if w.endswith("s") and not w.endswith("ss") else w for w in words(text))
+    return frozenset(fold(w) for w in words(text))

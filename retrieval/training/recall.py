@@ -17,6 +17,11 @@ def ranks_of(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return better.sum(axis=1)
 
 
+def recall_at(ranks: np.ndarray) -> dict:
+    """Recall@k (%) from 0-based ranks of each query's target."""
+    return {f"r{k}": round(100.0 * float(np.mean(ranks < k)), 2) for k in KS}
+
+
 def t2i_recall(scores: np.ndarray, caption_image: np.ndarray, ks=KS) -> dict:
     """scores: (captions, images). A caption hits at k when its own photo ranks in the top k."""
     r = ranks_of(scores, caption_image)
