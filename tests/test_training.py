@@ -206,3 +206,35 @@ def test_a_fusion_head_over_the_shipped_rankings_starts_exactly_at_them(feats, m
     grid = head_in_ranking(model, memory, f, head, 32, weights=(0.0, 10.0))
     assert grid["t2i"]["0"] == ref["t2i"][SHIPPED] and grid["i2t"]["0"] == ref["i2t"][DESCRIBE]
     assert grid["t2i"]["10"] != grid["t2i"]["0"] and grid["i2t"]["10"] != grid["i2t"]["0"]
+
+
+def _small_copy(demo_dir, to, n_photos=3):
+    """The demo's first `n_photos` photos and their captions, copied to `to` with fresh file times."""
+    import json
+    import shutil
+
+    lines = [json.loads(line) for line in (demo_dir / "captions.jsonl").read_text().splitlines() if line.strip()]
+    keep = list(dict.fromkeys(obj["image"] for obj in lines))[:n_photos]
+    for name in keep:
+        (to / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(demo_dir / name, to / name)  # copyfile: new times, as a plain cp -r gives
+    (to / "captions.jsonl").write_text("".join(json.dumps(o) + "\n" for o in lines if o["image"] in keep))
+    return to
+
+
+def test_a_copied_dataset_reuses_its_features_and_an_edited_one_does_not(image_encoder, text_encoder,
+                                                                          demo_dir, tmp_path):
+    cache = tmp_path / "cache"
+    first = _small_copy(demo_dir, tmp_path / "first")
+    a = dataset_features(load_dataset(first), image_encoder, text_encoder, cache, progress=False)
+    moved = _small_copy(demo_dir, tmp_path / "elsewhere" / "first")  # another place, newer times
+    b = dataset_features(load_dataset(moved), image_encoder, text_encoder, cache, progress=False)
+    assert len(list(cache.glob("*.npz"))) == 1
+    np.testing.assert_array_equal(a.pooled, b.pooled)
+    (moved / "captions.jsonl").write_text((moved / "captions.jsonl").read_text().replace("a ", "one ", 1))
+    dataset_features(load_dataset(moved), image_encoder, text_encoder, cache, progress=False)
+    assert len(list(cache.glob("*.npz"))) == 2  # one caption edited: encoded anew
+    photo = moved / load_dataset(moved).images[0]
+    photo.write_bytes(photo.read_bytes() + b"\0")  # the same photo, one byte longer
+    dataset_features(load_dataset(moved), image_encoder, text_encoder, cache, progress=False)
+    assert len(list(cache.glob("*.npz"))) == 3

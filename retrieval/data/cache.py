@@ -23,3 +23,19 @@ def memory_cache_dir() -> Path:
 def onnx_cache_dir() -> Path:
     """The encoders' ONNX graphs, exported once per machine and model (retrieval/encoders/onnx_engine.py)."""
     return default_cache_dir().parent / "onnx"
+
+
+def dataset_fingerprint(root: Path, source: Path | None, photos: list[str]) -> list:
+    """What a dataset cache is keyed by: the captions file's contents (when there is one) and each
+    photo's path under `root` and size. Not where the folder is nor file times: copying a dataset
+    to another disk (`cp -r`, a fresh copy of the data) changes both and would throw away an hour
+    of encoded features for nothing. A photo edited in place to the very same size keeps its old
+    features; delete the cache folder after such an edit."""
+    import hashlib
+
+    digest = hashlib.sha1(Path(source).read_bytes()).hexdigest() if source else None
+    sizes = []
+    for rel in photos:
+        path = Path(root) / rel
+        sizes.append((str(rel), path.stat().st_size if path.is_file() else -1))
+    return [digest, sizes]

@@ -108,18 +108,16 @@ def block_inputs(ds, ie, te, cache_dir: Path | None = None, depth=1) -> tuple[np
 def _cache_files(ds, ie, cache_dir: Path | None, depth: int, need: tuple[str, ...]) -> tuple[Path, Path]:
     """The maps and states files of one depth, the `need`ed ones made first if missing."""
     import hashlib
+    import json
 
-    from retrieval.data.cache import default_cache_dir
+    from retrieval.data.cache import dataset_fingerprint, default_cache_dir
 
-    src = ds.source.stat()
-    ident = f"{ds.source.resolve()}|{src.st_size}|{src.st_mtime_ns}|{ie.feature_id}"
-    ident += f"|depth{depth}" if depth != 1 else ""  # depth 1 keeps the keys it had before depths
+    ident = f"{json.dumps(dataset_fingerprint(ds.root, ds.source, ds.images))}|{ie.feature_id}|depth{depth}"
     key = hashlib.sha1(ident.encode()).hexdigest()[:16]
     cache = (cache_dir or default_cache_dir()) / "finetune"
     files = cache / f"maps-{key}.npz", cache / f"states-{key}.npz"
     wanted = [str(f) if kind in need else None for kind, f in zip(("maps", "states"), files)]
     if not all(Path(f).is_file() for f in wanted if f):
-        import json
         import subprocess
 
         from retrieval.errors import DatasetError

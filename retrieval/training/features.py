@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.data.cache import default_cache_dir
+from retrieval.data.cache import dataset_fingerprint, default_cache_dir
 from retrieval.data.datasets import Dataset
 from retrieval.errors import DatasetError
 
@@ -59,8 +59,7 @@ class DatasetFeatures:
 
 
 def _cache_key(ds: Dataset, image_name: str, text_name: str) -> str:
-    st = ds.source.stat()
-    ident = [str(ds.source.resolve()), st.st_size, st.st_mtime_ns, image_name, text_name,
+    ident = [dataset_fingerprint(ds.root, ds.source, ds.images), image_name, text_name,
              MAX_TOKENS, len(ds.images), len(ds.captions), "cells", "mid"]
     return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
 
@@ -147,8 +146,8 @@ def folder_features(folder: Path, image_encoder, cache_dir: Path | None = None, 
     paths = find_photos([folder])
     if not paths:
         raise DatasetError(f"{folder}: no photos found")
-    ident = [str(Path(folder).resolve()), image_encoder.feature_id, "cells", "mid"]
-    ident += [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    ident = [dataset_fingerprint(folder, None, [str(p.relative_to(folder)) for p in paths]),
+             image_encoder.feature_id, "cells", "mid"]
     key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
     path = (cache_dir or default_cache_dir()) / f"{Path(folder).name}-photos-{key}.npz"
     if path.is_file():
