@@ -30,7 +30,7 @@ from retrieval.evaluation.describe import agreed_words, closeness, uses_agreed_w
 from retrieval.model.runtime import Runtime
 from retrieval.query.describe import memory_weights
 from retrieval.query.search import open_searcher
-from retrieval.query.words import stems
+from retrieval.data.words import stems
 from retrieval.data.datasets import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from retrieval.query.combine import Combined, word_match
 from retrieval.query.rerank import stored_evidence
 from retrieval.query.results import Filters
 from retrieval.query.search import open_searcher
-from retrieval.query.words import stems, words
+from retrieval.data.words import stems, words
 from retrieval.data.datasets import load_dataset
 from tests.serving import get, running_server
 

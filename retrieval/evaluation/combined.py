@@ -13,7 +13,7 @@ import numpy as np
 from retrieval.model.query_side import softmax
 from retrieval.query.combine import SHARE_TEMPERATURE, Combined, fuse, pool_scores, ranked
 from retrieval.query.results import Filters
-from retrieval.query.words import stems, words
+from retrieval.data.words import stems, words
 
 
 @dataclass(frozen=True)

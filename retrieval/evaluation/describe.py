@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.query.words import stems
+from retrieval.data.words import stems
 
 
 def agreed_words(own: list[str], agree: int = 2) -> set[str]:

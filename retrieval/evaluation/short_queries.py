@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.query.words import content_words, fold as folded, stems
+from retrieval.data.words import content_words, fold as folded, stems
 from retrieval.training.recall import ranks_of, recall_at
 
 TOP = 10
@@ -22,7 +22,7 @@ TOP = 10
 
 def keywords(text: str, n: int = 3) -> str:
     """The text's first `n` distinct content words, in order ("A black dog runs on the beach"
-    -> "black dog runs"); content words as retrieval.query.words defines them."""
+    -> "black dog runs"); content words as retrieval.data.words defines them."""
     return " ".join(list(dict.fromkeys(content_words(text)))[:n])
 
 

@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from retrieval.query.rerank import match_logits, stored_evidence
-from retrieval.query.words import stems
+from retrieval.data.words import stems
 
 # weight of a text part's word match against its reranked score (both as z-scores), chosen
 # with PHOTO_CLIP on the constructed cases, alone and among distractors (0.25 before the cap;
