@@ -93,6 +93,10 @@ def run(args) -> dict:
     datasets = [load_dataset(d) for d in args.data]
     datasets = [flickr] + datasets if args.val_from_flickr else datasets + [flickr]
     feats = [dataset_features(ds, ie, te) for ds in datasets]
+    if tc.fragment_share > 0:  # short queries cut from the captions (retrieval/training/fragments.py)
+        from retrieval.training.fragments import with_fragments
+
+        feats = [with_fragments(f, ds, te, tc.seed) for f, ds in zip(feats, datasets)]
     if not tc.variants and not args.max_pool:  # as fusion train: nothing reads cells and tokens
         feats = [f.without_cells_and_tokens() for f in feats]
     dev = np.flatnonzero(split_of(flickr) == "dev")

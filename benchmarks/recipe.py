@@ -26,6 +26,7 @@ NUMBERS = {
     "--lr": ("lr", "AdamW learning rate of the ITC heads"),
     "--weight-decay": ("weight_decay", "AdamW weight decay of the ITC heads"),
     "--patience": ("patience", "ITC epochs without a better validation score before stopping"),
+    "--fragment-share": ("fragment_share", "chance ITC trains a sampled caption as a few of its content words (0: off)"),
 }
 
 

@@ -226,6 +226,7 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     from retrieval.model.memory import load_memory
     from retrieval.data.datasets import load_dataset
     from retrieval.training.features import dataset_features, folder_features
+    from retrieval.training.fragments import with_fragments
     from retrieval.training.loop import TrainConfig
     from retrieval.training.rerank import nonsense_queries
     from retrieval.training.trainer import class_embeddings, image_size, model_config, train_model
@@ -234,11 +235,16 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     ie, te = encoders or (load_image_encoder(image_encoder, image_size=image_size(image_encoder, tc)),
                           load_text_encoder())
     slim = (lambda f: f) if tc.variants else DatasetFeatures.without_cells_and_tokens
+
+    def feats_of(ds):  # with the captions' fragments when ITC trains on them
+        f = slim(dataset_features(ds, ie, te, cache_dir))
+        return with_fragments(f, ds, te, tc.seed) if tc.fragment_share > 0 else f
+
     datasets = [load_dataset(d) for d in data]
-    evals = DatasetFeatures.concat([slim(dataset_features(ds, ie, te, cache_dir)) for ds in datasets])
+    evals = DatasetFeatures.concat([feats_of(ds) for ds in datasets])
     texts = np.array([c.text for ds in datasets for c in ds.captions], object)[evals.caption_image >= 0]
     evals = evals.subset(np.arange(len(evals.pooled)))  # drops the text-only captions, keeps the order
-    extra = [slim(dataset_features(load_dataset(d), ie, te, cache_dir)) for d in train_only]
+    extra = [feats_of(load_dataset(d)) for d in train_only]
     extra = [e.subset(np.arange(len(e.pooled))) for e in extra]
     others = folder_features(distractors, ie, cache_dir)
     indexed, gallery_photos = evals, others

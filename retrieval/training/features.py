@@ -29,6 +29,7 @@ class DatasetFeatures:
     caption_image: np.ndarray  # (M,) int64 index of each caption's photo, -1 for text-only
     cells: np.ndarray  # (N, 1000) float32 max over grid cells of the per-cell ImageNet logits
     mid: np.ndarray  # (N, mid_dim) float32 pooled mid-level features (image_encoder.ImageFeatures)
+    fragments: np.ndarray | None = None  # (M, F, text_dim) float16 caption fragments' vectors (fragments.py)
 
     def subset(self, images: np.ndarray) -> "DatasetFeatures":
         """The photos at `images` (indices) and only their captions, re-indexed."""
@@ -37,7 +38,8 @@ class DatasetFeatures:
         keep = np.flatnonzero(np.isin(self.caption_image, images))
         return DatasetFeatures(self.pooled[images], self.logits[images], self.grid[images],
                                self.text[keep], self.tokens[keep], self.mask[keep],
-                               remap[self.caption_image[keep]], self.cells[images], self.mid[images])
+                               remap[self.caption_image[keep]], self.cells[images], self.mid[images],
+                               None if self.fragments is None else self.fragments[keep])
 
     def without_cells_and_tokens(self) -> "DatasetFeatures":
         """The same photos and captions without grid cells and token states (only the fusion-head
@@ -46,16 +48,21 @@ class DatasetFeatures:
         n, m = len(self.pooled), len(self.text)
         return DatasetFeatures(self.pooled, self.logits, np.zeros((n, 0) + self.grid.shape[2:], self.grid.dtype),
                                self.text, np.zeros((m, 0) + self.tokens.shape[2:], self.tokens.dtype),
-                               np.zeros((m, 0), bool), self.caption_image, self.cells, self.mid)
+                               np.zeros((m, 0), bool), self.caption_image, self.cells, self.mid, self.fragments)
 
     @staticmethod
     def concat(parts: list["DatasetFeatures"]) -> "DatasetFeatures":
         offsets = np.cumsum([0] + [len(p.pooled) for p in parts[:-1]])
         cap = [np.where(p.caption_image >= 0, p.caption_image + o, -1) for p, o in zip(parts, offsets)]
+        have = [p.fragments for p in parts if p.fragments is not None]
+        frags = None
+        if have:  # a part without fragments (pseudo-captions) has each caption as its own fragments
+            frags = np.concatenate([p.fragments if p.fragments is not None else np.repeat(
+                p.text[:, None].astype(have[0].dtype), have[0].shape[1], 1) for p in parts])
         return DatasetFeatures(*(np.concatenate([getattr(p, f) for p in parts]) for f in
                                  ("pooled", "logits", "grid", "text", "tokens", "mask")),
                                np.concatenate(cap), *(np.concatenate([getattr(p, f) for p in parts])
-                                                      for f in ("cells", "mid")))
+                                                      for f in ("cells", "mid")), frags)
 
 
 def _cache_key(ds: Dataset, image_name: str, text_name: str) -> str:
@@ -76,7 +83,7 @@ def dataset_features(ds: Dataset, image_encoder, text_encoder, cache_dir: Path |
     feats = _encode(ds, image_encoder, text_encoder, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **feats.__dict__)
+    np.savez(tmp, **{k: v for k, v in feats.__dict__.items() if v is not None})
     os.replace(tmp, path)  # never leave a half-written cache behind
     return feats
 

@@ -56,6 +56,7 @@ class TrainConfig:
     tops_epochs: int = 12  # passes over its photos (retrieval/training/tops.py)
     tops_mix: float = 0.5  # how far the tops move from the pretrained weights to the tuned (WiSE-FT)
     tops_depth: int = 1  # how many of each encoder's last blocks / layers are tuned (2: docs/quality.md)
+    fragment_share: float = 0.0  # chance ITC trains a sampled caption as one of its fragments (fragments.py)
     neighbour_dims: int = 256  # principal directions of the image features kept for look-alikes (0: all;
     # 256 measured within 0.3 R@1 of all 1,280 on split 0, and 2.7 instead of 5.3 MB in the checkpoint)
 
@@ -104,6 +105,7 @@ def train_itc(cfg: ModelConfig, class_emb: torch.Tensor, train: DatasetFeatures,
     opt = torch.optim.AdamW(space.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     caps = [np.flatnonzero(train.caption_image == i) for i in range(len(train.pooled))]
     pooled, logits, cells, mid, text = (_t(a) for a in (train.pooled, train.logits, train.cells, train.mid, train.text))
+    frags = None if train.fragments is None or tc.fragment_share <= 0 else _t(train.fragments)
     best, best_state, best_epoch, bad, curve = -1.0, None, 0, 0, []
     n_epochs = epochs or tc.max_epochs
     for epoch in range(1, n_epochs + 1):
@@ -116,7 +118,12 @@ def train_itc(cfg: ModelConfig, class_emb: torch.Tensor, train: DatasetFeatures,
             if len(idx) < 2:
                 continue
             img = space.embed_image(pooled[idx], logits[idx], cells[idx], mid[idx])
-            loss = space.loss(img, space.embed_text(text[pick[idx]]), tc.hard_weight)
+            words = text[pick[idx]]
+            if frags is not None:  # short queries: some captions trained as a few of their words
+                swap = torch.rand(len(idx), generator=gen) < tc.fragment_share
+                which = torch.randint(frags.shape[1], (len(idx),), generator=gen)
+                words = torch.where(swap[:, None], frags[pick[idx], which], words)
+            loss = space.loss(img, space.embed_text(words), tc.hard_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()

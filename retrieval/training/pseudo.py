@@ -17,7 +17,7 @@ def itc_view(f: DatasetFeatures) -> DatasetFeatures:
     """What ITC training reads of `f` (photos, logits, cells, caption vectors), without the
     grid cells and token states (views with no columns, so a concat copies nothing big)."""
     return DatasetFeatures(f.pooled, f.logits, f.grid[:, :0], f.text, f.tokens[:, :0], f.mask[:, :0],
-                           f.caption_image, f.cells, f.mid)
+                           f.caption_image, f.cells, f.mid, f.fragments)
 
 
 def pseudo_pairs(space, memory, photos, per_photo: int, like: DatasetFeatures, prior: float = 0.0,

@@ -1,0 +1,52 @@
+"""Caption fragments: short queries cut from training captions ("black dog beach" from "A black dog
+runs along the beach"), so that the shared space also learns the few words people type.
+
+Each caption gets FRAGMENTS fragments, each an in-order random pick of 1 to MAX_WORDS of its
+content words (retrieval.data.words). train_itc swaps a sampled caption for one of its fragments
+with probability TrainConfig.fragment_share; nothing else reads them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retrieval.data.words import content_words
+
+FRAGMENTS = 2  # fragments per caption
+MAX_WORDS = 3  # content words per fragment at most
+
+
+def cut(caption: str, rng: np.random.Generator, n: int = FRAGMENTS) -> list[str]:
+    """`n` fragments of one caption; a caption with no content words is its own fragment."""
+    found = content_words(caption)
+    if not found:
+        return [caption] * n
+    out = []
+    for _ in range(n):
+        k = int(rng.integers(1, min(MAX_WORDS, len(found)) + 1))
+        keep = np.sort(rng.choice(len(found), k, replace=False))
+        out.append(" ".join(found[i] for i in keep))
+    return out
+
+
+def fragment_vectors(captions: list[str], text_encoder, seed: int = 0, progress: bool = True) -> np.ndarray:
+    """(len(captions), FRAGMENTS, dim) float16 raw text vectors of every caption's fragments, in the
+    form DatasetFeatures.text holds captions (the encoder's pooled vectors, not normalised)."""
+    rng = np.random.default_rng(seed)
+    texts = [f for c in captions for f in cut(c, rng)]
+    unique, inverse = np.unique(texts, return_inverse=True)  # one word recurs thousands of times
+    from tqdm import tqdm
+
+    vecs = np.zeros((len(unique), text_encoder.config.dim), np.float32)
+    step = 4096
+    with tqdm(total=len(unique), desc="caption fragments", unit="text", disable=not progress) as bar:
+        for s in range(0, len(unique), step):
+            vecs[s:s + step] = text_encoder.encode(list(unique[s:s + step]), normalize=False).pooled
+            bar.update(len(unique[s:s + step]))
+    return vecs[inverse.reshape(-1)].reshape(len(captions), FRAGMENTS, -1).astype(np.float16)
+
+
+def with_fragments(f, ds, text_encoder, seed: int = 0, progress: bool = True):
+    """Dataset features `f` of `ds` with its captions' fragments attached (features.DatasetFeatures)."""
+    from dataclasses import replace
+
+    return replace(f, fragments=fragment_vectors([c.text for c in ds.captions], text_encoder, seed, progress))
