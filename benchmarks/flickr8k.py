@@ -73,6 +73,7 @@ def run(args) -> dict:
     from retrieval.model.memory import load_memory
     from retrieval.data.datasets import load_dataset
     from retrieval.training.features import DatasetFeatures, dataset_features, folder_features
+    from retrieval.training.fragments import for_training
     from retrieval.training.rerank import nonsense_queries
     from retrieval.training.trainer import class_embeddings, image_size, model_config, split, train_model
 
@@ -93,10 +94,7 @@ def run(args) -> dict:
     datasets = [load_dataset(d) for d in args.data]
     datasets = [flickr] + datasets if args.val_from_flickr else datasets + [flickr]
     feats = [dataset_features(ds, ie, te) for ds in datasets]
-    if tc.fragment_share > 0:  # short queries cut from the captions (retrieval/training/fragments.py)
-        from retrieval.training.fragments import with_fragments
-
-        feats = [with_fragments(f, ds, te, tc.seed) for f, ds in zip(feats, datasets)]
+    feats = [for_training(f, ds, te, tc) for f, ds in zip(feats, datasets)]  # caption fragments, if asked
     if not tc.variants and not args.max_pool:  # as fusion train: nothing reads cells and tokens
         feats = [f.without_cells_and_tokens() for f in feats]
     dev = np.flatnonzero(split_of(flickr) == "dev")

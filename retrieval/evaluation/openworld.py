@@ -226,7 +226,7 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     from retrieval.model.memory import load_memory
     from retrieval.data.datasets import load_dataset
     from retrieval.training.features import dataset_features, folder_features
-    from retrieval.training.fragments import with_fragments
+    from retrieval.training.fragments import for_training
     from retrieval.training.loop import TrainConfig
     from retrieval.training.rerank import nonsense_queries
     from retrieval.training.trainer import class_embeddings, image_size, model_config, train_model
@@ -237,8 +237,7 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     slim = (lambda f: f) if tc.variants else DatasetFeatures.without_cells_and_tokens
 
     def feats_of(ds):  # with the captions' fragments when ITC trains on them
-        f = slim(dataset_features(ds, ie, te, cache_dir))
-        return with_fragments(f, ds, te, tc.seed) if tc.fragment_share > 0 else f
+        return for_training(slim(dataset_features(ds, ie, te, cache_dir)), ds, te, tc)
 
     datasets = [load_dataset(d) for d in data]
     evals = DatasetFeatures.concat([feats_of(ds) for ds in datasets])

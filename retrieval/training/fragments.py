@@ -50,3 +50,8 @@ def with_fragments(f, ds, text_encoder, seed: int = 0, progress: bool = True):
     from dataclasses import replace
 
     return replace(f, fragments=fragment_vectors([c.text for c in ds.captions], text_encoder, seed, progress))
+
+
+def for_training(f, ds, text_encoder, tc, progress: bool = True):
+    """`f` with its fragments when `tc` (a TrainConfig) trains ITC on them, else `f` as it is."""
+    return with_fragments(f, ds, text_encoder, tc.seed, progress) if tc.fragment_share > 0 else f

@@ -20,7 +20,7 @@ from retrieval.model.memory import load_memory
 from retrieval.model.prior import bank_rows
 from retrieval.model.reranker import EVIDENCE, Reranker
 from retrieval.training.features import Photos, folder_features
-from retrieval.training.fragments import with_fragments
+from retrieval.training.fragments import for_training
 from retrieval.training.loop import TrainConfig, TrainResult, attach_neighbours
 from retrieval.training.stages import train_all
 from retrieval.training.rerank import (choose_alpha, crossfit_candidates, fit_reranker,
@@ -152,8 +152,7 @@ def train_checkpoint(data: list[Path], out: Path, exclude: list[Path] = (), val_
         ie, te, tops = tuned_encoders(ie, te, Path(tc.tune_tops), held, tc, cache_dir)
     datasets = [load_dataset(d) for d in data]
     feats = [dataset_features(ds, ie, te, cache_dir) for ds in datasets]
-    if tc.fragment_share > 0:
-        feats = [with_fragments(f, ds, te, tc.seed) for f, ds in zip(feats, datasets)]
+    feats = [for_training(f, ds, te, tc) for f, ds in zip(feats, datasets)]  # caption fragments, if asked
     if not tc.variants:  # nothing reads cells and tokens then: a third of the memory
         feats = [f.without_cells_and_tokens() for f in feats]
     others = folder_features(distractors, ie, cache_dir) if distractors else None
