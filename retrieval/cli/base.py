@@ -1,5 +1,5 @@
 """The `fusion` command's frame: the group, shared options and the one place library errors
-become one-line messages and exit codes. Commands live in cli/library.py and cli/model.py."""
+become one-line messages and exit codes. Commands live in cli/library.py, cli/model.py and cli/onnx.py."""
 
 from __future__ import annotations
 
