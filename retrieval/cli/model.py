@@ -104,6 +104,9 @@ def encode(paths, batch_size, workers, top, as_json):
               help="How many of each encoder's last blocks / layers --tune-tops tunes (Lite0's blocks, "
                    "MiniLM's layers). 2 gained under a point on Flickr8k dev and the COCO folds, lost on "
                    "one-word queries, and takes twice the tuning time, so 1 ships (docs/quality.md).")
+@click.option("--fragment-share", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Chance that ITC trains a sampled caption as 1 to 3 of its content words in order "
+                   "(\"black dog beach\"), so that the shared space also learns short queries (0: off).")
 @click.option("--baselines", is_flag=True,
               help="Also train the five fusion-head baselines (additive, multiplicative, concat-mlp, "
                    "cross-attention, late-interaction) that `fusion bench recall` compares; no search "
@@ -114,7 +117,7 @@ def encode(paths, batch_size, workers, top, as_json):
 @image_encoder_options
 @fusion_errors
 def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, describe_weight, describe_prior,
-          memory_describe_weight, neighbour_weight, image_size, tune_tops, tops_epochs, tops_mix, tops_depth, baselines,
+          memory_describe_weight, neighbour_weight, image_size, tune_tops, tops_epochs, tops_mix, tops_depth, fragment_share, baselines,
           cache, image_encoder,
           image_weights):
     """Train the shared space (ITC) and the evidence reranker (and, with --baselines, the
@@ -150,6 +153,7 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, desc
                      describe_prior=describe_prior, memory_describe_weight=memory_describe_weight,
                      image_size=image_size or 0, neighbour_weight=neighbour_weight,
                      tune_tops=str(tune_tops or ""), tops_epochs=tops_epochs, tops_mix=tops_mix, tops_depth=tops_depth,
+                     fragment_share=fragment_share,
                      **({} if baselines else {"variants": ()}))
     # one step per ITC run (a soup, twice with pseudo-captions), fusion head and cross-fitting
     # fold, and one for the reranker; features and the caption memory have bars of their own
