@@ -41,9 +41,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class Lab:
     """A Flickr8k folder's cached block inputs, its train / dev split and dev's captions."""
 
-    def __init__(self, ds, ie, te, depth: int = 1):
+    def __init__(self, ds, ie, te, depth: int = 1, fragment_seed: int | None = None):
         self.depth = depth
-        self.maps, self.text = block_inputs(ds, ie, te, depth=depth)
+        self.maps, self.text = block_inputs(ds, ie, te, depth=depth, fragment_seed=fragment_seed)
         splits = split_of(ds)
         self.caps_of = ds.captions_of()
         self.train_idx, self.dev_idx = np.flatnonzero(splits != "dev"), np.flatnonzero(splits == "dev")
@@ -53,25 +53,27 @@ class Lab:
 
 
 def tune_tops(ie, te, flickr_ds, epochs: int, seed: int = 0, all_photos: bool = False, mix: float = 1.0,
-              depth: int = 1):
+              depth: int = 1, fragment_share: float = 0.0):
     """The lab's "both" arm on `flickr_ds`'s non-dev photos, installed into `ie` and `te`:
     Lite0's last block and head convolution and MiniLM's top layer replaced by the tuned ones
     (float16-exact, as fusion train ships them), and every feature and memory cache key marked
     with their digest. `all_photos`: train on dev's photos too (for benchmarks that measure
     elsewhere; the logged dev figures are then on training photos). `mix` < 1 installs weights
     between the pretrained and the tuned ones (interpolate). `depth`: how many of each encoder's
-    last blocks / layers are tuned. Returns the arm's dev history."""
-    lab = Lab(flickr_ds, ie, te, depth)
-    return tune_tops_on(ie, te, lab, np.arange(len(lab.maps)) if all_photos else lab.train_idx, epochs, seed, mix)
+    last blocks / layers are tuned. `fragment_share`: the chance a sampled caption is trained as a
+    few of its words (retrieval/training/fragments.py). Returns the arm's dev history."""
+    lab = Lab(flickr_ds, ie, te, depth, seed if fragment_share > 0 else None)
+    return tune_tops_on(ie, te, lab, np.arange(len(lab.maps)) if all_photos else lab.train_idx, epochs, seed, mix,
+                        fragment_share)
 
 
-def tune_tops_on(ie, te, lab, train_idx, epochs: int, seed: int = 0, mix: float = 1.0):
+def tune_tops_on(ie, te, lab, train_idx, epochs: int, seed: int = 0, mix: float = 1.0, fragment_share: float = 0.0):
     """tune_tops on a Lab's photos `train_idx` (an index may repeat: that photo is drawn so
     many times an epoch)."""
     from retrieval.encoders.tops import install
 
     history, tops = tune(ie, te, lab.maps, lab.text, lab.caps_of, train_idx, epochs, mix, seed,
-                         (lab.dev_idx, lab.dev_caps, lab.dev_owner), depth=lab.depth)
+                         (lab.dev_idx, lab.dev_caps, lab.dev_owner), depth=lab.depth, fragment_share=fragment_share)
     install(ie.network.net, tops["image"], "image-network")
     install(te.network, tops["text"], "text-encoder")
     ie.tops, te.tops = tops["image"], tops["text"]

@@ -90,7 +90,7 @@ def run(args) -> dict:
         from finetune import tune_tops
 
         tuned = tune_tops(ie, te, flickr, args.tune_tops, tc.seed, mix=args.tune_mix,
-                          depth=args.tune_depth)[-1]
+                          depth=args.tune_depth, fragment_share=tc.tops_fragment_share)[-1]
     datasets = [load_dataset(d) for d in args.data]
     datasets = [flickr] + datasets if args.val_from_flickr else datasets + [flickr]
     feats = [dataset_features(ds, ie, te) for ds in datasets]

@@ -167,7 +167,7 @@ def tuned_encoders(args, tc):
     ie = load_image_encoder(args.image_encoder, image_size=image_size(args.image_encoder, tc))
     te = load_text_encoder()
     tune_tops(ie, te, load_dataset(args.tune_on or args.train_only[0]), args.tune_tops, tc.seed, all_photos=True,
-              mix=args.tune_mix, depth=args.tune_depth)
+              mix=args.tune_mix, depth=args.tune_depth, fragment_share=tc.tops_fragment_share)
     return ie, te
 
 

@@ -27,6 +27,7 @@ NUMBERS = {
     "--weight-decay": ("weight_decay", "AdamW weight decay of the ITC heads"),
     "--patience": ("patience", "ITC epochs without a better validation score before stopping"),
     "--fragment-share": ("fragment_share", "chance ITC trains a sampled caption as a few of its content words (0: off)"),
+    "--tops-fragment-share": ("tops_fragment_share", "the same chance in the tops' tuning (with --tune-tops; 0: off)"),
 }
 
 

@@ -78,3 +78,41 @@ def test_itc_on_fragments_learns_them_and_without_a_share_trains_as_before(demo,
     short, _, _ = train_itc(ModelConfig(), classes, f, None, TrainConfig(seed=0, batch_size=16, lr=1e-3,
                                                                          fragment_share=0.5), epochs=12)
     assert _fragment_rank(short, f) < 0.8 * _fragment_rank(plain, f)
+
+
+def test_the_tops_tune_on_the_same_fragments_and_only_when_asked(demo_dir, tmp_path):
+    """tops_fragment_share: the tops' tuning reads the captions' fragments, cut with the seed ITC
+    cuts them with, from block_inputs' cache; fragment j of caption i is row M + i * FRAGMENTS + j
+    and gives MiniLM's own vector of that fragment. At share 0 the tops are those of a tuning
+    without fragments, to the bit; at 0.5 the text top moves elsewhere."""
+    from retrieval.encoders.image_encoder import load_image_encoder
+    from retrieval.encoders.text_encoder import load_text_encoder
+    from retrieval.encoders.tops import digest
+    from retrieval.training.block_inputs import block_inputs
+    from retrieval.training.fragments import fragment_texts
+    from retrieval.training.tops import TextTop, text_batch, text_rows, tune
+
+    ds = load_dataset(demo_dir)
+    ie, te = load_image_encoder(image_size=256), load_text_encoder()
+    maps, text = block_inputs(ds, ie, te, tmp_path / "cache", 1, fragment_seed=3)
+    m = len(text["offsets"]) - 1
+    assert m == len(ds.captions) and len(text["fragment_offsets"]) - 1 == FRAGMENTS * m
+    states, offsets = text_rows(text)
+    texts = fragment_texts([c.text for c in ds.captions], 3)
+    rows = [0, 7 * FRAGMENTS + 1, (m - 1) * FRAGMENTS]
+    with torch.no_grad():
+        got = TextTop(te, 8, False, 1).eval().features(*text_batch(states, offsets, [m + r for r in rows])).numpy()
+    want = te.encode([texts[r] for r in rows]).pooled
+    assert (np.sum(got * want, 1) / np.linalg.norm(want, axis=1)).min() > 0.999
+
+    caps_of = ds.captions_of()
+    photos = np.tile([i for i, c in enumerate(caps_of) if c], 3)
+    captions_only = {k: text[k] for k in ("states", "offsets")}
+    # the first tuning in a process rounds differently from the next ones (test_tops.py's
+    # test_tuned_tops_are_the_same_whether_the_block_inputs_were_cached_or_not): compare later ones
+    tune(ie, te, maps, captions_only, caps_of, photos, 1, 0.5, 3)
+    plain = tune(ie, te, maps, captions_only, caps_of, photos, 1, 0.5, 3)[1]
+    off = tune(ie, te, maps, text, caps_of, photos, 1, 0.5, 3, fragment_share=0.0)[1]
+    on = tune(ie, te, maps, text, caps_of, photos, 1, 0.5, 3, fragment_share=0.5)[1]
+    assert digest(off["text"]) == digest(plain["text"]) and digest(off["image"]) == digest(plain["image"])
+    assert digest(on["text"]) != digest(plain["text"])

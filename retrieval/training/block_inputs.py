@@ -59,12 +59,24 @@ def photo_maps(ds, ie, depth: int = 1) -> dict:
 
 def caption_states(ds, te, depth: int = 1) -> dict:
     """MiniLM's token states entering its `depth` top layers, ragged: (T, 384) float16 and offsets."""
+    return text_states([c.text for c in ds.captions], te, depth, "caption states")
+
+
+def fragment_states(ds, te, depth: int = 1, seed: int = 0) -> dict:
+    """caption_states of every caption's fragments (retrieval/training/fragments.py), caption i's
+    FRAGMENTS fragments at rows i * FRAGMENTS onwards."""
+    from retrieval.training.fragments import fragment_texts
+
+    return text_states(fragment_texts([c.text for c in ds.captions], seed), te, depth, "fragment states")
+
+
+def text_states(texts: list[str], te, depth: int, desc: str) -> dict:
     from tqdm import tqdm
 
-    net, texts = te.network, [c.text for c in ds.captions]
+    net = te.network
     rows, lengths = [], []
     with torch.inference_mode():
-        for s in tqdm(range(0, len(texts), 128), desc="caption states", unit="batch"):
+        for s in tqdm(range(0, len(texts), 128), desc=desc, unit="batch"):
             enc, _ = te.tokenize(texts[s:s + 128])
             ids, mask = enc["input_ids"], enc["attention_mask"]
             pos = torch.arange(ids.shape[1])
@@ -87,11 +99,13 @@ def sides(depth) -> tuple[int, int]:
     return int(image), int(text)
 
 
-def block_inputs(ds, ie, te, cache_dir: Path | None = None, depth=1) -> tuple[np.ndarray, dict]:
+def block_inputs(ds, ie, te, cache_dir: Path | None = None, depth=1,
+                 fragment_seed: int | None = None) -> tuple[np.ndarray, dict]:
     """`ds`'s photo maps and caption states entering the top blocks and layers (photo_maps,
     caption_states), cached by the dataset file, the image encoder and the depth: (maps,
     {"states", "offsets"}). `depth`: how many blocks and layers, one number for both encoders
-    or (image, text).
+    or (image, text). With a `fragment_seed`, the text also holds "fragment_states" and
+    "fragment_offsets": the captions' fragments cut with that seed (fragment_states).
 
     A missing cache is made in a child process. Made here, through `ie`'s own network, it
     changed the tuning that follows: a single forward pass of that network (even its stem
@@ -101,12 +115,21 @@ def block_inputs(ds, ie, te, cache_dir: Path | None = None, depth=1) -> tuple[np
     """
     image, text = sides(depth)
     maps_file = _cache_files(ds, ie, cache_dir, image, ("maps",))[0]
-    states_file = _cache_files(ds, ie, cache_dir, text, ("states",))[1]
-    return cached(maps_file, None)["maps"], cached(states_file, None)
+    need = ("states", "fragments") if fragment_seed is not None else ("states",)
+    _, states_file, fragments_file = _cache_files(ds, ie, cache_dir, text, need, fragment_seed or 0)
+    states = cached(states_file, None)
+    if fragment_seed is not None:
+        frags = cached(fragments_file, None)
+        states.update(fragment_states=frags["states"], fragment_offsets=frags["offsets"])
+    return cached(maps_file, None)["maps"], states
 
 
-def _cache_files(ds, ie, cache_dir: Path | None, depth: int, need: tuple[str, ...]) -> tuple[Path, Path]:
-    """The maps and states files of one depth, the `need`ed ones made first if missing."""
+def _cache_files(ds, ie, cache_dir: Path | None, depth: int, need: tuple[str, ...],
+                 seed: int = 0) -> tuple[Path, Path, Path]:
+    """The maps, states and fragment states files of one depth (fragments cut with `seed`), the
+    `need`ed ones made first if missing."""
+    from retrieval.training.fragments import FRAGMENTS, MAX_WORDS
+
     import hashlib
     import json
 
@@ -115,15 +138,16 @@ def _cache_files(ds, ie, cache_dir: Path | None, depth: int, need: tuple[str, ..
     ident = f"{json.dumps(dataset_fingerprint(ds.root, ds.source, ds.images))}|{ie.feature_id}|depth{depth}"
     key = hashlib.sha1(ident.encode()).hexdigest()[:16]
     cache = (cache_dir or default_cache_dir()) / "finetune"
-    files = cache / f"maps-{key}.npz", cache / f"states-{key}.npz"
-    wanted = [str(f) if kind in need else None for kind, f in zip(("maps", "states"), files)]
+    files = (cache / f"maps-{key}.npz", cache / f"states-{key}.npz",
+             cache / f"fragments-{key}-{FRAGMENTS}x{MAX_WORDS}-seed{seed}.npz")
+    wanted = [str(f) if kind in need else None for kind, f in zip(("maps", "states", "fragments"), files)]
     if not all(Path(f).is_file() for f in wanted if f):
         import subprocess
 
         from retrieval.errors import DatasetError
 
         args = [str(ds.source), ie.config.name, None if ie.weights is None else str(ie.weights),
-                ie.config.image_size, ie.channels_last, *wanted, depth]
+                ie.config.image_size, ie.channels_last, *wanted, depth, seed]
         code = "import json, sys; from retrieval.training.block_inputs import _make_block_inputs; " \
                "_make_block_inputs(*json.loads(sys.argv[1]))"
         done = subprocess.run([sys.executable, "-c", code, json.dumps(args)])
@@ -134,7 +158,7 @@ def _cache_files(ds, ie, cache_dir: Path | None, depth: int, need: tuple[str, ..
 
 
 def _make_block_inputs(source: str, name: str, weights, image_size: int, channels_last: bool, maps_file,
-                       states_file, depth: int = 1) -> None:
+                       states_file, fragments_file=None, depth: int = 1, seed: int = 0) -> None:
     """block_inputs' child: the pretrained encoders as the parent made them, the caches asked
     for (a file name; None: not asked)."""
     from retrieval.data.datasets import load_dataset
@@ -147,3 +171,5 @@ def _make_block_inputs(source: str, name: str, weights, image_size: int, channel
         cached(Path(maps_file), lambda: photo_maps(ds, ie, depth))
     if states_file:
         cached(Path(states_file), lambda: caption_states(ds, load_text_encoder(), depth))
+    if fragments_file:
+        cached(Path(fragments_file), lambda: fragment_states(ds, load_text_encoder(), depth, seed))

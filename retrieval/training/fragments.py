@@ -3,7 +3,8 @@ runs along the beach"), so that the shared space also learns the few words peopl
 
 Each caption gets FRAGMENTS fragments, each an in-order random pick of 1 to MAX_WORDS of its
 content words (retrieval.data.words). train_itc swaps a sampled caption for one of its fragments
-with probability TrainConfig.fragment_share; nothing else reads them."""
+with probability TrainConfig.fragment_share, and the tops' tuning (retrieval/training/tops.py)
+with probability TrainConfig.tops_fragment_share."""
 
 from __future__ import annotations
 
@@ -28,11 +29,17 @@ def cut(caption: str, rng: np.random.Generator, n: int = FRAGMENTS) -> list[str]
     return out
 
 
+def fragment_texts(captions: list[str], seed: int = 0) -> list[str]:
+    """Every caption's FRAGMENTS fragments, flat: caption i's are at i * FRAGMENTS onwards. The
+    same seed cuts the same fragments for ITC (fragment_vectors) and the tops (block_inputs)."""
+    rng = np.random.default_rng(seed)
+    return [f for c in captions for f in cut(c, rng)]
+
+
 def fragment_vectors(captions: list[str], text_encoder, seed: int = 0, progress: bool = True) -> np.ndarray:
     """(len(captions), FRAGMENTS, dim) float16 raw text vectors of every caption's fragments, in the
     form DatasetFeatures.text holds captions (the encoder's pooled vectors, not normalised)."""
-    rng = np.random.default_rng(seed)
-    texts = [f for c in captions for f in cut(c, rng)]
+    texts = fragment_texts(captions, seed)
     unique, inverse = np.unique(texts, return_inverse=True)  # one word recurs thousands of times
     from tqdm import tqdm
 

@@ -57,6 +57,7 @@ class TrainConfig:
     tops_mix: float = 0.5  # how far the tops move from the pretrained weights to the tuned (WiSE-FT)
     tops_depth: int = 1  # how many of each encoder's last blocks / layers are tuned (2: docs/quality.md)
     fragment_share: float = 0.0  # chance ITC trains a sampled caption as one of its fragments (fragments.py)
+    tops_fragment_share: float = 0.0  # the same chance in the tops' tuning (retrieval/training/tops.py)
     neighbour_dims: int = 256  # principal directions of the image features kept for look-alikes (0: all;
     # 256 measured within 0.3 R@1 of all 1,280 on split 0, and 2.7 instead of 5.3 MB in the checkpoint)
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval.training.block_inputs import sides
+from retrieval.training.fragments import FRAGMENTS
 
 
 class ImageTop(nn.Module):
@@ -73,6 +74,14 @@ def text_batch(states, offsets, idx):
         a, b = offsets[i], offsets[i + 1]
         x[r, : b - a], mask[r, : b - a] = states[a:b], True
     return torch.from_numpy(x), torch.from_numpy(mask)
+
+
+def text_rows(text: dict) -> tuple[np.ndarray, np.ndarray]:
+    """block_inputs' caption states with their fragments' after them, as one ragged (states,
+    offsets): fragment j of caption i is row M + i * FRAGMENTS + j, M captions."""
+    states, offsets = text["states"], text["offsets"]
+    return (np.concatenate([states, text["fragment_states"]]),
+            np.concatenate([offsets, offsets[-1] + text["fragment_offsets"][1:]]))
 
 
 def embed_texts(top, states, offsets, idx, bs=256):
@@ -132,6 +141,9 @@ def train_arm(name, ie, te, maps, states, offsets, caps_of, train_idx, dev_idx, 
                 dy, dx = rng.integers(0, 2, 2)
                 x = x[:, :, dy:dy + x.shape[2] - 1, dx:dx + x.shape[3] - 1]
             caps = [caps_of[p][rng.integers(len(caps_of[p]))] for p in photos]
+            if getattr(args, "fragment_share", 0) > 0:  # some captions as a few of their words (fragments.py)
+                swap, which = rng.random(len(caps)) < args.fragment_share, rng.integers(0, FRAGMENTS, len(caps))
+                caps = [args.captions + c * FRAGMENTS + j if w else c for c, w, j in zip(caps, swap, which)]
             iv, tv = itop(torch.from_numpy(np.ascontiguousarray(x))), ttop(*text_batch(states, offsets, caps))
             logits = scale.exp().clamp(max=100) * tv @ iv.T
             target = torch.arange(len(photos))
@@ -170,20 +182,23 @@ RECIPE = dict(batch=128, dim=512, lr=2e-3, top_lr=0.1, wd=1e-4, crop=True)
 
 
 def tune(ie, te, maps, text, caps_of, photos, epochs: int, mix: float = 1.0, seed: int = 0, dev=None,
-         progress=None, depth=1) -> tuple[list, dict]:
+         progress=None, depth=1, fragment_share: float = 0.0) -> tuple[list, dict]:
     """The "both" arm trained on `photos` (rows of `maps`; a row may repeat) for `epochs`, its
     tops then put `mix` of the way from the pretrained weights (interpolate) and rounded to
     float16, as a checkpoint stores them: (history, {"image": {name: array}, "text": ...}),
     names as in the folded EfficientNet-Lite and in MiniLM (retrieval/encoders/tops.py).
     `dev`: (dev photos, their captions, each caption's photo) to rank every epoch. `depth`: how
     many of each encoder's last blocks / layers are trained, one number or (image, text) (`maps`
-    and `text` must enter them)."""
+    and `text` must enter them). `fragment_share`: the chance a sampled caption is trained as one
+    of its fragments (`text` must then hold them: block_inputs' fragment_seed)."""
     import argparse
 
-    args = argparse.Namespace(epochs=epochs, seed=seed, depth=depth,
+    args = argparse.Namespace(epochs=epochs, seed=seed, depth=depth, fragment_share=fragment_share,
+                              captions=len(text["offsets"]) - 1,
                               **{**RECIPE, "batch": min(RECIPE["batch"], len(photos))})
     dev_idx, dev_caps, dev_owner = dev or (None, None, None)
-    history, itop, ttop = train_arm("both", ie, te, maps, text["states"], text["offsets"], caps_of, photos,
+    states, offsets = text_rows(text) if fragment_share > 0 else (text["states"], text["offsets"])
+    history, itop, ttop = train_arm("both", ie, te, maps, states, offsets, caps_of, photos,
                                     dev_idx, dev_caps, dev_owner, args, progress)
     n, layers = ie.network.net, te.network.layers
     image_depth, text_depth = sides(depth)

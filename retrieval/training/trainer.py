@@ -189,7 +189,7 @@ def tuned_encoders(ie, te, folder: Path, held: set, tc: TrainConfig, cache_dir: 
         raise DatasetError(f"--tune-tops tunes EfficientNet-Lite's last block, not {ie.config.name}'s; "
                            "train without --tune-tops")
     ds = load_dataset(folder)
-    maps, text = block_inputs(ds, ie, te, cache_dir, tc.tops_depth)
+    maps, text = block_inputs(ds, ie, te, cache_dir, tc.tops_depth, tc.seed if tc.tops_fragment_share > 0 else None)
     caps_of = ds.captions_of()
     photos = np.array([i for i, p in enumerate(ds.images) if Path(p).name not in held and caps_of[i]], np.int64)
     if len(photos) < 8:
@@ -203,6 +203,6 @@ def tuned_encoders(ie, te, folder: Path, held: set, tc: TrainConfig, cache_dir: 
             bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
 
         _, tops = tune(ie, te, maps, text, caps_of, photos, tc.tops_epochs, tc.tops_mix, tc.seed, progress=step,
-                       depth=tc.tops_depth)
+                       depth=tc.tops_depth, fragment_share=tc.tops_fragment_share)
     return (load_image_encoder(ie.config.name, ie.weights, image_size=ie.config.image_size, tops=tops["image"]),
             load_text_encoder(tops=tops["text"]), tops)
