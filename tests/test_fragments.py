@@ -17,8 +17,9 @@ from retrieval.training.trainer import class_embeddings
 @pytest.fixture(scope="module")
 def demo(demo_dir, image_encoder, text_encoder, tmp_path_factory):
     ds = load_dataset(demo_dir)
-    f = dataset_features(ds, image_encoder, text_encoder, tmp_path_factory.mktemp("cache"), progress=False)
-    return ds, with_fragments(f.without_cells_and_tokens(), ds, text_encoder, seed=0, progress=False)
+    cache = tmp_path_factory.mktemp("cache")
+    f = dataset_features(ds, image_encoder, text_encoder, cache, progress=False)
+    return ds, with_fragments(f.without_cells_and_tokens(), ds, text_encoder, seed=0, progress=False, cache_dir=cache)
 
 
 def test_a_fragment_is_a_few_of_the_captions_content_words_in_order():
@@ -42,6 +43,18 @@ def test_fragment_vectors_are_the_encoders_vectors_of_the_fragments(text_encoder
     want = text_encoder.encode(texts, normalize=False).pooled.reshape(2, FRAGMENTS, -1)
     assert vecs.shape == want.shape and vecs.dtype == np.float16
     np.testing.assert_allclose(vecs.astype(np.float32), want, atol=2e-2)
+
+
+def test_fragment_vectors_are_cached_by_captions_encoder_and_seed(demo, text_encoder, tmp_path):
+    ds, f = demo
+    first = with_fragments(f, ds, text_encoder, seed=0, progress=False, cache_dir=tmp_path)
+    (saved,) = tmp_path.glob("*-fragments-*.npy")
+    np.testing.assert_array_equal(np.load(saved), first.fragments)
+    np.save(saved, first.fragments * 0)  # a second call reads the file, not the encoder
+    assert not with_fragments(f, ds, text_encoder, seed=0, progress=False, cache_dir=tmp_path).fragments.any()
+    other = with_fragments(f, ds, text_encoder, seed=1, progress=False, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*-fragments-*.npy"))) == 2 and other.fragments.any()
+    assert not np.array_equal(other.fragments, first.fragments)  # another seed cuts other fragments
 
 
 def test_fragments_follow_their_captions_through_subset_and_concat(demo):

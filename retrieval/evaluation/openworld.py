@@ -237,7 +237,7 @@ def open_world_report(data: list[Path], distractors: Path, train_only: list[Path
     slim = (lambda f: f) if tc.variants else DatasetFeatures.without_cells_and_tokens
 
     def feats_of(ds):  # with the captions' fragments when ITC trains on them
-        return for_training(slim(dataset_features(ds, ie, te, cache_dir)), ds, te, tc)
+        return for_training(slim(dataset_features(ds, ie, te, cache_dir)), ds, te, tc, cache_dir=cache_dir)
 
     datasets = [load_dataset(d) for d in data]
     evals = DatasetFeatures.concat([feats_of(ds) for ds in datasets])

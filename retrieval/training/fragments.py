@@ -8,6 +8,8 @@ with probability TrainConfig.tops_fragment_share."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from retrieval.data.words import content_words
@@ -52,13 +54,31 @@ def fragment_vectors(captions: list[str], text_encoder, seed: int = 0, progress:
     return vecs[inverse.reshape(-1)].reshape(len(captions), FRAGMENTS, -1).astype(np.float16)
 
 
-def with_fragments(f, ds, text_encoder, seed: int = 0, progress: bool = True):
-    """Dataset features `f` of `ds` with its captions' fragments attached (features.DatasetFeatures)."""
+def with_fragments(f, ds, text_encoder, seed: int = 0, progress: bool = True, cache_dir: Path | None = None):
+    """Dataset features `f` of `ds` with its captions' fragments attached (features.DatasetFeatures),
+    their vectors cached under `cache_dir` [default: the feature cache] by the captions, the text
+    encoder (its tops included) and the seed."""
+    import hashlib
+    import json
+    import os
     from dataclasses import replace
 
-    return replace(f, fragments=fragment_vectors([c.text for c in ds.captions], text_encoder, seed, progress))
+    from retrieval.data.cache import dataset_fingerprint, default_cache_dir
+
+    ident = [dataset_fingerprint(ds.root, ds.source, ds.images), text_encoder.feature_id, seed, FRAGMENTS, MAX_WORDS,
+             len(ds.captions)]
+    path = (cache_dir or default_cache_dir()) / (
+        f"{ds.root.name}-fragments-{hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]}.npy")
+    if path.is_file():
+        return replace(f, fragments=np.load(path))
+    vecs = fragment_vectors([c.text for c in ds.captions], text_encoder, seed, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, vecs)
+    os.replace(tmp, path)  # whole or not at all
+    return replace(f, fragments=vecs)
 
 
-def for_training(f, ds, text_encoder, tc, progress: bool = True):
+def for_training(f, ds, text_encoder, tc, progress: bool = True, cache_dir: Path | None = None):
     """`f` with its fragments when `tc` (a TrainConfig) trains ITC on them, else `f` as it is."""
-    return with_fragments(f, ds, text_encoder, tc.seed, progress) if tc.fragment_share > 0 else f
+    return with_fragments(f, ds, text_encoder, tc.seed, progress, cache_dir) if tc.fragment_share > 0 else f

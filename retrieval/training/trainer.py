@@ -152,7 +152,7 @@ def train_checkpoint(data: list[Path], out: Path, exclude: list[Path] = (), val_
         ie, te, tops = tuned_encoders(ie, te, Path(tc.tune_tops), held, tc, cache_dir)
     datasets = [load_dataset(d) for d in data]
     feats = [dataset_features(ds, ie, te, cache_dir) for ds in datasets]
-    feats = [for_training(f, ds, te, tc) for f, ds in zip(feats, datasets)]  # caption fragments, if asked
+    feats = [for_training(f, ds, te, tc, cache_dir=cache_dir) for f, ds in zip(feats, datasets)]  # fragments, if asked
     if not tc.variants:  # nothing reads cells and tokens then: a third of the memory
         feats = [f.without_cells_and_tokens() for f in feats]
     others = folder_features(distractors, ie, cache_dir) if distractors else None
