@@ -106,7 +106,9 @@ def encode(paths, batch_size, workers, top, as_json):
                    "one-word queries, and takes twice the tuning time, so 1 ships (docs/quality.md).")
 @click.option("--fragment-share", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Chance that ITC trains a sampled caption as 1 to 3 of its content words in order "
-                   "(\"black dog beach\"), so that the shared space also learns short queries (0: off).")
+                   "(\"black dog beach\"), so that the shared space also learns short queries. 0.1 gained "
+                   "short queries a point on Flickr8k dev but lost 0.5 to 1.7 on COCO's, and describe 0.9, "
+                   "so 0 ships (docs/quality.md).")
 @click.option("--baselines", is_flag=True,
               help="Also train the five fusion-head baselines (additive, multiplicative, concat-mlp, "
                    "cross-attention, late-interaction) that `fusion bench recall` compares; no search "
