@@ -102,8 +102,9 @@ def encode(paths, batch_size, workers, top, as_json):
                    "weight-space ensembling: 0.5 kept most of the Flickr8k gain and lost nothing on COCO).")
 @click.option("--tops-depth", default=1, show_default=True, type=click.IntRange(1, 6),
               help="How many of each encoder's last blocks / layers --tune-tops tunes (Lite0's blocks, "
-                   "MiniLM's layers). 2 gained under a point on Flickr8k dev and the COCO folds, lost on "
-                   "one-word queries, and takes twice the tuning time, so 1 ships (docs/quality.md).")
+                   "MiniLM's layers). 2 gained about a point on whole captions on Flickr8k dev and one COCO "
+                   "split, lost on short queries (the demo's one-word, COCO's 3-word at R@5 and R@10) and "
+                   "takes twice the tuning time, so 1 ships (docs/quality.md).")
 @click.option("--fragment-share", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Chance that ITC trains a sampled caption as 1 to 3 of its content words in order "
                    "(\"black dog beach\"), so that the shared space also learns short queries. 0.1 gained "
