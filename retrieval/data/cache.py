@@ -25,6 +25,17 @@ def onnx_cache_dir() -> Path:
     return default_cache_dir().parent / "onnx"
 
 
+def cache_key(ident) -> str:
+    """The 16-hex-digit name part of a cache file: the sha1 of `ident` (a string as it is, anything
+    else as JSON). Every cache of rebuilt arrays is named this way, so that what it was made from
+    is in its name."""
+    import hashlib
+    import json
+
+    text = ident if isinstance(ident, str) else json.dumps(ident)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
 def dataset_fingerprint(root: Path, source: Path | None, photos: list[str]) -> list:
     """What a dataset cache is keyed by: the captions file's contents (when there is one) and each
     photo's path under `root` and size. Not where the folder is nor file times: copying a dataset

@@ -130,13 +130,12 @@ def _cache_files(ds, ie, cache_dir: Path | None, depth: int, need: tuple[str, ..
     `need`ed ones made first if missing."""
     from retrieval.training.fragments import FRAGMENTS, MAX_WORDS
 
-    import hashlib
     import json
 
-    from retrieval.data.cache import dataset_fingerprint, default_cache_dir
+    from retrieval.data.cache import cache_key, dataset_fingerprint, default_cache_dir
 
     ident = f"{json.dumps(dataset_fingerprint(ds.root, ds.source, ds.images))}|{ie.feature_id}|depth{depth}"
-    key = hashlib.sha1(ident.encode()).hexdigest()[:16]
+    key = cache_key(ident)
     cache = (cache_dir or default_cache_dir()) / "finetune"
     files = (cache / f"maps-{key}.npz", cache / f"states-{key}.npz",
              cache / f"fragments-{key}-{FRAGMENTS}x{MAX_WORDS}-seed{seed}.npz")

@@ -3,15 +3,13 @@ encode each photo and caption once."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from retrieval.data.cache import dataset_fingerprint, default_cache_dir
+from retrieval.data.cache import cache_key, dataset_fingerprint, default_cache_dir
 from retrieval.data.datasets import Dataset
 from retrieval.errors import DatasetError
 
@@ -68,7 +66,7 @@ class DatasetFeatures:
 def _cache_key(ds: Dataset, image_name: str, text_name: str) -> str:
     ident = [dataset_fingerprint(ds.root, ds.source, ds.images), image_name, text_name,
              MAX_TOKENS, len(ds.images), len(ds.captions), "cells", "mid"]
-    return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
+    return cache_key(ident)
 
 
 def dataset_features(ds: Dataset, image_encoder, text_encoder, cache_dir: Path | None = None,
@@ -155,7 +153,7 @@ def folder_features(folder: Path, image_encoder, cache_dir: Path | None = None, 
         raise DatasetError(f"{folder}: no photos found")
     ident = [dataset_fingerprint(folder, None, [str(p.relative_to(folder)) for p in paths]),
              image_encoder.feature_id, "cells", "mid"]
-    key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
+    key = cache_key(ident)
     path = (cache_dir or default_cache_dir()) / f"{Path(folder).name}-photos-{key}.npz"
     if path.is_file():
         with np.load(path) as z:
