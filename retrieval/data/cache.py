@@ -50,3 +50,18 @@ def dataset_fingerprint(root: Path, source: Path | None, photos: list[str]) -> l
         path = Path(root) / rel
         sizes.append((str(rel), path.stat().st_size if path.is_file() else -1))
     return [digest, sizes]
+
+
+def cached(path: Path, make):
+    """The arrays saved at `path`, made by `make()` and saved first if missing (whole or not at all)."""
+    import numpy as np
+
+    if path.is_file():
+        z = np.load(path)
+        return {k: z[k] for k in z.files}
+    out = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # two runs making it at once both finish
+    np.savez(tmp, **out)
+    os.replace(tmp, path)
+    return out

@@ -6,25 +6,13 @@ retrieval/training/tops.py trains on them."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def cached(path: Path, make):
-    """The arrays saved at `path`, made by `make()` and saved first if missing (whole or not at all)."""
-    if path.is_file():
-        z = np.load(path)
-        return {k: z[k] for k in z.files}
-    out = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # two runs making it at once both finish
-    np.savez(tmp, **out)
-    os.replace(tmp, path)
-    return out
+from retrieval.data.cache import cached
 
 
 def photo_maps(ds, ie, depth: int = 1) -> dict:
