@@ -48,12 +48,12 @@ def test_fragment_vectors_are_the_encoders_vectors_of_the_fragments(text_encoder
 def test_fragment_vectors_are_cached_by_captions_encoder_and_seed(demo, text_encoder, tmp_path):
     ds, f = demo
     first = with_fragments(f, ds, text_encoder, seed=0, progress=False, cache_dir=tmp_path)
-    (saved,) = tmp_path.glob("*-fragments-*.npy")
-    np.testing.assert_array_equal(np.load(saved), first.fragments)
-    np.save(saved, first.fragments * 0)  # a second call reads the file, not the encoder
+    (saved,) = tmp_path.glob("*-fragments-*.npz")
+    np.testing.assert_array_equal(np.load(saved)["vectors"], first.fragments)
+    np.savez(saved, vectors=first.fragments * 0)  # a second call reads the file, not the encoder
     assert not with_fragments(f, ds, text_encoder, seed=0, progress=False, cache_dir=tmp_path).fragments.any()
     other = with_fragments(f, ds, text_encoder, seed=1, progress=False, cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("*-fragments-*.npy"))) == 2 and other.fragments.any()
+    assert len(list(tmp_path.glob("*-fragments-*.npz"))) == 2 and other.fragments.any()
     assert not np.array_equal(other.fragments, first.fragments)  # another seed cuts other fragments
 
 

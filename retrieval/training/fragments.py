@@ -58,22 +58,16 @@ def with_fragments(f, ds, text_encoder, seed: int = 0, progress: bool = True, ca
     """Dataset features `f` of `ds` with its captions' fragments attached (features.DatasetFeatures),
     their vectors cached under `cache_dir` [default: the feature cache] by the captions, the text
     encoder (its tops included) and the seed."""
-    import os
     from dataclasses import replace
 
-    from retrieval.data.cache import cache_key, dataset_fingerprint, default_cache_dir
+    from retrieval.data.cache import cache_key, cached, dataset_fingerprint, default_cache_dir
 
     ident = [dataset_fingerprint(ds.root, ds.source, ds.images), text_encoder.feature_id, seed, FRAGMENTS, MAX_WORDS,
              len(ds.captions)]
-    path = (cache_dir or default_cache_dir()) / f"{ds.root.name}-fragments-{cache_key(ident)}.npy"
-    if path.is_file():
-        return replace(f, fragments=np.load(path))
-    vecs = fragment_vectors([c.text for c in ds.captions], text_encoder, seed, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, vecs)
-    os.replace(tmp, path)  # whole or not at all
-    return replace(f, fragments=vecs)
+    path = (cache_dir or default_cache_dir()) / f"{ds.root.name}-fragments-{cache_key(ident)}.npz"
+    made = cached(path, lambda: {"vectors": fragment_vectors([c.text for c in ds.captions], text_encoder, seed,
+                                                             progress)})
+    return replace(f, fragments=made["vectors"])
 
 
 def for_training(f, ds, text_encoder, tc, progress: bool = True, cache_dir: Path | None = None):
