@@ -97,6 +97,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="finetune")
+    ap.set_defaults(fragment_share=0.0)  # the arms here train on whole captions (tops.tune takes a share)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 

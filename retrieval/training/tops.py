@@ -118,7 +118,7 @@ def train_arm(name, ie, te, maps, states, offsets, caps_of, train_idx, dev_idx, 
     `progress`: called after every batch with its loss."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    image_depth, text_depth = sides(getattr(args, "depth", 1))
+    image_depth, text_depth = sides(args.depth)
     itop = ImageTop(ie, args.dim, name in ("image", "both"), image_depth)
     ttop = TextTop(te, args.dim, name in ("text", "both"), text_depth)
     scale = nn.Parameter(torch.tensor(np.log(1 / 0.05), dtype=torch.float32))
@@ -141,7 +141,7 @@ def train_arm(name, ie, te, maps, states, offsets, caps_of, train_idx, dev_idx, 
                 dy, dx = rng.integers(0, 2, 2)
                 x = x[:, :, dy:dy + x.shape[2] - 1, dx:dx + x.shape[3] - 1]
             caps = [caps_of[p][rng.integers(len(caps_of[p]))] for p in photos]
-            if getattr(args, "fragment_share", 0) > 0:  # some captions as a few of their words (fragments.py)
+            if args.fragment_share > 0:  # some captions as a few of their words (fragments.py)
                 swap, which = rng.random(len(caps)) < args.fragment_share, rng.integers(0, FRAGMENTS, len(caps))
                 caps = [args.captions + c * FRAGMENTS + j if w else c for c, w, j in zip(caps, swap, which)]
             iv, tv = itop(torch.from_numpy(np.ascontiguousarray(x))), ttop(*text_batch(states, offsets, caps))
