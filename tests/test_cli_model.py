@@ -48,10 +48,12 @@ def test_train_writes_a_loadable_checkpoint(demo_dir, tmp_path):
     # up there and failed after the whole training)
     r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), "--val-photos", "6",
                                   "--cache", str(tmp_path / "cache"), "--rerank-weight", "0.07",
-                                  "--memory-describe-weight", "0.02", "--fragment-share", "0.5"])
+                                  "--memory-describe-weight", "0.02", "--fragment-share", "0.5",
+                                  "--reranker-hidden", "8"])
     assert r.exit_code == 0, r.output
     ck = load_checkpoint(out)
     assert ck.record["train_config"]["fragment_share"] == 0.5  # ITC trained on caption fragments
+    assert ck.config.reranker_hidden == 8 and ck.reranker.net[0].out_features == 8  # saved and loaded back
     assert ck.record["train_photos"] == 14 and ck.record["val_photos"] == 6
     assert ck.config.rerank == "evidence" and ck.reranker is not None and ck.config.match_threshold > 0
     assert ck.config.rerank_weight == 0.07 and ck.config.share_temperature > 0

@@ -110,6 +110,8 @@ def encode(paths, batch_size, workers, top, as_json):
                    "(\"black dog beach\"), so that the shared space also learns short queries. 0.1 gained "
                    "short queries a point on Flickr8k dev but lost 0.5 to 1.7 on COCO's, and describe 0.9, "
                    "so 0 ships (docs/quality.md).")
+@click.option("--reranker-hidden", default=0, show_default=True, type=click.IntRange(0, 1024),
+              help="Width of a hidden layer in the evidence reranker (0: linear).")
 @click.option("--baselines", is_flag=True,
               help="Also train the five fusion-head baselines (additive, multiplicative, concat-mlp, "
                    "cross-attention, late-interaction) that `fusion bench recall` compares; no search "
@@ -120,8 +122,8 @@ def encode(paths, batch_size, workers, top, as_json):
 @image_encoder_options
 @fusion_errors
 def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, describe_weight, describe_prior,
-          memory_describe_weight, neighbour_weight, image_size, tune_tops, tops_epochs, tops_mix, tops_depth, fragment_share, baselines,
-          cache, image_encoder,
+          memory_describe_weight, neighbour_weight, image_size, tune_tops, tops_epochs, tops_mix, tops_depth, fragment_share,
+          reranker_hidden, baselines, cache, image_encoder,
           image_weights):
     """Train the shared space (ITC) and the evidence reranker (and, with --baselines, the
     fusion-head baselines).
@@ -156,7 +158,7 @@ def train(data, out, exclude, val_photos, seed, distractors, rerank_weight, desc
                      describe_prior=describe_prior, memory_describe_weight=memory_describe_weight,
                      image_size=image_size or 0, neighbour_weight=neighbour_weight,
                      tune_tops=str(tune_tops or ""), tops_epochs=tops_epochs, tops_mix=tops_mix, tops_depth=tops_depth,
-                     fragment_share=fragment_share,
+                     fragment_share=fragment_share, reranker_hidden=reranker_hidden,
                      **({} if baselines else {"variants": ()}))
     # one step per ITC run (a soup, twice with pseudo-captions), fusion head and cross-fitting
     # fold, and one for the reranker; features and the caption memory have bars of their own
